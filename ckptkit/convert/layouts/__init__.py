@@ -1,0 +1,46 @@
+"""Layout maps between original (bundled / ComfyUI / stable-diffusion.cpp) and diffusers names.
+
+One module per kind of component network. Each module defines a `Layout` with:
+  kind            the key family specs use (`ComponentSpec.layout`)
+  to_original(shapes, config) -> {original name: Expr over diffusers names}   (ours, streamable)
+  to_diffusers(state_dict, config) -> {diffusers name: tensor}                (diffusers' converter)
+Names on both sides are component-local: no bundle prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ckptkit.convert.expr import Expr
+
+
+class Layout(Protocol):
+    kind: str
+
+    def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]: ...
+
+    def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]: ...
+
+
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def register(layout: Layout) -> Layout:
+    _LAYOUTS[layout.kind] = layout
+    return layout
+
+
+def get_layout(kind: str) -> Layout:
+    if not _LAYOUTS:
+        _load_all()
+    return _LAYOUTS[kind]
+
+
+def _load_all() -> None:
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")

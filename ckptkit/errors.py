@@ -1,0 +1,7 @@
+"""The one exception type users can cause. The CLI prints its message on one line and exits 2."""
+
+
+class CkptError(Exception):
+    """A problem with the user's input (a file, a path, an option), phrased for a person."""
+
+    exit_code = 2

@@ -1,0 +1,33 @@
+"""Stable Diffusion XL refiner: OpenCLIP bigG only, 384-channel UNet."""
+
+from ckptkit.families.common import LDM_JUNK, SDXL_VAE_CONFIG, vae
+from ckptkit.families.sd1 import UNET_HIGH_PRECISION
+from ckptkit.families.sdxl import clip_g
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has
+
+REFINER_UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=[384, 768, 1536, 1536],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    transformer_layers_per_block=4, attention_head_dim=[6, 12, 24, 24], cross_attention_dim=1280,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2560,
+)
+
+SPEC = FamilySpec(
+    name="sdxl_refiner",
+    title="Stable Diffusion XL refiner",
+    gguf_arch="sdxl",
+    components=(
+        ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
+                      "UNet2DConditionModel", "unet", config=REFINER_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),
+        clip_g("conditioner.embedders.0.model."),
+        vae("first_stage_model.", SDXL_VAE_CONFIG),
+    ),
+    detect=(Has("input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", 1, 1280), Has("label_emb.0.0.weight", 1, 2560)),
+    detect_diffusers=(Has("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1, 1280),
+                      Has("add_embedding.linear_1.weight", 1, 2560)),
+    junk=LDM_JUNK,
+    ema_prefix="model_ema.",
+)

@@ -1,0 +1,90 @@
+"""The vocabulary of family specs: what a family is made of, and how it is recognised.
+
+A family file is data built from these classes; detection, splitting, quantization policy and
+verification read the same specs instead of branching on family names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+Lookup = Callable[[str], "tuple[int, ...] | None"]  # name -> shape, or None when absent
+
+ROLES = ("diffusion_model", "text_encoder", "vae")
+
+
+@dataclass(frozen=True)
+class Has:
+    """`key` is present; optionally `shape[dim] == size` (dim=None: the whole shape equals `size`)."""
+
+    key: str
+    dim: int | None = None
+    size: int | tuple | None = None
+
+    def holds(self, lookup: Lookup) -> bool:
+        shape = lookup(self.key)
+        if shape is None:
+            return False
+        if self.size is None:
+            return True
+        if self.dim is None:
+            return tuple(shape) == tuple(self.size)
+        return len(shape) > abs(self.dim) - (self.dim < 0) and shape[self.dim] == self.size
+
+
+@dataclass(frozen=True)
+class Lacks:
+    key: str
+
+    def holds(self, lookup: Lookup) -> bool:
+        return lookup(self.key) is None
+
+
+Condition = Has | Lacks
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    when: tuple[Condition, ...] = ()  # in original names of the diffusion model (prefix-stripped)
+    when_diffusers: tuple[Condition, ...] = ()  # the same test in diffusers names
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # "diffusion_model", "clip_l", "clip_g", "clip_h", "t5xxl", "vae"
+    role: str  # one of ROLES
+    prefix: str  # prefix in the bundled file ("" when the family ships it as a separate file)
+    layout: str  # layout kind: convert/layouts/<kind>.py
+    diffusers_class: str  # e.g. "UNet2DConditionModel", "CLIPTextModel"
+    diffusers_folder: str  # "unet", "transformer", "text_encoder", "text_encoder_2", "vae", ...
+    config: dict = field(default_factory=dict)  # the released model's diffusers/transformers config
+    alt_prefixes: tuple[str, ...] = ()  # other prefixes seen in the wild (ComfyUI repacks)
+    optional: bool = False  # bundles often lack it (FLUX/Sana ship transformer-only files)
+    high_precision: tuple[str, ...] = ()  # name prefixes kept out of quantization (final names)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str  # "sdxl"
+    title: str  # "Stable Diffusion XL"
+    gguf_arch: str  # general.architecture as ComfyUI-GGUF spells it
+    components: tuple[ComponentSpec, ...]
+    detect: tuple[Condition, ...]  # all hold on the diffusion model's original names
+    detect_diffusers: tuple[Condition, ...]  # all hold on the diffusion model's diffusers names
+    variants: tuple[Variant, ...] = ()  # first match wins; empty `when` matches always
+    junk: tuple[str, ...] = ()  # full-name regexes of tensors to drop (DDPM buffers, ...)
+    ema_prefix: str | None = None  # "model_ema." for LDM checkpoints
+    notes: str = ""
+
+    def component(self, name: str) -> ComponentSpec:
+        for comp in self.components:
+            if comp.name == name:
+                return comp
+        raise KeyError(f"{self.name} has no component {name!r}")
+
+    @property
+    def diffusion_model(self) -> ComponentSpec:
+        return next(c for c in self.components if c.role == "diffusion_model")

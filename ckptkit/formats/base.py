@@ -1,0 +1,72 @@
+"""The one interface every source format is read through.
+
+A Checkpoint knows its tensor names, shapes, dtypes and byte sizes without reading any data;
+`load(name)` reads one tensor (lazily, from an mmap where the format allows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors code ("F16", "I64", ...) or a ggml type name for quantized data ("Q4_K")
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Checkpoint:
+    """Base class: subclasses fill `tensors` and implement `_load`."""
+
+    paths: list[Path]
+    format: str
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    config: dict | None = None  # a diffusers/transformers config.json when the source has one
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def load(self, name: str) -> torch.Tensor:
+        """One tensor, in its stored dtype (quantized data comes back dequantized to float32)."""
+        if name not in self.tensors:
+            raise KeyError(name)
+        return self._load(name)
+
+    def _load(self, name: str) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

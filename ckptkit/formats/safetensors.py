@@ -1,0 +1,208 @@
+"""safetensors: a strict reader of our own (mmap, zero-copy) and a streaming, atomic writer.
+
+We parse the header ourselves instead of using `safetensors.safe_open` because we need
+validation errors that name the file and the problem, lazy access to shapes without torch,
+and a writer that emits one tensor at a time (safetensors' `save_file` wants the whole dict).
+The format: 8-byte little-endian header length N, N bytes of JSON, then the data area.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ckptkit.errors import CkptError
+from ckptkit.formats.atomic import atomic_write
+from ckptkit.formats.base import Checkpoint, TensorInfo
+from ckptkit.formats.dtypes import DTYPES, code_of
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse_header(path: Path, file_size: int, head: bytes) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, tuple[int, int]], int]:
+    """Validate a header fully. Returns (infos, metadata, name -> (begin, end) in the data area, data start)."""
+
+    def bad(problem: str) -> CkptError:
+        return CkptError(f"{path}: not a valid safetensors file: {problem}")
+
+    if file_size < 8:
+        raise bad(f"file is {file_size} bytes, shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > MAX_HEADER_BYTES:
+        raise bad(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > file_size:
+        raise bad(f"header length {n} runs past the end of the {file_size}-byte file (truncated?)")
+    raw = head[8 : 8 + n]
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise bad("header is not valid UTF-8") from None
+    except ValueError as exc:
+        raise bad(f"header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise bad("__metadata__ must map strings to strings")
+    data_start = 8 + n
+    data_size = file_size - data_start
+    infos: dict[str, TensorInfo] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPES:
+            raise bad(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise bad(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+        begin, end = offsets
+        if not 0 <= begin <= end:
+            raise bad(f"tensor {name!r}: data_offsets {offsets} are not ordered")
+        if end > data_size:
+            raise bad(f"tensor {name!r}: data ends at {end} but the data area has {data_size} bytes (truncated?)")
+        nbytes = math.prod(shape) * DTYPES[dtype][1]
+        if nbytes != end - begin:
+            raise bad(f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, offsets give {end - begin}")
+        infos[name] = TensorInfo(name, tuple(shape), dtype, nbytes)
+        spans[name] = (begin, end)
+    cursor = 0
+    for name, (begin, end) in sorted(spans.items(), key=lambda kv: kv[1]):
+        if begin != cursor:
+            what = "overlaps the previous tensor" if begin < cursor else f"leaves a gap of {begin - cursor} bytes"
+            raise bad(f"tensor {name!r} at offset {begin} {what}")
+        cursor = end
+    if cursor != data_size:
+        raise bad(f"{data_size - cursor} bytes after the last tensor are not covered by the header")
+    return infos, metadata, spans, data_start
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        super().__init__(paths=[path], format="safetensors")
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise CkptError(f"{path}: cannot open ({exc.strerror})") from None
+        size = os.fstat(self._file.fileno()).st_size
+        head = self._file.read(8)
+        if len(head) == 8:
+            (n,) = struct.unpack("<Q", head)
+            if n <= MAX_HEADER_BYTES and 8 + n <= size:
+                head += self._file.read(n)
+        self.tensors, self.metadata, self._spans, self._data_start = parse_header(path, size, head)
+        self._mmap = None
+        if size > 0 and self.tensors:
+            # ACCESS_COPY: writable pages for torch.frombuffer, but writes never reach the file.
+            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def raw_span(self, name: str) -> tuple[int, int]:
+        """Absolute (begin, end) file offsets of a tensor's bytes."""
+        begin, end = self._spans[name]
+        return self._data_start + begin, self._data_start + end
+
+    def _load(self, name: str) -> torch.Tensor:
+        info = self.tensors[name]
+        dtype = DTYPES[info.dtype][0]
+        if info.numel == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        begin, _ = self.raw_span(name)
+        flat = torch.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=begin)
+        return flat.view(info.shape)
+
+    def close(self) -> None:
+        # Tensors handed out keep the mmap alive through their buffer; closing only drops our refs.
+        self._mmap = None
+        self._file.close()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor, without copying when it is already contiguous."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+class SafetensorsWriter:
+    """Streaming writer: the header is computed from (name, dtype, shape) first, then tensors go
+    out one at a time in the same order. Use as a context manager; the file appears under its
+    final name only when every tensor was written."""
+
+    def __init__(self, path: str | os.PathLike, specs: Iterable[tuple[str, str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self._order: list[tuple[str, str, tuple[int, ...], int]] = []
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        offset = 0
+        for name, dtype, shape in specs:
+            if name in header:
+                raise CkptError(f"{self.path}: tensor {name!r} planned twice")
+            nbytes = math.prod(shape) * DTYPES[dtype][1]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._order.append((name, dtype, tuple(shape), nbytes))
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8 bytes with spaces
+        self._header = struct.pack("<Q", len(blob)) + blob
+        self._next = 0
+        self._ctx = None
+        self._fh = None
+
+    def __enter__(self) -> "SafetensorsWriter":
+        self._ctx = atomic_write(self.path)
+        self._fh = self._ctx.__enter__()
+        self._fh.write(self._header)
+        return self
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        want_name, dtype, shape, nbytes = self._order[self._next]
+        if name != want_name:
+            raise ValueError(f"expected tensor {want_name!r} next, got {name!r}")
+        if code_of(tensor.dtype) != dtype or tuple(tensor.shape) != shape:
+            raise ValueError(f"{name}: planned {dtype}{list(shape)}, got {code_of(tensor.dtype)}{list(tensor.shape)}")
+        self.write_bytes(name, tensor_bytes(tensor) if nbytes else b"")
+
+    def write_bytes(self, name: str, data) -> None:
+        want_name, _, _, nbytes = self._order[self._next]
+        if name != want_name or len(data) != nbytes:
+            raise ValueError(f"expected {nbytes} bytes of {want_name!r}, got {len(data)} of {name!r}")
+        self._fh.write(data)
+        self._next += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._next != len(self._order):
+            exc = ValueError(f"{self.path}: {len(self._order) - self._next} planned tensors were never written")
+            self._ctx.__exit__(type(exc), exc, None)
+            raise exc
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Convenience for small dicts (tests, fixtures): the streaming writer over an in-memory dict."""
+    specs = [(n, code_of(t.dtype), tuple(t.shape)) for n, t in tensors.items()]
+    with SafetensorsWriter(path, specs, metadata) as writer:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
