@@ -15,6 +15,7 @@ SPEC = FamilySpec(
     name="flux",
     title="FLUX.1",
     gguf_arch="flux",
+    pipeline="FluxPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "flux",
                       "FluxTransformer2DModel", "transformer", config=FLUX_DEV_CONFIG,

@@ -7,6 +7,7 @@ SPEC = FamilySpec(
     name="pixart",
     title="PixArt (alpha / sigma)",
     gguf_arch="pixart",
+    pipeline="PixArtSigmaPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "", "pixart", "PixArtTransformer2DModel", "transformer",
                       alt_prefixes=("model.diffusion_model.",)),

@@ -14,6 +14,7 @@ SPEC = FamilySpec(
     name="sana",
     title="Sana / Sana-Sprint",
     gguf_arch="sana",
+    pipeline="SanaPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "", "sana", "SanaTransformer2DModel", "transformer",
                       config=SANA_1600M_CONFIG, alt_prefixes=("model.diffusion_model.",),

@@ -17,6 +17,7 @@ SPEC = FamilySpec(
     name="sd1",
     title="Stable Diffusion 1.x",
     gguf_arch="sd1",
+    pipeline="StableDiffusionPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=SD15_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

@@ -11,6 +11,7 @@ SPEC = FamilySpec(
     name="sd2",
     title="Stable Diffusion 2.x",
     gguf_arch="sd1",  # ComfyUI-GGUF has no separate SD2 arch; its UNet layout is SD1's
+    pipeline="StableDiffusionPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=SD21_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

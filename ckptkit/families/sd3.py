@@ -20,6 +20,7 @@ SPEC = FamilySpec(
     name="sd3",
     title="Stable Diffusion 3 / 3.5",
     gguf_arch="sd3",
+    pipeline="StableDiffusion3Pipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "mmdit",
                       "SD3Transformer2DModel", "transformer", config=SD3_MEDIUM_CONFIG,

@@ -26,6 +26,7 @@ SPEC = FamilySpec(
     name="sdxl",
     title="Stable Diffusion XL (base / Turbo)",
     gguf_arch="sdxl",
+    pipeline="StableDiffusionXLPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=SDXL_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

@@ -19,6 +19,7 @@ SPEC = FamilySpec(
     name="sdxl_refiner",
     title="Stable Diffusion XL refiner",
     gguf_arch="sdxl",
+    pipeline="StableDiffusionXLImg2ImgPipeline",
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=REFINER_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

@@ -77,6 +77,7 @@ class FamilySpec:
     variants: tuple[Variant, ...] = ()  # first match wins; empty `when` matches always
     junk: tuple[str, ...] = ()  # full-name regexes of tensors to drop (DDPM buffers, ...)
     ema_prefix: str | None = None  # "model_ema." for LDM checkpoints
+    pipeline: str = ""  # diffusers pipeline class for model_index.json
     notes: str = ""
 
     def component(self, name: str) -> ComponentSpec:

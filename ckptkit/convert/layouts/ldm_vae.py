@@ -1,0 +1,80 @@
+"""The LDM VAE (SD1.x/2.x/XL `first_stage_model.`, SD3 and FLUX.1 `ae`) <-> diffusers `AutoencoderKL`.
+
+Original names are CompVis `ldm.modules.diffusionmodules.model.Encoder/Decoder`'s:
+`encoder.down.I.block.J.*`, `encoder.down.I.downsample.conv.*`, `{en,de}coder.mid.block_{1,2}.*`,
+`{en,de}coder.mid.attn_1.{norm,q,k,v,proj_out}.*`, `decoder.up.I.block.J.*` with the decoder's
+levels numbered in reverse (diffusers' up_blocks.0 is LDM's up.{n-1}), `norm_out`, and
+`quant_conv` / `post_quant_conv` (absent from the 16-channel SD3 / FLUX VAE, use_quant_conv=False).
+
+One shape change: the mid-block attention projections are 1x1 convs in LDM ([C, C, 1, 1]) and
+linears in diffusers ([C, C]); we reshape, which keeps the bytes.
+
+`to_original` is the reverse of diffusers' `convert_ldm_vae_checkpoint`, which `to_diffusers`
+calls as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ckptkit.convert.expr import Expr, reshape, src
+from ckptkit.convert.layouts import register
+from ckptkit.errors import CkptError
+
+# diffusers Attention submodule -> LDM AttnBlock submodule
+ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+# (pattern over the diffusers name, original-name template); `level` is renumbered for the decoder.
+RULES = (
+    (r"encoder\.down_blocks\.(?P<level>\d+)\.resnets\.(?P<i>\d+)\.(?P<rest>.+)", "encoder.down.{level}.block.{i}.{rest}"),
+    (r"encoder\.down_blocks\.(?P<level>\d+)\.downsamplers\.0\.(?P<rest>.+)", "encoder.down.{level}.downsample.{rest}"),
+    (r"decoder\.up_blocks\.(?P<level>\d+)\.resnets\.(?P<i>\d+)\.(?P<rest>.+)", "decoder.up.{level}.block.{i}.{rest}"),
+    (r"decoder\.up_blocks\.(?P<level>\d+)\.upsamplers\.0\.(?P<rest>.+)", "decoder.up.{level}.upsample.{rest}"),
+    (r"(?P<side>\w+coder)\.mid_block\.resnets\.(?P<i>\d+)\.(?P<rest>.+)", "{side}.mid.block_{i}.{rest}"),
+    (r"(?P<side>\w+coder)\.mid_block\.attentions\.0\.(?P<attn>.+)\.(?P<param>weight|bias)", "{side}.mid.attn_1.{attn}.{param}"),
+    (r"(?P<side>\w+coder)\.conv_norm_out\.(?P<rest>.+)", "{side}.norm_out.{rest}"),
+    (r"(?P<rest>(?:encoder|decoder)\.conv_(?:in|out)\..+|(?:post_)?quant_conv\..+)", "{rest}"),
+)
+RULES = tuple((re.compile(pattern), template) for pattern, template in RULES)
+
+
+def original_name(name: str, config: dict) -> str:
+    """The LDM name of one diffusers VAE tensor name."""
+    for pattern, template in RULES:
+        if m := pattern.fullmatch(name):
+            parts = m.groupdict()
+            if "level" in parts and name.startswith("decoder."):
+                parts["level"] = len(config["up_block_types"]) - 1 - int(parts["level"])
+            if "i" in parts and "mid_block.resnets" in name:
+                parts["i"] = int(parts["i"]) + 1  # block_1, block_2
+            if "rest" in parts and ".resnets." in name:
+                parts["rest"] = parts["rest"].replace("conv_shortcut.", "nin_shortcut.", 1)
+            if "attn" in parts:
+                parts["attn"] = ATTENTION[parts["attn"]]
+            return template.format(**parts)
+    raise CkptError(f"ldm_vae: no original name for diffusers tensor {name!r}")
+
+
+class LdmVae:
+    kind = "ldm_vae"
+
+    def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
+        out = {}
+        for name, shape in shapes.items():
+            orig = original_name(name, config)
+            is_attn_matrix = ".mid.attn_1." in orig and len(shape) == 2
+            # LDM's attention q/k/v/proj_out are Conv2d(C, C, 1): same bytes, two trailing 1s.
+            out[orig] = reshape(name, (*shape, 1, 1)) if is_attn_matrix else src(name)
+        return out
+
+    def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+        # Unprefixed names are fine: with no `first_stage_model.` / `vae.` key it strips nothing.
+        # It squeezes the [C, C, 1, 1] attention weights back to [C, C] itself.
+        return convert_ldm_vae_checkpoint(dict(state_dict), config)
+
+
+LAYOUT = register(LdmVae())

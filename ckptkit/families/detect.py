@@ -1,0 +1,127 @@
+"""detect(checkpoint) -> Detection: which family, variant and components a checkpoint holds.
+
+Works on bundled files, prefix-stripped component files (and GGUF, which stores those names),
+diffusers pipeline folders (`<folder>/<name>`) and single diffusers component folders. Never
+guesses: a file no spec recognises is reported as unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ckptkit.families import FAMILIES
+from ckptkit.families.components import SIGNATURES
+from ckptkit.families.spec import FamilySpec, Variant
+from ckptkit.formats.base import Checkpoint
+
+
+@dataclass
+class Detection:
+    family: str | None  # None: unknown (or a standalone component, see `standalone`)
+    variant: str | None
+    form: str  # "bundle" | "component" | "diffusers" | "diffusers-component" | "unknown"
+    names: str  # "original" | "diffusers": which naming the tensors use
+    components: dict[str, str] = field(default_factory=dict)  # component -> prefix (or "folder/") in the file
+    missing: list[str] = field(default_factory=list)  # non-optional components the family has but the file lacks
+    junk: list[str] = field(default_factory=list)  # DDPM buffers and the like
+    ema: list[str] = field(default_factory=list)  # EMA copies of the diffusion model
+    unclaimed: list[str] = field(default_factory=list)  # tensors no component or junk rule claims
+    confidence: float = 0.0
+    standalone: str | None = None  # description of a standalone component file
+    used_by: tuple[str, ...] = ()
+
+    @property
+    def spec(self) -> FamilySpec | None:
+        from ckptkit.families import BY_NAME
+
+        return BY_NAME.get(self.family) if self.family else None
+
+    def component_of(self, name: str) -> str | None:
+        """Which component a tensor belongs to (longest prefix wins)."""
+        best, best_len = None, -1
+        for comp, prefix in self.components.items():
+            if name.startswith(prefix) and len(prefix) > best_len:
+                best, best_len = comp, len(prefix)
+        return best
+
+
+def _lookup(shapes: dict[str, tuple[int, ...]], prefix: str):
+    return lambda key: shapes.get(prefix + key)
+
+
+def _views(spec: FamilySpec):
+    """(prefix, names) pairs a family's diffusion model may appear under."""
+    dm = spec.diffusion_model
+    for prefix in dict.fromkeys((dm.prefix, *dm.alt_prefixes, "")):
+        yield prefix, "original"
+    yield dm.diffusers_folder + "/", "diffusers"
+    yield "", "diffusers"
+
+
+def _variant(spec: FamilySpec, lookup, names: str) -> str | None:
+    for v in spec.variants:
+        conds = v.when if names == "original" else v.when_diffusers
+        if all(c.holds(lookup) for c in conds):
+            return v.name
+    return None
+
+
+def _present(shapes, prefix: str) -> bool:
+    return any(n.startswith(prefix) for n in shapes)
+
+
+def detect(ckpt: Checkpoint) -> Detection:
+    shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    for spec in FAMILIES:
+        for prefix, names in _views(spec):
+            lookup = _lookup(shapes, prefix)
+            conds = spec.detect if names == "original" else spec.detect_diffusers
+            if all(c.holds(lookup) for c in conds):
+                return _describe(spec, shapes, prefix, names, _variant(spec, lookup, names))
+    for sig in SIGNATURES:
+        if all(c.holds(_lookup(shapes, "")) for c in sig.when):
+            return Detection(None, None, "component", "diffusers" if sig.layout.startswith("diffusers:") else "original",
+                             components={sig.name: ""}, confidence=1.0, standalone=sig.description, used_by=sig.used_by)
+    return Detection(None, None, "unknown", "original", unclaimed=list(shapes), confidence=0.0)
+
+
+def _describe(spec: FamilySpec, shapes, prefix: str, names: str, variant: str | None) -> Detection:
+    components: dict[str, str] = {}
+    if names == "diffusers":
+        form = "diffusers" if prefix else "diffusers-component"
+        for comp in spec.components:
+            folder = comp.diffusers_folder + "/"
+            if prefix and _present(shapes, folder):
+                components[comp.name] = folder
+        if not prefix:
+            components[spec.diffusion_model.name] = ""
+    elif not prefix:
+        form = "component"
+        components[spec.diffusion_model.name] = ""
+    else:
+        form = "bundle"
+        for comp in spec.components:
+            found = [p for p in (comp.prefix, *comp.alt_prefixes) if p and _present(shapes, p)]
+            if comp.role == "diffusion_model":
+                components[comp.name] = prefix
+            elif found:
+                components[comp.name] = found[0]
+    if form in ("bundle", "diffusers"):
+        missing = [c.name for c in spec.components if c.name not in components and not c.optional]
+    else:
+        missing = []
+    det = Detection(spec.name, variant, form, names, components=components, missing=missing)
+    junk_re = re.compile("|".join(f"(?:{j})" for j in spec.junk)) if spec.junk else None
+    for name in shapes:
+        if det.component_of(name) is not None and (not junk_re or not junk_re.fullmatch(name)):
+            continue
+        if spec.ema_prefix and name.startswith(spec.ema_prefix) and name not in ("model_ema.decay", "model_ema.num_updates"):
+            det.ema.append(name)
+        elif junk_re and junk_re.fullmatch(name):
+            det.junk.append(name)
+        else:
+            det.unclaimed.append(name)
+    claimed = len(shapes) - len(det.unclaimed)
+    det.confidence = round(claimed / max(1, len(shapes)) * (1.0 if not missing else 0.75), 3)
+    return det

@@ -1,0 +1,186 @@
+"""inspect_checkpoint(path) -> InspectReport: what a checkpoint holds and what is wrong with it.
+
+Reads only headers, plus the few small tensors it must look at (position_ids); `scan=True`
+streams every tensor once to count non-finite values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ckptkit.families.detect import Detection, detect
+from ckptkit.formats import Checkpoint, open_checkpoint
+from ckptkit.formats.dtypes import FLOAT_CODES
+
+POSITION_IDS = "text_model.embeddings.position_ids"
+
+
+@dataclass
+class ComponentReport:
+    name: str
+    role: str
+    prefix: str
+    tensors: int
+    params: int
+    bytes: int
+    dtypes: dict[str, int]  # dtype -> bytes
+
+
+@dataclass
+class Problem:
+    code: str  # stable identifier for machines: "float_position_ids", "ema_copy", ...
+    message: str
+    tensors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InspectReport:
+    path: str
+    format: str
+    tensor_count: int
+    total_bytes: int
+    family: str | None
+    family_title: str | None
+    variant: str | None
+    form: str
+    confidence: float
+    standalone: str | None
+    used_by: list[str]
+    components: list[ComponentReport]
+    missing_components: list[str]
+    junk: dict  # {"tensors": n, "bytes": b, "names": [...]}
+    ema: dict
+    unclaimed: dict
+    problems: list[Problem]
+    nonfinite: dict[str, dict[str, int]] | None = None  # with scan: tensor -> {"nan": n, "inf": m}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _group(ckpt: Checkpoint, names: list[str], limit: int = 20) -> dict:
+    return {"tensors": len(names), "bytes": sum(ckpt.tensors[n].nbytes for n in names), "names": names[:limit]}
+
+
+def _component_reports(ckpt: Checkpoint, det: Detection) -> list[ComponentReport]:
+    spec = det.spec
+    skip = set(det.junk) | set(det.ema) | set(det.unclaimed)
+    members: dict[str, list[str]] = {c: [] for c in det.components}
+    for name in ckpt.tensors:
+        if name not in skip and (comp := det.component_of(name)) is not None:
+            members[comp].append(name)
+    reports = []
+    for comp, names in members.items():
+        dtypes: Counter = Counter()
+        for n in names:
+            dtypes[ckpt.tensors[n].dtype] += ckpt.tensors[n].nbytes
+        role = spec.component(comp).role if spec else "text_encoder" if comp != "vae" else "vae"
+        reports.append(ComponentReport(comp, role, det.components[comp], len(names),
+                                       sum(ckpt.tensors[n].numel for n in names),
+                                       sum(ckpt.tensors[n].nbytes for n in names), dict(dtypes)))
+    return reports
+
+
+def _position_id_problems(ckpt: Checkpoint, det: Detection) -> list[Problem]:
+    problems = []
+    spec = det.spec
+    for comp, prefix in det.components.items():
+        layout = spec.component(comp).layout if spec else ("hf_clip" if comp.startswith("clip") else "")
+        if layout != "hf_clip" or det.names != "original":
+            continue
+        name = prefix + POSITION_IDS
+        if name not in ckpt.tensors:
+            if det.form == "bundle":
+                problems.append(Problem("missing_position_ids", f"{comp}: position_ids absent (loaders rebuild them as arange)"))
+            continue
+        ids = ckpt.load(name)
+        expected = torch.arange(ids.shape[-1])
+        as_loaded = ids.to(torch.int64).reshape(-1)  # what an int cast (truncation) gives loaders
+        wrong = (as_loaded != expected).nonzero().reshape(-1).tolist()
+        if ids.is_floating_point():
+            detail = f"; truncating to int breaks {len(wrong)} of them (e.g. index {wrong[0]} -> {int(as_loaded[wrong[0]])})" if wrong else ""
+            problems.append(Problem("float_position_ids", f"{comp}: position_ids stored as {ckpt.tensors[name].dtype}{detail}", [name]))
+        elif wrong:
+            problems.append(Problem("broken_position_ids", f"{comp}: position_ids differ from arange at {len(wrong)} positions", [name]))
+    return problems
+
+
+def _problems(ckpt: Checkpoint, det: Detection, comps: list[ComponentReport]) -> list[Problem]:
+    problems: list[Problem] = []
+    if det.family is None and det.standalone is None:
+        problems.append(Problem("unknown_family", "no family spec matches this file"))
+    if det.missing:
+        problems.append(Problem("missing_components", f"missing components: {', '.join(det.missing)}"))
+    if det.ema:
+        size = sum(ckpt.tensors[n].nbytes for n in det.ema)
+        problems.append(Problem("ema_copy", f"EMA copy of the diffusion model: {len(det.ema)} tensors, {human_bytes(size)} "
+                                            "(dropped by split unless --extract-ema)", det.ema[:5]))
+    if det.unclaimed and det.family is not None:
+        problems.append(Problem("unknown_prefix", f"{len(det.unclaimed)} tensors under no known component prefix",
+                                det.unclaimed[:10]))
+    problems.extend(_position_id_problems(ckpt, det))
+    fp32 = [n for n, t in ckpt.tensors.items() if t.dtype in ("F32", "F64") and len(t.shape) >= 2
+            and n not in det.ema]
+    if fp32:
+        size = sum(ckpt.tensors[n].nbytes for n in fp32)
+        if size > 0.5 * max(1, ckpt.total_bytes):
+            problems.append(Problem("fp32_weights", f"{human_bytes(size)} of weights stored as fp32; "
+                                                    f"fp16/bf16 would save {human_bytes(size // 2)}", fp32[:5]))
+    return problems
+
+
+def scan_nonfinite(ckpt: Checkpoint, progress: Callable[[int], None] | None = None) -> dict[str, dict[str, int]]:
+    """Stream every float tensor once; return counts of NaN/Inf per tensor that has any."""
+    bad = {}
+    for name, info in ckpt.tensors.items():
+        if info.dtype in FLOAT_CODES or info.dtype.startswith(("Q", "IQ", "TQ")):
+            t = ckpt.load(name)
+            if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                t = t.float()
+            nan = int(torch.isnan(t).sum())
+            inf = int(torch.isinf(t).sum())
+            if nan or inf:
+                bad[name] = {"nan": nan, "inf": inf}
+        if progress:
+            progress(info.nbytes)
+    return bad
+
+
+def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None) -> InspectReport:
+    with open_checkpoint(path) as ckpt:
+        det = detect(ckpt)
+        comps = _component_reports(ckpt, det)
+        problems = _problems(ckpt, det, comps)
+        nonfinite = None
+        if scan:
+            nonfinite = scan_nonfinite(ckpt, progress)
+            if nonfinite:
+                problems.append(Problem("nonfinite", f"{len(nonfinite)} tensors hold NaN/Inf values", list(nonfinite)[:10]))
+        spec = det.spec
+        return InspectReport(
+            path=str(path), format=ckpt.format, tensor_count=len(ckpt), total_bytes=ckpt.total_bytes,
+            family=det.family, family_title=spec.title if spec else None, variant=det.variant, form=det.form,
+            confidence=det.confidence, standalone=det.standalone, used_by=list(det.used_by), components=comps,
+            missing_components=det.missing, junk=_group(ckpt, det.junk), ema=_group(ckpt, det.ema),
+            unclaimed=_group(ckpt, det.unclaimed), problems=problems, nonfinite=nonfinite,
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))

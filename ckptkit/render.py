@@ -1,0 +1,42 @@
+"""Human-readable rendering of library results (the CLI prints these; --json bypasses them)."""
+
+from __future__ import annotations
+
+from ckptkit.inspect import InspectReport, human_bytes, human_count
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def inspect_report(r: InspectReport) -> str:
+    out = [f"{r.path}  [{r.format}]  {r.tensor_count} tensors, {human_bytes(r.total_bytes)}"]
+    if r.family:
+        variant = f", variant {r.variant}" if r.variant else ""
+        out.append(f"family: {r.family} ({r.family_title}){variant}; {r.form}; confidence {r.confidence:.2f}")
+    elif r.standalone:
+        users = f"; used by {', '.join(r.used_by)}" if r.used_by else ""
+        out.append(f"family: unknown - standalone component: {r.standalone}{users}")
+    else:
+        out.append("family: unknown")
+    if r.components:
+        rows = [[c.name, c.role, c.prefix or "-", c.tensors, human_count(c.params), human_bytes(c.bytes),
+                 " ".join(f"{d}:{human_bytes(b)}" for d, b in sorted(c.dtypes.items(), key=lambda kv: -kv[1]))]
+                for c in r.components]
+        out.append(table(rows, ["component", "role", "prefix", "tensors", "params", "bytes", "dtypes"]))
+    for label, group in (("junk", r.junk), ("ema", r.ema), ("unclaimed", r.unclaimed)):
+        if group["tensors"]:
+            names = ", ".join(group["names"][:4]) + (", ..." if group["tensors"] > 4 else "")
+            out.append(f"{label}: {group['tensors']} tensors, {human_bytes(group['bytes'])} ({names})")
+    if r.nonfinite is not None and not r.nonfinite:
+        out.append("scan: no NaN/Inf values")
+    if r.problems:
+        out.append("problems:")
+        out += [f"  - [{p.code}] {p.message}" for p in r.problems]
+    else:
+        out.append("problems: none")
+    return "\n".join(out)

@@ -1,0 +1,82 @@
+"""The command line: exit codes, one-line errors, --json."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ckptkit.cli import cli
+from ckptkit.fixtures.factory import write_bundle
+from tests.formats import corpus
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+@pytest.fixture(scope="module")
+def sd1_bundle(tmp_path_factory):
+    return write_bundle("sd1", tmp_path_factory.mktemp("cli") / "sd1.safetensors")
+
+
+def test_inspect_human(sd1_bundle):
+    result = run("inspect", sd1_bundle)
+    assert result.exit_code == 0, result.output
+    assert "family: sd1 (Stable Diffusion 1.x), variant base; bundle" in result.output
+    assert "[float_position_ids]" in result.output
+    assert "[ema_copy]" in result.output
+
+
+def test_inspect_json_and_scan(sd1_bundle):
+    result = run("inspect", sd1_bundle, "--json", "--scan")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["family"] == "sd1" and data["variant"] == "base"
+    assert data["nonfinite"] == {}
+    assert {c["name"] for c in data["components"]} == {"diffusion_model", "clip_l", "vae"}
+    assert data["junk"]["tensors"] == 5
+    codes = {p["code"] for p in data["problems"]}
+    assert {"float_position_ids", "ema_copy"} <= codes
+
+
+def test_scan_counts_nonfinite(tmp_path):
+    import torch
+
+    from ckptkit.fixtures.factory import bundle_state
+    from ckptkit.formats.safetensors import save_safetensors
+
+    state = bundle_state("sd1", junk=False)
+    name = "model.diffusion_model.out.2.weight"
+    state[name] = state[name].clone()
+    state[name].view(-1)[:3] = torch.tensor([float("nan"), float("inf"), float("nan")])
+    save_safetensors(tmp_path / "nan.safetensors", state)
+    data = json.loads(run("inspect", tmp_path / "nan.safetensors", "--json", "--scan").stdout)
+    assert data["nonfinite"] == {name: {"nan": 2, "inf": 1}}
+
+
+@pytest.mark.parametrize("maker", sorted(corpus.CORPUS))
+def test_bad_input_exits_2_with_one_line(tmp_path, maker):
+    path = corpus.CORPUS[maker](tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = run("inspect", path)
+    assert result.exit_code == 2, (maker, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckptkit: error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing left behind
+
+
+def test_real_process_no_traceback(tmp_path):
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    proc = subprocess.run([sys.executable, "-m", "ckptkit.cli", "inspect", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert str(bad) in proc.stderr
+
+
+def test_usage_error_exits_2():
+    assert run("inspect").exit_code == 2
+    assert run("no-such-command").exit_code == 2
