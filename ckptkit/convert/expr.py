@@ -3,7 +3,8 @@
 A layout conversion is a dict {output name: Expr}. Exprs are data (they print, compare and
 serialise for `--dry-run`) and are evaluated lazily: with a fetch that loads real tensors they
 give bytes, with a fetch that returns meta tensors they give shapes at no memory cost.
-Only byte-preserving operations exist, so every layout change is bit-exact.
+Every operation but `zeros` preserves bytes, so a layout change is bit-exact; `zeros` stands in
+for a buffer an original file must carry but the diffusers model does not hold (Sana's pos_embed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 @dataclass(frozen=True)
 class Expr:
-    op: str  # "src" | "cat" | "slice" | "reshape" | "t"
+    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros"
     args: tuple
 
     def sources(self) -> list[str]:
@@ -40,6 +41,9 @@ class Expr:
             return a[0].evaluate(fetch).reshape(a[1])
         if op == "t":
             return a[0].evaluate(fetch).t()
+        if op == "zeros":  # dtype and device of the `like` tensor (meta stays meta)
+            like = a[1].evaluate(fetch)
+            return torch.zeros(a[0], dtype=like.dtype, device=like.device)
         raise ValueError(f"unknown op {op}")
 
     def __str__(self) -> str:
@@ -52,6 +56,8 @@ class Expr:
             return f"{a[0]}[{a[1]}:{a[2]}:{a[3]}]"
         if op == "reshape":
             return f"reshape({a[0]}, {list(a[1])})"
+        if op == "zeros":
+            return f"zeros({list(a[0])}, like {a[1]})"
         return f"t({a[0]})"
 
     def to_json(self):
@@ -79,6 +85,11 @@ def reshape(e: Expr | str, shape) -> Expr:
 
 def transpose(e: Expr | str) -> Expr:
     return Expr("t", (e if isinstance(e, Expr) else src(e),))
+
+
+def zeros(shape, like: Expr | str) -> Expr:
+    """A zero tensor of `shape` with the dtype of `like` (not byte-preserving: see module doc)."""
+    return Expr("zeros", (tuple(shape), like if isinstance(like, Expr) else src(like)))
 
 
 def chunks(e: Expr | str, sizes: list[int], dim: int = 0) -> list[Expr]:

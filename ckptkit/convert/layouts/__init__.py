@@ -33,9 +33,14 @@ def register(layout: Layout) -> Layout:
 
 
 def get_layout(kind: str) -> Layout:
-    if not _LAYOUTS:
-        _load_all()
-    return _LAYOUTS[kind]
+    if kind not in _LAYOUTS:
+        _load_all()  # a module imported directly registers only itself
+    try:
+        return _LAYOUTS[kind]
+    except KeyError:
+        from ckptkit.errors import CkptError
+
+        raise CkptError(f"no layout map for {kind!r} components") from None
 
 
 def _load_all() -> None:

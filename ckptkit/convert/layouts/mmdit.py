@@ -1,0 +1,113 @@
+"""SD3 / SD3.5 MMDiT: original (Stability-AI/sd3.5 `sd3_impls`, ComfyUI) <-> diffusers
+`SD3Transformer2DModel`. Names are component-local (no `model.diffusion_model.`).
+
+`to_original` is the reverse of diffusers' `convert_sd3_transformer_checkpoint_to_diffusers`, which
+`to_diffusers` calls. Differences between the two layouts:
+  * q, k, v are fused: `joint_blocks.N.x_block.attn.qkv` = cat(attn.to_q, to_k, to_v);
+    `context_block.attn.qkv` = cat(attn.add_q_proj, add_k_proj, add_v_proj);
+    SD3.5-medium's `x_block.attn2.qkv` = cat(attn2.to_q, to_k, to_v).
+  * The last joint block's context block is `pre_only`: it has only qkv (+ ln_q/ln_k) and an
+    adaLN_modulation with two chunks, and so has `final_layer.adaLN_modulation`. Both store
+    (shift, scale) where diffusers' `AdaLayerNormContinuous` wants (scale, shift): the halves swap.
+    Swapping halves is its own inverse, so the same Expr serves both directions.
+Which optional parts exist (qk-norm `ln_q/ln_k`, `attn2`) is read from the names, not the config.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+from ckptkit.convert.expr import Expr, cat, chunks, src
+from ckptkit.convert.layouts import register
+from ckptkit.errors import CkptError
+
+WB = ("weight", "bias")
+
+TOP_LEVEL = {  # original: diffusers
+    "pos_embed": "pos_embed.pos_embed",
+    "x_embedder.proj.weight": "pos_embed.proj.weight",
+    "x_embedder.proj.bias": "pos_embed.proj.bias",
+    **{f"t_embedder.mlp.{i}.{p}": f"time_text_embed.timestep_embedder.linear_{j}.{p}"
+       for i, j in ((0, 1), (2, 2)) for p in WB},
+    **{f"y_embedder.mlp.{i}.{p}": f"time_text_embed.text_embedder.linear_{j}.{p}"
+       for i, j in ((0, 1), (2, 2)) for p in WB},
+    **{f"context_embedder.{p}": f"context_embedder.{p}" for p in WB},
+    **{f"final_layer.linear.{p}": f"proj_out.{p}" for p in WB},
+}
+SWAPPED_TOP_LEVEL = {f"final_layer.adaLN_modulation.1.{p}": f"norm_out.linear.{p}" for p in WB}
+
+BLOCK = {  # joint_blocks.N.<original>: transformer_blocks.N.<diffusers>; absent ones are skipped
+    **{f"x_block.attn.proj.{p}": f"attn.to_out.0.{p}" for p in WB},
+    "x_block.attn.ln_q.weight": "attn.norm_q.weight",
+    "x_block.attn.ln_k.weight": "attn.norm_k.weight",
+    **{f"x_block.attn2.proj.{p}": f"attn2.to_out.0.{p}" for p in WB},
+    "x_block.attn2.ln_q.weight": "attn2.norm_q.weight",
+    "x_block.attn2.ln_k.weight": "attn2.norm_k.weight",
+    **{f"x_block.adaLN_modulation.1.{p}": f"norm1.linear.{p}" for p in WB},
+    **{f"x_block.mlp.fc1.{p}": f"ff.net.0.proj.{p}" for p in WB},
+    **{f"x_block.mlp.fc2.{p}": f"ff.net.2.{p}" for p in WB},
+    **{f"context_block.attn.proj.{p}": f"attn.to_add_out.{p}" for p in WB},
+    "context_block.attn.ln_q.weight": "attn.norm_added_q.weight",
+    "context_block.attn.ln_k.weight": "attn.norm_added_k.weight",
+    **{f"context_block.mlp.fc1.{p}": f"ff_context.net.0.proj.{p}" for p in WB},
+    **{f"context_block.mlp.fc2.{p}": f"ff_context.net.2.{p}" for p in WB},
+}
+# Swapped (shift, scale) <-> (scale, shift) in the last (pre_only) block only.
+CONTEXT_MODULATION = {f"context_block.adaLN_modulation.1.{p}": f"norm1_context.linear.{p}" for p in WB}
+QKV = {  # fused original: the diffusers q, k, v modules
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+
+DIFFUSERS_BLOCK = re.compile(r"transformer_blocks\.(\d+)\.")
+
+
+class MMDiT:
+    kind = "mmdit"
+
+    def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
+        out = {orig: src(name) for orig, name in TOP_LEVEL.items()}
+        out.update({orig: _swap_halves(name, shapes) for orig, name in SWAPPED_TOP_LEVEL.items()})
+        blocks = sorted({int(m.group(1)) for n in shapes if (m := DIFFUSERS_BLOCK.match(n))})
+        for i in blocks:
+            orig_block, block = f"joint_blocks.{i}.", f"transformer_blocks.{i}."
+            for orig, name in BLOCK.items():
+                if block + name in shapes:
+                    out[orig_block + orig] = src(block + name)
+            pre_only = i == blocks[-1]
+            for orig, name in CONTEXT_MODULATION.items():
+                out[orig_block + orig] = _swap_halves(block + name, shapes) if pre_only else src(block + name)
+            for orig, parts in QKV.items():
+                for p in WB:
+                    if f"{block}{parts[0]}.{p}" in shapes:
+                        out[f"{orig_block}{orig}.{p}"] = cat([f"{block}{part}.{p}" for part in parts])
+
+        missing = sorted({s for e in out.values() for s in e.sources()} - set(shapes))
+        if missing:
+            raise CkptError(f"mmdit layout: the transformer has no {missing[:3]}")
+        left = sorted(set(shapes) - {s for e in out.values() for s in e.sources()})
+        if left:
+            raise CkptError(f"mmdit layout: {len(left)} tensor(s) have no original name, e.g. {left[:3]}")
+        return out
+
+    def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+        remaining = dict(state_dict)  # the converter pops what it uses; what stays was not converted
+        out = convert_sd3_transformer_checkpoint_to_diffusers(remaining)
+        if remaining:
+            raise CkptError(f"mmdit layout: {len(remaining)} tensor(s) not converted, e.g. {sorted(remaining)[:3]}")
+        return out
+
+
+def _swap_halves(name: str, shapes: dict[str, tuple[int, ...]]) -> Expr:
+    if name not in shapes:
+        raise CkptError(f"mmdit layout: the transformer has no {name!r}")
+    half = shapes[name][0] // 2
+    shift, scale = chunks(name, [half, half])
+    return cat([scale, shift])
+
+
+register(MMDiT())

@@ -1,0 +1,142 @@
+"""Sana / Sana-1.5 / Sana-Sprint transformer: diffusers `SanaTransformer2DModel` <-> NVlabs original names.
+
+`to_original` is an Expr map: renames, `attn.qkv` = cat(to_q, to_k, to_v), `cross_attn.kv_linear` =
+cat(to_k, to_v), plus two buffers that NVlabs' model always saves and diffusers does not keep:
+  * `pos_embed` [1, (sample_size/patch)^2, width]: zeros unless the model uses absolute positions, and even
+    then SanaMS recomputes it from its shape, never reading the values;
+  * `y_embedder.y_embedding` [300, caption_channels]: the null caption used for caption dropout in training.
+We write zeros for both (bit-exact for the 512/1024px releases, whose `pos_embed` is zeros). They must be
+there: diffusers' converter pops both unconditionally, so a file without them does not load.
+
+`to_diffusers` runs diffusers' own `convert_sana_transformer_to_diffusers` (single_file_utils; the rest of
+its logic lives in scripts/convert_sana_to_diffusers.py, which is not importable), on a copy because it
+pops from its input, and extends it for what it ignores (SANA 1.5 / Sprint): `attn.q_norm/k_norm` and
+`cross_attn.q_norm/k_norm`, `cfg_embedder.*`, and Sprint's `time_embed.timestep_embedder.*` name (diffusers
+always writes flow Sana's `time_embed.emb.timestep_embedder.*`). `logvar_linear.*` (training only) is dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
+
+from ckptkit.convert.expr import Expr, cat, src, zeros
+from ckptkit.convert.layouts import register
+from ckptkit.errors import CkptError
+
+# original name (or module prefix ending in ".") -> diffusers name (or prefix); handled by diffusers too
+TOP = {
+    "x_embedder.proj.": "patch_embed.proj.",
+    "t_block.1.": "time_embed.linear.",
+    "y_embedder.y_proj.fc1.": "caption_projection.linear_1.",
+    "y_embedder.y_proj.fc2.": "caption_projection.linear_2.",
+    "attention_y_norm.weight": "caption_norm.weight",
+    "final_layer.linear.": "proj_out.",
+    "final_layer.scale_shift_table": "scale_shift_table",
+}
+TIME_FLOW = {"t_embedder.mlp.0.": "time_embed.emb.timestep_embedder.linear_1.",
+             "t_embedder.mlp.2.": "time_embed.emb.timestep_embedder.linear_2."}
+TIME_SPRINT = {"t_embedder.mlp.0.": "time_embed.timestep_embedder.linear_1.",
+               "t_embedder.mlp.2.": "time_embed.timestep_embedder.linear_2."}
+BLOCK = {
+    "scale_shift_table": "scale_shift_table",
+    "attn.proj.": "attn1.to_out.0.",
+    "cross_attn.q_linear.": "attn2.to_q.",
+    "cross_attn.proj.": "attn2.to_out.0.",
+    "mlp.inverted_conv.conv.": "ff.conv_inverted.",
+    "mlp.depth_conv.conv.": "ff.conv_depth.",
+    "mlp.point_conv.conv.": "ff.conv_point.",
+}
+# original module -> diffusers modules, concatenated on dim 0 in equal parts
+BLOCK_FUSED = {
+    "attn.qkv.": ("attn1.to_q.", "attn1.to_k.", "attn1.to_v."),
+    "cross_attn.kv_linear.": ("attn2.to_k.", "attn2.to_v."),
+}
+# SANA 1.5 / Sprint names that diffusers' single-file converter ignores
+TOP_EXTRA = {"cfg_embedder.mlp.0.": "time_embed.guidance_embedder.linear_1.",
+             "cfg_embedder.mlp.2.": "time_embed.guidance_embedder.linear_2."}
+BLOCK_EXTRA = {
+    "attn.q_norm.weight": "attn1.norm_q.weight",
+    "attn.k_norm.weight": "attn1.norm_k.weight",
+    "cross_attn.q_norm.weight": "attn2.norm_q.weight",
+    "cross_attn.k_norm.weight": "attn2.norm_k.weight",
+}
+BUFFERS = ("pos_embed", "y_embedder.y_embedding")  # saved by NVlabs, not kept by diffusers
+TRAINING_ONLY = ("logvar_linear.weight", "logvar_linear.bias")
+MODEL_MAX_LENGTH = 300  # caption tokens: the rows of y_embedding in every released Sana
+
+PARAMS = ("weight", "bias")
+
+
+def _num_blocks(names, prefix: str) -> int:
+    return 1 + max((int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)), default=-1)
+
+
+def _pairs(table: dict[str, str], o_pre: str = "", d_pre: str = ""):
+    """Full (original, diffusers) name pairs of a rename table, weight and bias for module prefixes."""
+    for o, d in table.items():
+        if o.endswith("."):
+            for p in PARAMS:
+                yield o_pre + o + p, d_pre + d + p
+        else:
+            yield o_pre + o, d_pre + d
+
+
+def _unknown(names, side: str) -> CkptError:
+    names = sorted(names)
+    more = f" (+{len(names) - 8} more)" if len(names) > 8 else ""
+    return CkptError(f"Sana {side} tensors with no known counterpart: {', '.join(names[:8])}{more}")
+
+
+class Sana:
+    kind = "sana"
+
+    def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
+        out: dict[str, Expr] = {}
+        pairs = [*_pairs(TOP), *_pairs(TIME_FLOW), *_pairs(TIME_SPRINT), *_pairs(TOP_EXTRA)]
+        for i in range(_num_blocks(shapes, "transformer_blocks.")):
+            o_pre, d_pre = f"blocks.{i}.", f"transformer_blocks.{i}."
+            pairs += [*_pairs(BLOCK, o_pre, d_pre), *_pairs(BLOCK_EXTRA, o_pre, d_pre)]
+            for o_mod, parts in BLOCK_FUSED.items():
+                for p in PARAMS:
+                    if d_pre + parts[0] + p in shapes:
+                        out[o_pre + o_mod + p] = cat([d_pre + part + p for part in parts])
+        out.update({o: src(d) for o, d in pairs if d in shapes})
+
+        width = shapes["patch_embed.proj.weight"][0]
+        grid = config.get("sample_size", 32) // config.get("patch_size", 1)
+        caption_channels = shapes["caption_projection.linear_1.weight"][1]
+        out["pos_embed"] = zeros((1, grid * grid, width), like="patch_embed.proj.weight")
+        out["y_embedder.y_embedding"] = zeros((config.get("model_max_length", MODEL_MAX_LENGTH), caption_channels),
+                                              like="patch_embed.proj.weight")
+
+        left = set(shapes) - {s for e in out.values() for s in e.sources()}
+        if left:
+            raise _unknown(left, "diffusers")
+        return out
+
+    def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+        sd = dict(state_dict)  # diffusers' converter pops what it converts
+        extra = {}
+        pairs = list(_pairs(TOP_EXTRA))
+        for i in range(_num_blocks(sd, "blocks.")):
+            pairs += _pairs(BLOCK_EXTRA, f"blocks.{i}.", f"transformer_blocks.{i}.")
+        for o, d in pairs:
+            if o in sd:
+                extra[d] = sd.pop(o)
+        for name in TRAINING_ONLY:
+            sd.pop(name, None)
+        for name in BUFFERS:  # diffusers pops and discards these; a stripped file must not raise KeyError
+            sd.setdefault(name, torch.empty(0))
+
+        out = convert_sana_transformer_to_diffusers(sd)
+        if sd:  # diffusers silently ignores what it does not know
+            raise _unknown(sd, "original")
+        if "time_embed.guidance_embedder.linear_1.weight" in extra:  # Sprint: no `emb.` level
+            out = {k.replace("time_embed.emb.timestep_embedder.", "time_embed.timestep_embedder."): v
+                   for k, v in out.items()}
+        out.update(extra)
+        return out
+
+
+register(Sana())
