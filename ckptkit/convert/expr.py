@@ -118,3 +118,56 @@ def shapes(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, .
 def identity(names, prefix_from: str = "", prefix_to: str = "") -> dict[str, Expr]:
     """Rename by prefix only."""
     return {prefix_to + n[len(prefix_from):]: src(n) for n in names if n.startswith(prefix_from)}
+
+
+def shape_of(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    return tuple(e.evaluate(lambda n: torch.empty(source_shapes[n], device="meta")).shape)
+
+
+def invert(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, ...]],
+           optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Expr]:
+    """The reverse of a layout map: {source name: Expr over the mapping's output names}.
+
+    `mapping` gives each output as an Expr over sources (names with shapes `source_shapes`); the
+    result rebuilds every source from the outputs. This lets one hand-written direction (ours,
+    original <- diffusers) serve both ways, streaming. `zeros` outputs are simply not used; a
+    source that no output covers completely is an error unless it is in `optional` (tied copies
+    such as T5's `encoder.embed_tokens.weight`), which is then left out.
+    """
+    whole: dict[str, Expr] = {}
+    pieces: dict[str, list[tuple[int, int, int, Expr]]] = {}
+
+    def place(e: Expr, target: Expr) -> None:
+        op, a = e.op, e.args
+        if op == "src":
+            whole[a[0]] = target
+        elif op == "slice" and a[0].op == "src":
+            pieces.setdefault(a[0].args[0], []).append((a[1], a[2], a[3], target))
+        elif op == "reshape":
+            place(a[0], reshape(target, shape_of(a[0], source_shapes)))
+        elif op == "t":
+            place(a[0], transpose(target))
+        elif op == "cat":
+            offset = 0
+            for part in a[1:]:
+                size = shape_of(part, source_shapes)[a[0]]
+                place(part, narrow(target, a[0], offset, offset + size))
+                offset += size
+        elif op != "zeros":
+            raise ValueError(f"cannot invert {e}")
+
+    for name, e in mapping.items():
+        place(e, src(name))
+    for name, parts in pieces.items():
+        if name in whole:
+            continue
+        dims = {p[0] for p in parts}
+        parts.sort(key=lambda p: p[1])
+        ends = [p[1] for p in parts[1:]] + [source_shapes[name][parts[0][0]]]
+        if len(dims) != 1 or parts[0][1] != 0 or any(p[2] != end for p, end in zip(parts, ends)):
+            raise ValueError(f"{name}: pieces {[(p[1], p[2]) for p in parts]} do not cover it")
+        whole[name] = parts[0][3] if len(parts) == 1 else cat([p[3] for p in parts], dim=parts[0][0])
+    missing = [n for n in source_shapes if n not in whole and n not in optional]
+    if missing:
+        raise ValueError(f"no output covers {missing[:3]}")
+    return {name: whole[name] for name in source_shapes if name in whole}

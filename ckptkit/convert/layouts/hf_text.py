@@ -33,6 +33,7 @@ class HFClip:
 
 class HFT5:
     kind = "hf_t5"
+    tied = frozenset({T5_TIED_COPY})  # diffusers-side names that to_original leaves out on purpose
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         return {n: src(n) for n in shapes if n != T5_TIED_COPY}
