@@ -60,6 +60,125 @@ def inspect_cmd(path: str, as_json: bool, scan: bool):
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else inspect_report(report))
 
 
+def _bar_factory(enabled: bool):
+    """Progress bars with bytes/s on stderr, only on a terminal (quiet in CI logs and --json)."""
+    def make(total: int, label: str):
+        bar = _progress(total, label, enabled)
+        return bar.update
+    return make if enabled else None
+
+
+def _render_run(result, as_json: bool) -> None:
+    from ckptkit.inspect import human_bytes
+
+    if as_json:
+        data = {"plan": result.plan.to_json()} if not result.written else {
+            "out": result.out_dir, "files": [w.__dict__ for w in result.written], "manifest": result.manifest}
+        click.echo(json.dumps(data, indent=2))
+        return
+    if not result.written:
+        click.echo(result.plan.describe())
+        return
+    for w in result.written:
+        click.echo(f"wrote {w.path}  {w.tensors} tensors, {human_bytes(w.bytes)}  sha256 {w.sha256[:16]}")
+    dropped = len(result.plan.dropped)
+    if dropped:
+        click.echo(f"dropped {dropped} tensors (listed in the manifest)" if result.manifest else f"dropped {dropped} tensors")
+    for note in result.plan.notes:
+        click.echo(f"note: {note}")
+    if result.manifest and result.manifest.get("store"):
+        store = result.manifest["store"]
+        click.echo(f"store: {store['reused']} component(s) already stored, {human_bytes(store['bytes_saved'])} saved")
+
+
+RUN_OPTIONS = [
+    click.option("--dry-run", is_flag=True, help="Print the plan (with --json: emit it) and write nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    click.option("--force", is_flag=True, help="Write into a non-empty directory / replace an existing file."),
+    click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+                 help="Threads for layout ops and casts."),
+]
+
+
+def run_options(fn):
+    for option in reversed(RUN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _components(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=str), help="Output directory.")
+@click.option("--layout", type=click.Choice(["comfy", "original", "diffusers"]), default="comfy", show_default=True)
+@click.option("--components", help="Comma-separated components to extract (default: all).")
+@click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True)
+@click.option("--allow-overflow", is_flag=True, help="Allow an fp32->fp16 cast that overflows to inf.")
+@click.option("--extract-ema", is_flag=True, help="Write the EMA weights as the diffusion model.")
+@click.option("--fix-position-ids", is_flag=True, help="Rewrite float/broken CLIP position_ids as arange int64.")
+@click.option("--tokenizer-from", type=click.Path(exists=True, path_type=str),
+              help="A diffusers folder to copy tokenizer files from (--layout diffusers).")
+@click.option("--store", type=click.Path(path_type=str), help="Content-addressed store: identical components are stored once.")
+@click.option("--prefix", "prefixes", multiple=True, metavar="NAME=PREFIX",
+              help="Split an unknown file by explicit prefixes (with --layout original).")
+@run_options
+def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_ema, fix_position_ids,
+          tokenizer_from, store, prefixes, dry_run, as_json, force, workers):
+    """Split a bundled checkpoint into one file per component, plus ckptkit.json."""
+    from ckptkit import pipeline
+    from ckptkit.convert.split import SplitOptions
+
+    opts = SplitOptions(layout=layout, components=_components(components), dtype=dtype, extract_ema=extract_ema,
+                        fix_position_ids=fix_position_ids, prefixes=_prefixes(prefixes))
+    result = pipeline.split(bundle, out_dir, opts, force=force, dry_run=dry_run, workers=workers,
+                            progress=_bar_factory(sys.stderr.isatty() and not as_json),
+                            allow_overflow=allow_overflow, tokenizer_from=tokenizer_from, store=store)
+    _render_run(result, as_json)
+
+
+def _prefixes(values) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, prefix = value.partition("=")
+        if not sep or not name:
+            raise CkptError(f"--prefix takes NAME=PREFIX, got {value!r}")
+        out[name] = prefix
+    return out
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@click.option("-o", "--out", "output", required=True, type=click.Path(path_type=str), help="The bundle to write.")
+@run_options
+def merge(folder, output, dry_run, as_json, force, workers):
+    """Merge a component set (any layout) back into one bundled original-layout file."""
+    from ckptkit import pipeline
+
+    result = pipeline.merge(folder, output, force=force, dry_run=dry_run, workers=workers,
+                            progress=_bar_factory(sys.stderr.isatty() and not as_json))
+    _render_run(result, as_json)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("-o", "--out", "dest", required=True, type=click.Path(path_type=str))
+@click.option("--layout", type=click.Choice(["original", "diffusers"]), required=True)
+@click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True)
+@click.option("--allow-overflow", is_flag=True)
+@run_options
+def convert(source, dest, layout, dtype, allow_overflow, dry_run, as_json, force, workers):
+    """Convert one component file <-> a diffusers component folder, a bundle -> a diffusers
+    folder, or a diffusers pipeline folder -> a bundle."""
+    from ckptkit import pipeline
+
+    result = pipeline.convert(source, dest, layout, dtype=dtype, force=force, dry_run=dry_run, workers=workers,
+                              progress=_bar_factory(sys.stderr.isatty() and not as_json), allow_overflow=allow_overflow)
+    _render_run(result, as_json)
+
+
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Keep the demo files here (default: a temporary folder, removed afterwards).")

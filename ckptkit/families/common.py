@@ -55,3 +55,19 @@ def t5xxl(prefix: str, alt_prefixes: tuple[str, ...] = ()) -> ComponentSpec:
     return ComponentSpec("t5xxl", "text_encoder", prefix, "hf_t5", "T5EncoderModel", "text_encoder_2",
                          config=T5XXL_CONFIG, alt_prefixes=alt_prefixes,
                          high_precision=("shared.", "encoder.embed_tokens.", "encoder.final_layer_norm."))
+
+
+# Scheduler configs written beside a diffusers-layout split (the released pipelines' values).
+DDPM_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+SD1_SCHEDULER = dict(_class_name="PNDMScheduler", **DDPM_SCHEDULE, skip_prk_steps=True, steps_offset=1,
+                     set_alpha_to_one=False, prediction_type="epsilon")
+SD2_SCHEDULER = dict(_class_name="DDIMScheduler", **DDPM_SCHEDULE, clip_sample=False, set_alpha_to_one=False,
+                     steps_offset=1, prediction_type="epsilon")
+SDXL_SCHEDULER = dict(_class_name="EulerDiscreteScheduler", **DDPM_SCHEDULE, steps_offset=1,
+                      timestep_spacing="leading", interpolation_type="linear", prediction_type="epsilon")
+SD3_SCHEDULER = dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=3.0)
+FLUX_SCHEDULER = dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=3.0,
+                      use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                      max_image_seq_len=4096)
+SANA_SCHEDULER = dict(_class_name="DPMSolverMultistepScheduler", num_train_timesteps=1000, prediction_type="flow_prediction",
+                      use_flow_sigmas=True, flow_shift=3.0, solver_order=2, algorithm_type="dpmsolver++")

@@ -29,6 +29,7 @@ class Detection:
     unclaimed: list[str] = field(default_factory=list)  # tensors no component or junk rule claims
     confidence: float = 0.0
     standalone: str | None = None  # description of a standalone component file
+    standalone_layout: str | None = None  # its layout kind ("hf_clip", "open_clip", "ldm_vae", ...)
     used_by: tuple[str, ...] = ()
 
     @property
@@ -82,7 +83,8 @@ def detect(ckpt: Checkpoint) -> Detection:
     for sig in SIGNATURES:
         if all(c.holds(_lookup(shapes, "")) for c in sig.when):
             return Detection(None, None, "component", "diffusers" if sig.layout.startswith("diffusers:") else "original",
-                             components={sig.name: ""}, confidence=1.0, standalone=sig.description, used_by=sig.used_by)
+                             components={sig.name: ""}, confidence=1.0, standalone=sig.description, used_by=sig.used_by,
+                             standalone_layout=sig.layout.removeprefix("diffusers:"))
     return Detection(None, None, "unknown", "original", unclaimed=list(shapes), confidence=0.0)
 
 

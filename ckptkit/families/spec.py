@@ -78,6 +78,7 @@ class FamilySpec:
     junk: tuple[str, ...] = ()  # full-name regexes of tensors to drop (DDPM buffers, ...)
     ema_prefix: str | None = None  # "model_ema." for LDM checkpoints
     pipeline: str = ""  # diffusers pipeline class for model_index.json
+    scheduler: dict = field(default_factory=dict)  # diffusers scheduler config ("_class_name" included)
     notes: str = ""
 
     def component(self, name: str) -> ComponentSpec:

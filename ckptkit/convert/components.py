@@ -1,0 +1,116 @@
+"""Map one component between namings: its tensors under a prefix of a source checkpoint, in
+original or diffusers names, to the names of a target layout, as streamable expressions.
+
+Original -> diffusers runs our hand-written diffusers -> original map backwards (`expr.invert`)
+on a meta model built from the config the source shapes imply, so the same map serves both
+directions and every conversion is checked against the model class's own state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ckptkit.convert import expr
+from ckptkit.convert.expr import Expr
+from ckptkit.convert.layouts import get_layout
+from ckptkit.convert.models import diffusers_shapes
+from ckptkit.errors import CkptError
+from ckptkit.families.spec import ComponentSpec
+from ckptkit.formats.base import Checkpoint
+
+# Text encoders whose original names already are transformers' names.
+HF_NATIVE = frozenset({"hf_clip", "hf_t5"})
+
+
+@dataclass
+class ComponentMap:
+    ops: dict[str, Expr]  # target name (no prefix) -> Expr over full source names
+    config: dict | None  # the component's diffusers/transformers config
+    dropped: dict[str, str] = field(default_factory=dict)  # full source name -> reason
+
+
+def local_shapes(ckpt: Checkpoint, prefix: str, exclude: set[str]) -> dict[str, tuple[int, ...]]:
+    return {n[len(prefix):]: info.shape for n, info in ckpt.tensors.items()
+            if n.startswith(prefix) and n not in exclude}
+
+
+def _identity(shapes, prefix: str) -> dict[str, Expr]:
+    return {n: expr.src(prefix + n) for n in shapes}
+
+
+def source_config(comp: ComponentSpec, shapes: dict, names: str, given: dict | None) -> dict:
+    """The component's config: the one shipped with a diffusers folder, else derived from shapes."""
+    if given is not None:
+        return {k: v for k, v in given.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+    layout = get_layout(comp.layout)
+    if names == "diffusers" and comp.diffusers_class.startswith("CLIPTextModel"):
+        layout = get_layout("hf_clip")  # transformers' CLIP names are hf_clip's original names
+    elif names != "original" or not hasattr(layout, "config_from_original"):
+        raise CkptError(f"{comp.name}: cannot derive a {comp.diffusers_class} config from these weights "
+                        "(a diffusers folder needs its config.json)")
+    return layout.config_from_original(shapes, dict(comp.config))
+
+
+def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str, target: str,
+                  exclude: set[str] = frozenset(), config: dict | None = None) -> ComponentMap:
+    """`names`: how the source names this component ("original" | "diffusers"); `target` likewise."""
+    shapes = local_shapes(ckpt, prefix, exclude)
+    if not shapes:
+        raise CkptError(f"{comp.name}: no tensors under {prefix!r}")
+    if names == target:
+        return ComponentMap(_identity(shapes, prefix), config if names == "diffusers" else None)
+    layout = get_layout(comp.layout)
+    cfg = source_config(comp, shapes, names, config)
+    if names == "diffusers":  # diffusers -> original: our map, as it is
+        fwd = layout.to_original(shapes, cfg)
+        return ComponentMap({o: expr.rename(e, lambda n: prefix + n) for o, e in fwd.items()}, cfg)
+    # original -> diffusers: build the model's names from the config, map them, check, invert
+    dshapes = diffusers_shapes(comp.diffusers_class, cfg)
+    fwd = layout.to_original(dshapes, cfg)
+    fshapes = expr.shapes(fwd, dshapes)
+    missing = sorted(n for n, e in fwd.items() if n not in shapes and e.op != "zeros")
+    if missing:
+        raise CkptError(f"{comp.name}: the source lacks {len(missing)} tensors a {comp.diffusers_class} needs "
+                        f"(e.g. {missing[0]!r})")
+    wrong = sorted(n for n in fwd if n in shapes and fshapes[n] != tuple(shapes[n]))
+    if wrong:
+        n = wrong[0]
+        raise CkptError(f"{comp.name}: {len(wrong)} tensors have unexpected shapes (e.g. {n!r}: "
+                        f"{list(shapes[n])}, expected {list(fshapes[n])})")
+    dropped = {prefix + n: f"not part of {comp.diffusers_class}" for n in shapes
+               if n not in fwd or fwd[n].op == "zeros"}
+    inv = expr.invert(fwd, dshapes, getattr(layout, "tied", frozenset()))
+    return ComponentMap({d: expr.rename(e, lambda n: prefix + n) for d, e in inv.items()}, cfg, dropped)
+
+
+def config_json(comp: ComponentSpec, config: dict) -> str:
+    """config.json text for a diffusers/transformers component folder."""
+    import json
+
+    import diffusers
+
+    from ckptkit.convert.models import model_class
+
+    cls, config_cls = model_class(comp.diffusers_class)
+    if config_cls is None:
+        data = {"_class_name": comp.diffusers_class, "_diffusers_version": diffusers.__version__, **config}
+        return json.dumps(data, indent=2, sort_keys=True, default=list) + "\n"
+    cfg = config_cls(**config)
+    cfg.architectures = [comp.diffusers_class]
+    return cfg.to_json_string()
+
+
+def find_component_spec(name: str, layout: str) -> ComponentSpec:
+    """A family's spec for a standalone component file (the first family with that component and
+    source layout: CLIP-L is the same in every family that has it)."""
+    from ckptkit.families import FAMILIES
+
+    for family in FAMILIES:
+        for comp in family.components:
+            if comp.name == name and comp.layout == layout:
+                return comp
+    for family in FAMILIES:
+        for comp in family.components:
+            if comp.name == name:
+                return comp
+    raise CkptError(f"no family has a component {name!r}")

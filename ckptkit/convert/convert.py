@@ -1,0 +1,42 @@
+"""Convert planner: one component between original and diffusers layouts (a file <-> a
+diffusers component folder). Whole bundles go through split (-> diffusers folder) and diffusers
+pipeline folders through merge (-> bundle)."""
+
+from __future__ import annotations
+
+from ckptkit.convert.components import config_json, find_component_spec, map_component
+from ckptkit.convert.plan import OutputFile, Plan
+from ckptkit.convert.split import CAST_TARGETS, output_path, tensor_ops
+from ckptkit.errors import CkptError
+from ckptkit.families.detect import Detection
+from ckptkit.families.spec import ComponentSpec
+from ckptkit.formats.base import Checkpoint
+
+
+def component_spec(det: Detection) -> ComponentSpec:
+    if det.family and list(det.components) == ["diffusion_model"]:
+        return det.spec.diffusion_model
+    if det.standalone:
+        return find_component_spec(next(iter(det.components)), det.standalone_layout)
+    raise CkptError("not a single component (family unknown and no component signature matches)")
+
+
+def plan_convert_component(ckpt: Checkpoint, det: Detection, layout: str, dtype: str = "keep",
+                           output_name: str = "") -> Plan:
+    if layout not in ("original", "diffusers"):
+        raise CkptError(f"convert --layout must be original or diffusers, not {layout!r}")
+    comp = component_spec(det)
+    cmap = map_component(ckpt, comp, "", det.names, layout, config=ckpt.config if det.names == "diffusers" else None)
+    plan = Plan("convert", str(ckpt.path), [], dropped=dict(cmap.dropped),
+                info={"family": det.family, "variant": det.variant, "layout": layout,
+                      "components": {comp.name: {"role": comp.role, "naming": layout,
+                                                 "diffusers_class": comp.diffusers_class}}})
+    tensors = tensor_ops(ckpt, cmap.ops, CAST_TARGETS[dtype], False, plan.notes, comp.name)
+    if layout == "diffusers":
+        path = output_path(comp, "diffusers").split("/", 1)[1]  # inside the destination folder
+        plan.sidecars["config.json"] = config_json(comp, cmap.config)
+    else:
+        path = output_name
+    plan.outputs.append(OutputFile(path, comp.name, layout, tensors, metadata={"ckptkit.component": comp.name}))
+    plan.info["components"][comp.name]["file"] = path
+    return plan

@@ -1,0 +1,184 @@
+"""Library entry points: open, detect, plan, execute, record. The CLI calls only these."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ckptkit.convert.execute import WrittenFile, execute
+from ckptkit.convert.manifest import SourceHasher, build_manifest, write_manifest
+from ckptkit.convert.plan import Plan
+from ckptkit.convert.split import SplitOptions, plan_split
+from ckptkit.errors import CkptError
+from ckptkit.families.detect import detect
+from ckptkit.formats import open_checkpoint
+
+Progress = Callable[[int, str], Callable[[int], None]]  # (total bytes, label) -> update(n)
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    written: list[WrittenFile] = field(default_factory=list)
+    manifest: dict | None = None
+    out_dir: str | None = None
+
+
+def _prepare_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CkptError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise CkptError(f"{out_dir}: output directory is not empty (use --force to write into it)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def planned_bytes(plan: Plan) -> int:
+    from ckptkit.formats.dtypes import DTYPES
+
+    return sum(t.numel * DTYPES[t.dtype][1] for o in plan.outputs for t in o.tensors if t.dtype in DTYPES)
+
+
+def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress | None,
+             allow_overflow: bool = False, manifest_extra: dict | None = None, store: str | None = None) -> RunResult:
+    hasher = SourceHasher(list(ckpt.paths))
+    extra = dict(manifest_extra or {})
+    reused: list[WrittenFile] = []
+    if store:
+        plan, reused, extra["store"] = _reuse_from_store(plan, ckpt, out_dir, Path(store), workers)
+    update = progress(planned_bytes(plan), plan.kind) if progress else None
+    written = execute(plan, ckpt, out_dir, workers=workers, progress=update, allow_overflow=allow_overflow)
+    if store:
+        for w in written:
+            _link(out_dir / w.path, _store_path(Path(store), w.sha256), into_store=True)
+    written = reused + written
+    manifest = build_manifest(plan, written, hasher.join(), extra)
+    write_manifest(out_dir, manifest)
+    return RunResult(plan, written, manifest, str(out_dir))
+
+
+def _store_path(store: Path, digest: str) -> Path:
+    return store / "sha256" / digest[:2] / f"{digest}.safetensors"
+
+
+def _link(path: Path, stored: Path, into_store: bool) -> str:
+    """Hardlink `path` and `stored` together; where hardlinks are impossible (another filesystem),
+    copy into the store, or leave a reference (the manifest's `stored_at`) instead of a copy."""
+    if into_store:
+        if stored.exists():
+            return "exists"
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, stored)
+        except OSError:
+            shutil.copy2(path, stored)
+        return "stored"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(stored, path)
+        return "hardlink"
+    except OSError:
+        return "reference"
+
+
+def _reuse_from_store(plan: Plan, ckpt, out_dir: Path, store: Path, workers: int):
+    """Outputs whose content is already stored are linked, not written: returns the plan of what
+    is left to write, the reused files and the store summary for the manifest."""
+    from dataclasses import replace
+
+    from ckptkit.convert.execute import describe_file, output_digest
+
+    left, reused, saved, refs = [], [], 0, {}
+    for out in plan.outputs:
+        digest = output_digest(out, ckpt, workers)
+        stored = _store_path(store, digest)
+        if not stored.exists():
+            left.append(out)
+            continue
+        how = _link(out_dir / out.path, stored, into_store=False)
+        reused.append(describe_file(out, stored, digest))
+        saved += stored.stat().st_size
+        refs[out.component or out.path] = {"sha256": digest, "stored_at": str(stored), "how": how}
+    summary = {"path": str(store), "reused": len(reused), "bytes_saved": saved, "links": refs}
+    return replace(plan, outputs=left), reused, summary
+
+
+def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOptions, *, force: bool = False,
+          dry_run: bool = False, workers: int = 1, progress: Progress | None = None, allow_overflow: bool = False,
+          tokenizer_from: str | None = None, store: str | None = None) -> RunResult:
+    out_dir = Path(out_dir)
+    with open_checkpoint(source) as ckpt:
+        det = detect(ckpt)
+        plan = plan_split(ckpt, det, opts)
+        if dry_run:
+            return RunResult(plan)
+        _prepare_out_dir(out_dir, force)
+        extra = {"tokenizer": _tokenizers(plan, out_dir, tokenizer_from)}
+        return run_plan(plan, ckpt, out_dir, workers, progress, allow_overflow, extra, store)
+
+
+def _tokenizers(plan: Plan, out_dir: Path, tokenizer_from: str | None) -> str:
+    """Tokenizer files cannot be derived from weights: copy `tokenizer*` folders when given."""
+    if plan.info.get("layout") != "diffusers":
+        return "not applicable"
+    if not tokenizer_from:
+        return "absent: pass --tokenizer-from DIR (a diffusers pipeline folder) to copy tokenizer files"
+    src = Path(tokenizer_from)
+    folders = sorted(p for p in src.glob("tokenizer*") if p.is_dir()) if src.is_dir() else []
+    if not folders:
+        raise CkptError(f"{src}: no tokenizer*/ folders to copy")
+    for folder in folders:
+        shutil.copytree(folder, out_dir / folder.name, dirs_exist_ok=True)
+    return f"copied from {src}: {', '.join(p.name for p in folders)}"
+
+
+def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool = False, dry_run: bool = False,
+          workers: int = 1, progress: Progress | None = None) -> RunResult:
+    from ckptkit.convert.merge import plan_merge
+
+    folder, output = Path(folder), Path(output)
+    if not folder.is_dir():
+        raise CkptError(f"{folder}: not a directory")
+    if output.exists() and not force:
+        raise CkptError(f"{output}: exists (use --force to replace it)")
+    plan, ckpt = plan_merge(folder, output.name)
+    with ckpt:
+        if dry_run:
+            return RunResult(plan)
+        update = progress(planned_bytes(plan), "merge") if progress else None
+        written = execute(plan, ckpt, output.parent, workers=workers, progress=update)
+    return RunResult(plan, written, None, str(output.parent))
+
+
+def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, dtype: str = "keep",
+            force: bool = False, dry_run: bool = False, workers: int = 1, progress: Progress | None = None,
+            allow_overflow: bool = False) -> RunResult:
+    """Bundle -> diffusers folder (split), diffusers pipeline -> bundle (merge), or one component
+    file <-> diffusers component folder."""
+    from ckptkit.convert.convert import plan_convert_component
+
+    dest = Path(dest)
+    with open_checkpoint(source) as ckpt:
+        det = detect(ckpt)
+        if det.form in ("bundle", "diffusers"):
+            if layout == "diffusers" and det.form == "bundle":
+                return split(source, dest, SplitOptions(layout="diffusers", dtype=dtype), force=force,
+                             dry_run=dry_run, workers=workers, progress=progress, allow_overflow=allow_overflow)
+            if layout == "original" and det.form == "diffusers":
+                return merge(source, dest, force=force, dry_run=dry_run, workers=workers, progress=progress)
+            raise CkptError(f"{source}: is already a {det.form} in {det.names} names")
+        plan = plan_convert_component(ckpt, det, layout, dtype, dest.name)
+        if dry_run:
+            return RunResult(plan)
+        if layout == "diffusers":
+            _prepare_out_dir(dest, force)
+            out_dir = dest
+        else:
+            if dest.exists() and not force:
+                raise CkptError(f"{dest}: exists (use --force to replace it)")
+            out_dir = dest.parent
+        update = progress(planned_bytes(plan), "convert") if progress else None
+        written = execute(plan, ckpt, out_dir, workers=workers, progress=update, allow_overflow=allow_overflow)
+        return RunResult(plan, written, None, str(out_dir))
