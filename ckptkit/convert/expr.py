@@ -17,7 +17,7 @@ import torch
 
 @dataclass(frozen=True)
 class Expr:
-    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros"
+    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros" | "arange"
     args: tuple
 
     def sources(self) -> list[str]:
@@ -41,6 +41,8 @@ class Expr:
             return a[0].evaluate(fetch).reshape(a[1])
         if op == "t":
             return a[0].evaluate(fetch).t()
+        if op == "arange":  # rebuilt CLIP position_ids: int64 [1, n]
+            return torch.arange(a[0], dtype=torch.int64)[None]
         if op == "zeros":  # dtype and device of the `like` tensor (meta stays meta)
             like = a[1].evaluate(fetch)
             return torch.zeros(a[0], dtype=like.dtype, device=like.device)
@@ -58,6 +60,8 @@ class Expr:
             return f"reshape({a[0]}, {list(a[1])})"
         if op == "zeros":
             return f"zeros({list(a[0])}, like {a[1]})"
+        if op == "arange":
+            return f"arange({a[0]})"
         return f"t({a[0]})"
 
     def to_json(self):
@@ -90,6 +94,17 @@ def transpose(e: Expr | str) -> Expr:
 def zeros(shape, like: Expr | str) -> Expr:
     """A zero tensor of `shape` with the dtype of `like` (not byte-preserving: see module doc)."""
     return Expr("zeros", (tuple(shape), like if isinstance(like, Expr) else src(like)))
+
+
+def arange(n: int) -> Expr:
+    return Expr("arange", (n,))
+
+
+def rename(e: Expr, fn) -> Expr:
+    """The same expression over renamed sources (e.g. with a bundle prefix added)."""
+    if e.op == "src":
+        return src(fn(e.args[0]))
+    return Expr(e.op, tuple(rename(x, fn) if isinstance(x, Expr) else x for x in e.args))
 
 
 def chunks(e: Expr | str, sizes: list[int], dim: int = 0) -> list[Expr]:

@@ -3,7 +3,7 @@ all-in-one files add `model.diffusion_model.`, `vae.`, `text_encoders.clip_l.` a
 
 from dataclasses import replace
 
-from ckptkit.families.common import FLUX_VAE_CONFIG, clip_l, t5xxl, vae
+from ckptkit.families.common import FLUX_VAE_CONFIG, clip_l, t5xxl, vae, FLUX_SCHEDULER
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
 
 FLUX_DEV_CONFIG = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
@@ -16,6 +16,7 @@ SPEC = FamilySpec(
     title="FLUX.1",
     gguf_arch="flux",
     pipeline="FluxPipeline",
+    scheduler=FLUX_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "flux",
                       "FluxTransformer2DModel", "transformer", config=FLUX_DEV_CONFIG,

@@ -1,5 +1,6 @@
 """Sana and Sana-Sprint (NVlabs `.pth` with a `state_dict`, transformer only)."""
 
+from ckptkit.families.common import SANA_SCHEDULER
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
 
 SANA_1600M_CONFIG = dict(in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32,
@@ -15,6 +16,7 @@ SPEC = FamilySpec(
     title="Sana / Sana-Sprint",
     gguf_arch="sana",
     pipeline="SanaPipeline",
+    scheduler=SANA_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "", "sana", "SanaTransformer2DModel", "transformer",
                       config=SANA_1600M_CONFIG, alt_prefixes=("model.diffusion_model.",),

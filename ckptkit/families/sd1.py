@@ -1,6 +1,6 @@
 """Stable Diffusion 1.x (CompVis LDM layout)."""
 
-from ckptkit.families.common import LDM_JUNK, SD_VAE_CONFIG, clip_l, vae
+from ckptkit.families.common import LDM_JUNK, SD_VAE_CONFIG, clip_l, vae, SD1_SCHEDULER
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
 
 UNET_HIGH_PRECISION = ("time_embed.", "label_emb.", "input_blocks.0.0.", "out.")
@@ -18,6 +18,7 @@ SPEC = FamilySpec(
     title="Stable Diffusion 1.x",
     gguf_arch="sd1",
     pipeline="StableDiffusionPipeline",
+    scheduler=SD1_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=SD15_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

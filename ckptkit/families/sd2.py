@@ -1,6 +1,6 @@
 """Stable Diffusion 2.x (LDM layout with an OpenCLIP ViT-H text encoder)."""
 
-from ckptkit.families.common import CLIP_H_CONFIG, LDM_JUNK, SD_VAE_CONFIG, vae
+from ckptkit.families.common import CLIP_H_CONFIG, LDM_JUNK, SD_VAE_CONFIG, vae, SD2_SCHEDULER
 from ckptkit.families.sd1 import SD15_UNET_CONFIG, UNET_HIGH_PRECISION
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
 
@@ -12,6 +12,7 @@ SPEC = FamilySpec(
     title="Stable Diffusion 2.x",
     gguf_arch="sd1",  # ComfyUI-GGUF has no separate SD2 arch; its UNet layout is SD1's
     pipeline="StableDiffusionPipeline",
+    scheduler=SD2_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=SD21_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from ckptkit.families.common import CLIP_G_CONFIG, LDM_JUNK, SD3_VAE_CONFIG, clip_l, t5xxl, vae
+from ckptkit.families.common import CLIP_G_CONFIG, LDM_JUNK, SD3_VAE_CONFIG, clip_l, t5xxl, vae, SD3_SCHEDULER
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
 
 SD3_MEDIUM_CONFIG = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
@@ -21,6 +21,7 @@ SPEC = FamilySpec(
     title="Stable Diffusion 3 / 3.5",
     gguf_arch="sd3",
     pipeline="StableDiffusion3Pipeline",
+    scheduler=SD3_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "mmdit",
                       "SD3Transformer2DModel", "transformer", config=SD3_MEDIUM_CONFIG,

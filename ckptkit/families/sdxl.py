@@ -1,6 +1,6 @@
 """Stable Diffusion XL base (SDXL-Turbo has the same layout)."""
 
-from ckptkit.families.common import CLIP_G_CONFIG, LDM_JUNK, SDXL_VAE_CONFIG, clip_l, vae
+from ckptkit.families.common import CLIP_G_CONFIG, LDM_JUNK, SDXL_VAE_CONFIG, clip_l, vae, SDXL_SCHEDULER
 from ckptkit.families.sd1 import UNET_HIGH_PRECISION
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Variant
 
@@ -27,6 +27,7 @@ SPEC = FamilySpec(
     title="Stable Diffusion XL (base / Turbo)",
     gguf_arch="sdxl",
     pipeline="StableDiffusionXLPipeline",
+    scheduler=SDXL_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=SDXL_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

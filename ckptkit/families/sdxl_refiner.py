@@ -1,6 +1,6 @@
 """Stable Diffusion XL refiner: OpenCLIP bigG only, 384-channel UNet."""
 
-from ckptkit.families.common import LDM_JUNK, SDXL_VAE_CONFIG, vae
+from ckptkit.families.common import LDM_JUNK, SDXL_VAE_CONFIG, vae, SDXL_SCHEDULER
 from ckptkit.families.sd1 import UNET_HIGH_PRECISION
 from ckptkit.families.sdxl import clip_g
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has
@@ -20,6 +20,7 @@ SPEC = FamilySpec(
     title="Stable Diffusion XL refiner",
     gguf_arch="sdxl",
     pipeline="StableDiffusionXLImg2ImgPipeline",
+    scheduler=SDXL_SCHEDULER,
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=REFINER_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

@@ -12,6 +12,11 @@ converter hard-codes `inner_dim = 3072` (and mlp_ratio 4) for the `linear1` spli
 width (our tiny fixtures, any future Flux-like model), and it pops from the dict it is given. Ours takes
 the width from the tensors and is an Expr map (streamable, dry-runnable). The tests check that both give
 the same bytes (diffusers' split patched to the tiny width) and the same names and shapes at full size.
+
+`config_from_original` reads the diffusers config back from original-layout shapes (what a split or a
+conversion has before any diffusers model exists). Everything but the patch size and the rotary split is
+in the shapes; the head rule: the head dim is the length of the QK-norm scale (RMSNorm over one head;
+128 in FLUX.1 and every derivative released: 3072 = 24 heads x 128), heads = width // head dim.
 """
 
 from __future__ import annotations
@@ -65,6 +70,15 @@ SWAPPED = {"final_layer.adaLN_modulation.1.": "norm_out.linear."}
 
 PARAMS = ("weight", "bias")
 
+FLUX1_HEAD_DIM = 128  # only used when a file has no double block to read the QK-norm length from
+HEAD_DIM_FROM = ("double_blocks.0.img_attn.norm.query_norm.scale", "single_blocks.0.norm.query_norm.scale")
+# diffusers config key -> (original tensor, dim): the size that key is
+FROM_SHAPES = {
+    "in_channels": ("img_in.weight", 1),
+    "joint_attention_dim": ("txt_in.weight", 1),
+    "pooled_projection_dim": ("vector_in.in_layer.weight", 1),
+}
+
 
 def _num_blocks(names, prefix: str) -> int:
     return 1 + max((int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)), default=-1)
@@ -87,6 +101,26 @@ def _pairs(table: dict[str, str], o_pre: str, d_pre: str):
                 yield o_pre + o + p, d_pre + d + p
         else:
             yield o_pre + o, d_pre + d
+
+
+def _size(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> int:
+    if name not in shapes:
+        raise CkptError(f"not a Flux transformer in original layout: no {name}")
+    return shapes[name][dim]
+
+
+def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
+    return next((shapes[n][0] for n in HEAD_DIM_FROM if n in shapes), FLUX1_HEAD_DIM)
+
+
+def _rope_axes(base: dict, head_dim: int) -> list[int]:
+    """Rotary dims per position axis (ids: index, row, column); they must add up to the head dim. Not in
+    the shapes, so from `base`; a base whose axes fit another head dim cannot be adapted by guessing."""
+    axes = list(base.get("axes_dims_rope", (16, 56, 56)))
+    if sum(axes) != head_dim:
+        raise CkptError(f"Flux head dim {head_dim} but the base config's axes_dims_rope {axes} add up to "
+                        f"{sum(axes)}: the rotary split of this model is unknown")
+    return axes
 
 
 def _swap_halves(e: Expr | str, rows: int) -> Expr:
@@ -143,6 +177,30 @@ class Flux:
     def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
         shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
         return apply(self.to_diffusers_map(shapes, config), state_dict.__getitem__)
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
+        `base` is the family spec's released config: used only for what shapes cannot tell
+        (`patch_size`, `axes_dims_rope`)."""
+        width = _size(shapes, "img_in.weight", 0)
+        head_dim = _head_dim(shapes)
+        if width % head_dim:
+            raise CkptError(f"Flux width {width} is not a whole number of {head_dim}-wide heads")
+        patch = base.get("patch_size", 1)
+        out_channels = _size(shapes, "final_layer.linear.weight", 0) // (patch * patch)
+        config = {key: _size(shapes, name, dim) for key, (name, dim) in FROM_SHAPES.items()}
+        return {
+            "patch_size": patch,
+            **config,
+            # diffusers' released configs say None for "same as in_channels" (Fill/Depth/Canny differ)
+            "out_channels": None if out_channels == config["in_channels"] else out_channels,
+            "num_layers": _num_blocks(shapes, "double_blocks."),
+            "num_single_layers": _num_blocks(shapes, "single_blocks."),
+            "attention_head_dim": head_dim,
+            "num_attention_heads": width // head_dim,
+            "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
+            "axes_dims_rope": _rope_axes(base, head_dim),
+        }
 
 
 register(Flux())

@@ -8,17 +8,79 @@ so the installed transformers version never decides the names in our files.
 
 from __future__ import annotations
 
+import re
+from typing import Iterable
+
 import torch
 
 from ckptkit.convert.expr import Expr, src
 from ckptkit.convert.layouts import register
+from ckptkit.errors import CkptError
 
 CLIP_TOP_LEVEL = ("text_model.", "text_projection.", "logit_scale")
 T5_TIED_COPY = "encoder.embed_tokens.weight"  # a stored duplicate of shared.weight
 
+# Configs from original-layout shapes (`config_from_original`): {config key: (tensor name, dim)}.
+# Head counts are not in the shapes: CLIP-L/G/H all use 64-wide heads, so heads = hidden // 64.
+CLIP_HEAD_DIM = 64
+HF_CLIP_DIMS = {
+    "vocab_size": ("text_model.embeddings.token_embedding.weight", 0),
+    "hidden_size": ("text_model.embeddings.token_embedding.weight", 1),
+    "max_position_embeddings": ("text_model.embeddings.position_embedding.weight", 0),
+    "intermediate_size": ("text_model.encoder.layers.0.mlp.fc1.weight", 0),
+    "projection_dim": ("text_projection.weight", 0),  # nn.Linear: [projection_dim, hidden]
+}
+HF_CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
+CLIP_OPTIONAL = frozenset({"projection_dim"})  # a CLIPTextModel has no projection: base decides
+
+T5_BIAS = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"  # [buckets, heads]
+T5_DIMS = {
+    "vocab_size": ("shared.weight", 0),
+    "d_model": ("shared.weight", 1),
+    "d_ff": ("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", 0),
+    "relative_attention_num_buckets": (T5_BIAS, 0),
+    "num_heads": (T5_BIAS, 1),
+    "inner_dim": ("encoder.block.0.layer.0.SelfAttention.q.weight", 0),  # num_heads * d_kv; not a key
+}
+T5_LAYER = re.compile(r"encoder\.block\.(\d+)\.")
+
 
 def clip_original_name(name: str) -> str:
     return name if name.startswith(CLIP_TOP_LEVEL) else "text_model." + name
+
+
+def read_dims(shapes: dict[str, tuple[int, ...]], dims: dict[str, tuple[str, int]], kind: str,
+              optional: Iterable[str] = ()) -> dict[str, int]:
+    """{key: shapes[name][dim]} for each `key: (name, dim)`; an absent tensor is an error unless
+    its key is `optional` (then the key is left out)."""
+    out = {}
+    for key, (name, dim) in dims.items():
+        if name in shapes:
+            out[key] = shapes[name][dim]
+        elif key not in optional:
+            raise CkptError(f"{kind} layout: no {name!r} to read {key} from")
+    return out
+
+
+def layer_indices(names: Iterable[str], pattern: re.Pattern) -> list[int]:
+    """The sorted distinct block numbers that `pattern` (group 1) finds at the start of names."""
+    return sorted({int(m.group(1)) for n in names if (m := pattern.match(n))})
+
+
+def head_count(hidden: int, head_dim: int, kind: str) -> int:
+    """Heads by the family rule (fixed head width); a width that breaks the rule is an error."""
+    if hidden % head_dim:
+        raise CkptError(f"{kind} layout: width {hidden} is not a whole number of {head_dim}-wide heads")
+    return hidden // head_dim
+
+
+def clip_config(shapes: dict[str, tuple[int, ...]], base: dict, dims: dict[str, tuple[str, int]],
+                layer: re.Pattern, kind: str) -> dict:
+    """A CLIPTextConfig from shapes, for both CLIP layouts (they differ only in names)."""
+    config = read_dims(shapes, dims, kind, CLIP_OPTIONAL)
+    config["num_hidden_layers"] = len(layer_indices(shapes, layer))
+    config["num_attention_heads"] = head_count(config["hidden_size"], CLIP_HEAD_DIM, kind)
+    return {**base, **config}
 
 
 class HFClip:
@@ -29,6 +91,13 @@ class HFClip:
 
     def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
         return {clip_original_name(n): t for n, t in state_dict.items()}
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
+        family spec's released config: used only for what shapes cannot tell (hidden_act, token ids,
+        projection_dim when there is no text_projection)."""
+        shapes = {clip_original_name(n): s for n, s in shapes.items()}  # also transformers-5 names
+        return clip_config(shapes, base, HF_CLIP_DIMS, HF_CLIP_LAYER, self.kind)
 
 
 class HFT5:
@@ -44,6 +113,17 @@ class HFT5:
             out["shared.weight"] = out[T5_TIED_COPY]
         out.pop(T5_TIED_COPY, None)
         return out
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
+        family spec's released config: used only for what shapes cannot tell (activation, epsilon,
+        relative_attention_max_distance, ...)."""
+        if "shared.weight" not in shapes and T5_TIED_COPY in shapes:
+            shapes = {**shapes, "shared.weight": shapes[T5_TIED_COPY]}
+        config = read_dims(shapes, T5_DIMS, self.kind)
+        config["d_kv"] = config.pop("inner_dim") // config["num_heads"]
+        config["num_layers"] = len(layer_indices(shapes, T5_LAYER))
+        return {**base, **config}
 
 
 register(HFClip())

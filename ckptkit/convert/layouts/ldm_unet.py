@@ -39,6 +39,7 @@ TOP_LEVEL = {
     "add_embedding.linear_2": "label_emb.0.2",
     "class_embedding.linear_1": "label_emb.0.0",  # class_embed_type="timestep"/"projection"
     "class_embedding.linear_2": "label_emb.0.2",
+    "class_embedding": "label_emb",  # num_class_embeds: an nn.Embedding (the x4 upscaler)
 }
 
 # diffusers ResnetBlock2D submodule -> LDM ResBlock submodule.
@@ -96,8 +97,112 @@ def original_name(name: str, config: dict) -> str:
     raise CkptError(f"ldm_unet: no original name for diffusers tensor {name!r}")
 
 
+DOWNSAMPLER = re.compile(r"input_blocks\.(\d+)\.0\.op\.weight")
+INPUT_BLOCK = re.compile(r"input_blocks\.(\d+)\.")
+TRANSFORMER_BLOCK = re.compile(r"input_blocks\.(\d+)\.1\.transformer_blocks\.(\d+)\.")
+
+HEAD_CHANNELS = 64  # SD2, SDXL and the refiner: attention heads of 64 channels at every level
+
+# Config keys the label_emb MLP decides; a base key of this set that the shapes do not confirm is dropped.
+EMBEDDING_KEYS = ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+                  "class_embed_type", "num_class_embeds")
+
+
+def _down_path(shapes) -> tuple[int, int]:
+    """(number of levels, layers_per_block) from the input_blocks numbering: conv_in, then per level
+    `layers_per_block` layers and a downsampler (`.0.op`), but none after the last level."""
+    downsamplers = sorted(int(m[1]) for n in shapes if (m := DOWNSAMPLER.fullmatch(n)))
+    if not downsamplers:
+        return 1, max(int(m[1]) for n in shapes if (m := INPUT_BLOCK.match(n)))
+    return len(downsamplers) + 1, downsamplers[0] - 1
+
+
+def _transformer_depths(shapes, layers: list[int]) -> list[int]:
+    """Transformer blocks in the attention of each given input block (0: no attention)."""
+    depth: dict[int, int] = {}
+    for name in shapes:
+        if m := TRANSFORMER_BLOCK.match(name):
+            depth[int(m[1])] = max(depth.get(int(m[1]), 0), int(m[2]) + 1)
+    return [depth.get(layer, 0) for layer in layers]
+
+
+def _transformer_layers_per_block(depths: list[int]) -> int | list[int]:
+    """An int when every level with attention has the same depth (SD1/SD2: 1, refiner: 4), else a
+    per-level list in which levels without attention count 1, as diffusers configs write them
+    (SDXL: [1, 2, 10])."""
+    used = {d for d in depths if d}
+    if len(used) <= 1:
+        return used.pop() if used else 1
+    return [d or 1 for d in depths]
+
+
+def _attention_heads(base: dict, channels: list[int]) -> int | list[int]:
+    """Head counts are not in the shapes (q/k/v are [C, C] whatever the split), so they follow the
+    released models' rule. diffusers' `attention_head_dim` is really a head count here: SD1 has 8
+    heads at every level and says so with an int, which we keep; SD2, SDXL and the refiner list one
+    count per level, always C // 64 (64-channel heads), which we recompute for the derived widths."""
+    heads = base.get("attention_head_dim", 8)
+    if isinstance(heads, int):
+        return heads
+    return [c // HEAD_CHANNELS for c in channels]
+
+
+def _embeddings(shapes, base: dict) -> dict:
+    """The keys behind `label_emb`. The same two-layer MLP is SDXL's add_embedding (text_time) or a
+    class_embedding: only a base that sets `class_embed_type` makes it the latter."""
+    if "label_emb.weight" in shapes:
+        return {"num_class_embeds": shapes["label_emb.weight"][0]}
+    if "label_emb.0.0.weight" not in shapes:
+        return {}
+    in_dim = shapes["label_emb.0.0.weight"][1]
+    kind = base.get("class_embed_type")
+    if kind == "timestep":  # its input is the sinusoidal embedding: nothing to size
+        return {"class_embed_type": kind}
+    if kind == "projection":
+        return {"class_embed_type": kind, "projection_class_embeddings_input_dim": in_dim}
+    # addition_time_embed_dim is one part of in_dim (pooled text + n time ids of that width).
+    return {"addition_embed_type": "text_time", "addition_time_embed_dim": base.get("addition_time_embed_dim") or 256,
+            "projection_class_embeddings_input_dim": in_dim}
+
+
+def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+    """See `LdmUNet.config_from_original`."""
+    levels, per_block = _down_path(shapes)
+    first_down = [1 + level * (per_block + 1) for level in range(levels)]  # each level's first layer
+    first_up = [level * (per_block + 1) for level in range(levels)]
+    channels = [shapes[f"input_blocks.{n}.0.out_layers.3.weight"][0] for n in first_down]
+    down_attn = [f"input_blocks.{n}.1.proj_in.weight" in shapes for n in first_down]
+    up_attn = [f"output_blocks.{n}.1.proj_in.weight" in shapes for n in first_up]
+    proj_in = next((s for n, s in shapes.items() if n.endswith(".1.proj_in.weight")), None)
+    to_k = next((s for n, s in shapes.items() if n.endswith(".attn2.to_k.weight")), None)
+
+    config = {k: v for k, v in base.items() if k not in EMBEDDING_KEYS}
+    config.update(
+        in_channels=shapes["input_blocks.0.0.weight"][1],
+        out_channels=shapes["out.2.weight"][0],
+        block_out_channels=channels,
+        layers_per_block=per_block,
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attn],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn],
+        transformer_layers_per_block=_transformer_layers_per_block(_transformer_depths(shapes, first_down)),
+        attention_head_dim=_attention_heads(base, channels),
+        **_embeddings(shapes, base),
+    )
+    if to_k is not None:
+        config["cross_attention_dim"] = to_k[1]
+    if proj_in is not None:  # 1x1 conv (SD1) or linear (SD2 / SDXL)
+        config["use_linear_projection"] = len(proj_in) == 2
+    return config
+
+
 class LdmUNet:
     kind = "ldm_unet"
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
+        `base` is the family spec's released config: used only for what shapes cannot tell
+        (sample_size, norm_num_groups, addition_time_embed_dim, the head rule of `_attention_heads`)."""
+        return config_from_original(shapes, base)
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         return {original_name(n, config): src(n) for n in shapes}

@@ -57,8 +57,36 @@ def original_name(name: str, config: dict) -> str:
     raise CkptError(f"ldm_vae: no original name for diffusers tensor {name!r}")
 
 
+ENCODER_RESNET = re.compile(r"encoder\.down\.(\d+)\.block\.(\d+)\.")
+
+
+def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+    """See `LdmVae.config_from_original`."""
+    resnets = {(int(m[1]), int(m[2])) for n in shapes if (m := ENCODER_RESNET.match(n))}
+    levels = 1 + max(level for level, _ in resnets)
+    return {
+        **base,
+        "in_channels": shapes["encoder.conv_in.weight"][1],
+        "out_channels": shapes["decoder.conv_out.weight"][0],
+        "latent_channels": shapes["decoder.conv_in.weight"][1],
+        "block_out_channels": [shapes[f"encoder.down.{level}.block.0.conv1.weight"][0] for level in range(levels)],
+        "layers_per_block": sum(1 for level, _ in resnets if level == 0),
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "use_quant_conv": "quant_conv.weight" in shapes,
+        "use_post_quant_conv": "post_quant_conv.weight" in shapes,
+        "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in shapes,
+    }
+
+
 class LdmVae:
     kind = "ldm_vae"
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
+        `base` is the family spec's released config: used only for what shapes cannot tell
+        (norm_num_groups, sample_size, scaling_factor, shift_factor, ...)."""
+        return config_from_original(shapes, base)
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out = {}

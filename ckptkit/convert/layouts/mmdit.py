@@ -15,6 +15,7 @@ Which optional parts exist (qk-norm `ln_q/ln_k`, `attn2`) is read from the names
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -22,6 +23,7 @@ from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoi
 
 from ckptkit.convert.expr import Expr, cat, chunks, src
 from ckptkit.convert.layouts import register
+from ckptkit.convert.layouts.hf_text import head_count, layer_indices, read_dims
 from ckptkit.errors import CkptError
 
 WB = ("weight", "bias")
@@ -64,6 +66,24 @@ QKV = {  # fused original: the diffusers q, k, v modules
 }
 
 DIFFUSERS_BLOCK = re.compile(r"transformer_blocks\.(\d+)\.")
+ORIGINAL_BLOCK = re.compile(r"joint_blocks\.(\d+)\.")
+
+# `config_from_original`. Heads are not in the shapes: SD3 / SD3.5 use 64-wide heads, so
+# num_attention_heads = hidden // 64 (sd3_impls: heads = depth, hidden = 64 * depth).
+HEAD_DIM = 64
+CONFIG_DIMS = {  # SD3Transformer2DModel key: (original name, dim)
+    "in_channels": ("x_embedder.proj.weight", 1),
+    "patch_size": ("x_embedder.proj.weight", 2),
+    "caption_projection_dim": ("context_embedder.weight", 0),
+    "joint_attention_dim": ("context_embedder.weight", 1),
+    "pooled_projection_dim": ("y_embedder.mlp.0.weight", 1),
+}
+MEASURES = {  # shapes that give keys by arithmetic (see config_from_original)
+    "hidden": ("x_embedder.proj.weight", 0),
+    "out_features": ("final_layer.linear.weight", 0),  # patch_size**2 * out_channels
+    "positions": ("pos_embed", 1),  # [1, max_size**2, hidden]
+}
+QK_NORM = "joint_blocks.0.x_block.attn.ln_q.weight"  # present: qk_norm="rms_norm"
 
 
 class MMDiT:
@@ -100,6 +120,30 @@ class MMDiT:
         if remaining:
             raise CkptError(f"mmdit layout: {len(remaining)} tensor(s) not converted, e.g. {sorted(remaining)[:3]}")
         return out
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
+        family spec's released config: used only for what shapes cannot tell (sample_size)."""
+        config = read_dims(shapes, CONFIG_DIMS, self.kind)
+        m = read_dims(shapes, MEASURES, self.kind)
+        blocks = layer_indices(shapes, ORIGINAL_BLOCK)
+        return {
+            **base, **config,
+            "num_layers": len(blocks),
+            "attention_head_dim": HEAD_DIM,
+            "num_attention_heads": head_count(m["hidden"], HEAD_DIM, self.kind),
+            "out_channels": m["out_features"] // config["patch_size"] ** 2,
+            "pos_embed_max_size": _square_side(m["positions"]),
+            "qk_norm": "rms_norm" if QK_NORM in shapes else None,
+            "dual_attention_layers": tuple(i for i in blocks if f"joint_blocks.{i}.x_block.attn2.qkv.weight" in shapes),
+        }
+
+
+def _square_side(n: int) -> int:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise CkptError(f"mmdit layout: pos_embed has {n} positions, not a square grid")
+    return side
 
 
 def _swap_halves(name: str, shapes: dict[str, tuple[int, ...]]) -> Expr:

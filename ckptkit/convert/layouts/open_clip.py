@@ -36,7 +36,7 @@ from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 
 from ckptkit.convert.expr import Expr, cat, src, transpose
 from ckptkit.convert.layouts import register
-from ckptkit.convert.layouts.hf_text import clip_original_name
+from ckptkit.convert.layouts.hf_text import clip_config, clip_original_name
 from ckptkit.errors import CkptError
 
 TOP_LEVEL = {  # open_clip name: HF name
@@ -64,6 +64,13 @@ JUNK = {"logit_scale"}
 
 HF_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
 OPEN_CLIP_LAYER = re.compile(r"transformer\.resblocks\.(\d+)\.")
+CONFIG_DIMS = {  # CLIPTextConfig key: (open_clip name, dim); heads: see hf_text.CLIP_HEAD_DIM
+    "vocab_size": ("token_embedding.weight", 0),
+    "hidden_size": ("token_embedding.weight", 1),
+    "max_position_embeddings": ("positional_embedding", 0),
+    "intermediate_size": ("transformer.resblocks.0.mlp.c_fc.weight", 0),
+    "projection_dim": ("text_projection", 1),  # [width, projection_dim]
+}
 # Any bundle prefix but SD2's: convert_open_clip_checkpoint skips a hard-coded list of
 # `cond_stage_model.model.` names (resblocks.23.*, text_projection); we decide drops from the config.
 CONVERT_PREFIX = "conditioner.embedders.1.model."
@@ -104,6 +111,13 @@ class OpenClip:
         # text_projection, whose shape[0] is the same width): a stand-in spares building the model.
         text_model = SimpleNamespace(config=SimpleNamespace(hidden_size=config["hidden_size"]))
         return convert_open_clip_checkpoint(text_model, checkpoint, prefix=CONVERT_PREFIX)
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
+        family spec's released config: used only for what shapes cannot tell (hidden_act, token ids,
+        projection_dim when there is no text_projection). Every stored resblock counts: see the
+        module doc for SD2's 24th."""
+        return clip_config(shapes, base, CONFIG_DIMS, OPEN_CLIP_LAYER, self.kind)
 
 
 def _need(names: dict[str, str], name: str) -> str:

@@ -13,9 +13,17 @@ its logic lives in scripts/convert_sana_to_diffusers.py, which is not importable
 pops from its input, and extends it for what it ignores (SANA 1.5 / Sprint): `attn.q_norm/k_norm` and
 `cross_attn.q_norm/k_norm`, `cfg_embedder.*`, and Sprint's `time_embed.timestep_embedder.*` name (diffusers
 always writes flow Sana's `time_embed.emb.timestep_embedder.*`). `logvar_linear.*` (training only) is dropped.
+
+`config_from_original` reads the diffusers config back from original-layout shapes. Head counts are not in
+the shapes (fused qkv / kv are width x width whatever the heads), so they follow NVlabs' rules:
+  * self-attention (linear attention): head dim 32 in every Sana (`linear_head_dim`), heads = width // 32;
+  * cross-attention: heads by released width (`CROSS_HEADS`); any other width keeps the base config's
+    cross-attention head dim (heads = width // it), an error if that does not divide the width.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
@@ -67,6 +75,14 @@ MODEL_MAX_LENGTH = 300  # caption tokens: the rows of y_embedding in every relea
 
 PARAMS = ("weight", "bias")
 
+SELF_HEAD_DIM = 32  # NVlabs' linear_head_dim, the same in every released Sana
+# released width -> cross-attention heads: 600M / Sprint 0.6B (16 x 72); 1600M / 1.5 / Sprint 1.6B (20 x 112)
+CROSS_HEADS = {1152: 16, 2240: 20}
+# what shapes cannot tell: copied from the base config when it sets them (else diffusers' defaults);
+# guidance_embeds_scale (Sprint's cfg input scale) and timestep_scale are read by the pipelines
+FROM_BASE = ("dropout", "norm_elementwise_affine", "norm_eps", "interpolation_scale", "guidance_embeds_scale",
+             "timestep_scale")
+
 
 def _num_blocks(names, prefix: str) -> int:
     return 1 + max((int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)), default=-1)
@@ -86,6 +102,53 @@ def _unknown(names, side: str) -> CkptError:
     names = sorted(names)
     more = f" (+{len(names) - 8} more)" if len(names) > 8 else ""
     return CkptError(f"Sana {side} tensors with no known counterpart: {', '.join(names[:8])}{more}")
+
+
+def _shape(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, ...]:
+    if name not in shapes:
+        raise CkptError(f"not a Sana transformer in original layout: no {name}")
+    return shapes[name]
+
+
+def _size(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> int:
+    return _shape(shapes, name)[dim]
+
+
+def _cross_heads(width: int, base: dict) -> int:
+    if width in CROSS_HEADS:
+        return CROSS_HEADS[width]
+    head_dim = base.get("cross_attention_head_dim", 112)  # the 1600M's when the base has none
+    if width % head_dim:
+        raise CkptError(f"Sana width {width} is not a released one ({sorted(CROSS_HEADS)}) and not a multiple "
+                        f"of the base config's cross-attention head dim {head_dim}: cross-attention heads unknown")
+    return width // head_dim
+
+
+def _mlp_ratio(shapes: dict[str, tuple[int, ...]], width: int) -> float:
+    """GLUMBConv: `inverted_conv` has 2 * int(mlp_ratio * width) rows."""
+    hidden = _size(shapes, "blocks.0.mlp.inverted_conv.conv.weight", 0) // 2
+    ratio = hidden / width
+    if int(ratio * width) != hidden:
+        raise CkptError(f"Sana MLP width {hidden} is no mlp_ratio of width {width} that diffusers reproduces")
+    return ratio
+
+
+def _sample_size(shapes: dict[str, tuple[int, ...]], patch: int, base: dict) -> int:
+    """pos_embed is [1, (sample_size / patch)^2, width]; a file stripped of it keeps the base's."""
+    if "pos_embed" not in shapes:
+        return base.get("sample_size", 32)
+    tokens = shapes["pos_embed"][1]
+    grid = math.isqrt(tokens)
+    if grid * grid != tokens:
+        raise CkptError(f"Sana pos_embed has {tokens} positions, not a square grid")
+    return grid * patch
+
+
+def _qk_norm(shapes: dict[str, tuple[int, ...]], width: int) -> str | None:
+    """NVlabs' q/k RMSNorm spans all heads (SANA 1.5, Sprint): its length is the width."""
+    if "blocks.0.attn.q_norm.weight" not in shapes:
+        return None
+    return "rms_norm_across_heads" if shapes["blocks.0.attn.q_norm.weight"][0] == width else "rms_norm"
 
 
 class Sana:
@@ -137,6 +200,33 @@ class Sana:
                    for k, v in out.items()}
         out.update(extra)
         return out
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
+        `base` is the family spec's released config: used only for what shapes cannot tell (`FROM_BASE`,
+        the cross-attention head dim of an unreleased width, sample_size without pos_embed)."""
+        width, in_channels, patch, _ = _shape(shapes, "x_embedder.proj.weight")  # a p x p conv
+        if width % SELF_HEAD_DIM:
+            raise CkptError(f"Sana width {width} is not a whole number of {SELF_HEAD_DIM}-wide heads")
+        cross_heads = _cross_heads(width, base)
+        return {
+            "in_channels": in_channels,
+            "out_channels": _size(shapes, "final_layer.linear.weight", 0) // (patch * patch),
+            "num_attention_heads": width // SELF_HEAD_DIM,
+            "attention_head_dim": SELF_HEAD_DIM,
+            "num_layers": _num_blocks(shapes, "blocks."),
+            "num_cross_attention_heads": cross_heads,
+            "cross_attention_head_dim": width // cross_heads,
+            "cross_attention_dim": _size(shapes, "blocks.0.cross_attn.kv_linear.weight", 1),
+            "caption_channels": _size(shapes, "y_embedder.y_proj.fc1.weight", 1),
+            "mlp_ratio": _mlp_ratio(shapes, width),
+            "attention_bias": "blocks.0.attn.qkv.bias" in shapes,
+            "sample_size": _sample_size(shapes, patch, base),
+            "patch_size": patch,
+            "qk_norm": _qk_norm(shapes, width),
+            "guidance_embeds": "cfg_embedder.mlp.0.weight" in shapes,
+            **{key: base[key] for key in FROM_BASE if key in base},
+        }
 
 
 register(Sana())
