@@ -180,6 +180,65 @@ def convert(source, dest, layout, dtype, allow_overflow, dry_run, as_json, force
 
 
 @cli.command()
+@click.argument("source", type=click.Path(path_type=str))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str),
+              help="A directory (component set), or a .gguf/.safetensors file for a single component.")
+@click.option("--to", "target", type=click.Choice(["gguf"]), default="gguf", show_default=True)
+@click.option("--type", "type_name", help="Type for the diffusion model: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...")
+@click.option("--component", "component_types", multiple=True, metavar="NAME=TYPE",
+              help="Type for one component, e.g. t5xxl=q5_k_m, clip_l=q8_0, vae=f16 (repeatable).")
+@click.option("--rule", "rules", multiple=True, metavar="REGEX=TYPE",
+              help="Per-tensor override on final names; first match wins (repeatable).")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=str), help="A TOML policy file.")
+@click.option("--force-vae", is_flag=True, help="Allow an fp32/bf16 VAE to be stored as fp16.")
+@click.option("--no-scan", is_flag=True, help="Skip the pre-pass that keeps non-finite tensors unquantized.")
+@run_options
+def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan,
+             dry_run, as_json, force, workers):
+    """Quantize each component with its own policy (GGUF, K-quants included)."""
+    from ckptkit import pipeline
+    from ckptkit.quant.policy import Policy, load_policy_file
+
+    policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
+                    rules=list(_pairs(rules, "--rule", "REGEX=TYPE", split_last=True).items()), force_vae=force_vae)
+    if policy_file:
+        policy = load_policy_file(policy_file, policy)
+    result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,
+                               progress=_bar_factory(sys.stderr.isatty() and not as_json), scan=not no_scan)
+    if dry_run and not as_json:
+        click.echo(result.plan.describe())
+        click.echo(render_policy(result.plan))
+        return
+    _render_run(result, as_json)
+    if not as_json:
+        click.echo(render_policy(result.plan))
+
+
+def _pairs(values, option: str, form: str, split_last: bool = False) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, val = value.rpartition("=") if split_last else value.partition("=")
+        if not sep or not key or not val:
+            raise CkptError(f"{option} takes {form}, got {value!r}")
+        out[key] = val
+    return out
+
+
+def render_policy(plan) -> str:
+    from ckptkit.inspect import human_bytes
+    from ckptkit.render import table
+
+    rows = []
+    for name, info in plan.info.get("components", {}).items():
+        pol = info.get("policy", {})
+        types = ", ".join(f"{t} {v['tensors']} ({human_bytes(v['bytes'])})" for t, v in
+                          sorted(pol.get("types", {}).items(), key=lambda kv: -kv[1]["bytes"]))
+        kept = "; ".join(f"{n} x {r}" for r, n in pol.get("kept_high_precision", {}).items())
+        rows.append([name, pol.get("requested", "-"), pol.get("format", "-"), types, kept or "-"])
+    return table(rows, ["component", "requested", "format", "types (tensors, bytes)", "kept high precision"])
+
+
+@cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Keep the demo files here (default: a temporary folder, removed afterwards).")
 @click.option("--family", default="sdxl", show_default=True, help="Which synthetic fixture to build.")

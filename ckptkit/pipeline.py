@@ -36,9 +36,7 @@ def _prepare_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def planned_bytes(plan: Plan) -> int:
-    from ckptkit.formats.dtypes import DTYPES
-
-    return sum(t.numel * DTYPES[t.dtype][1] for o in plan.outputs for t in o.tensors if t.dtype in DTYPES)
+    return sum(t.nbytes for o in plan.outputs for t in o.tensors)
 
 
 def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress | None,
@@ -182,3 +180,27 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
         update = progress(planned_bytes(plan), "convert") if progress else None
         written = execute(plan, ckpt, out_dir, workers=workers, progress=update, allow_overflow=allow_overflow)
         return RunResult(plan, written, None, str(out_dir))
+
+
+def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
+             dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True) -> RunResult:
+    """Quantize each component by its own policy. `out` is a directory (component set + manifest),
+    or a file when the source is a single component and `out` ends in .gguf/.safetensors."""
+    from ckptkit.quant.plan import plan_quantize
+
+    out = Path(out)
+    single = out.suffix in (".gguf", ".safetensors")
+    with open_checkpoint(source) as ckpt:
+        det = detect(ckpt)
+        scan_bar = progress(ckpt.total_bytes, "scan") if progress and scan else None
+        plan = plan_quantize(ckpt, det, policy, out.name if single else None, scan=scan, progress=scan_bar)
+        if dry_run:
+            return RunResult(plan)
+        if single:
+            if out.exists() and not force:
+                raise CkptError(f"{out}: exists (use --force to replace it)")
+            update = progress(planned_bytes(plan), "quantize") if progress else None
+            written = execute(plan, ckpt, out.parent, workers=workers, progress=update)
+            return RunResult(plan, written, None, str(out.parent))
+        _prepare_out_dir(out, force)
+        return run_plan(plan, ckpt, out, workers, progress)

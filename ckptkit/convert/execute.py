@@ -87,7 +87,7 @@ class _HashingFile:
 def produce(op: TensorOp, source: Checkpoint) -> torch.Tensor:
     """Evaluate one planned tensor: layout expression, then cast."""
     tensor = op.expr.evaluate(source.load)
-    if op.dtype != op.src_dtype:
+    if op.dtype != op.src_dtype and op.dtype in DTYPES:  # ggml types are encoded by the GGUF writer
         tensor = tensor.to(DTYPES[op.dtype][0])
     if tuple(tensor.shape) != op.shape:
         raise CkptError(f"{op.name}: planned shape {list(op.shape)}, source gives {list(tensor.shape)}")
@@ -133,7 +133,7 @@ def _write_safetensors(out: OutputFile, target: Path, source: Checkpoint, pool, 
                 if not allow_overflow and _overflows(op, tensor, source):
                     overflow.append(op.name)
                 writer.write(op.name, tensor)
-                progress(tensor.numel() * tensor.element_size())
+                progress(op.nbytes)
                 del tensor
             if overflow:
                 raise CkptError(f"casting to fp16 overflows in {len(overflow)} tensors ({', '.join(overflow[:5])}"

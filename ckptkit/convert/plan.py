@@ -30,6 +30,17 @@ class TensorOp:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes as stored: plain dtypes by item size, ggml types by their blocks."""
+        from ckptkit.formats.dtypes import DTYPES
+
+        if self.dtype in DTYPES:
+            return self.numel * DTYPES[self.dtype][1]
+        from ckptkit.quant.types import nbytes
+
+        return nbytes(self.dtype, self.shape)
+
     def to_json(self) -> dict:
         return {"name": self.name, "op": self.op, "source": self.expr.to_json(), "shape": list(self.shape),
                 "src_dtype": self.src_dtype, "dtype": self.dtype, **({"note": self.note} if self.note else {})}
@@ -44,6 +55,7 @@ class OutputFile:
     format: str = "safetensors"  # or "gguf"
     metadata: dict[str, str] = field(default_factory=dict)
     gguf_arch: str | None = None  # GGUF outputs only
+    kv: dict = field(default_factory=dict)  # GGUF key/values (file type, comfy.gguf.orig_shape.*, ...)
 
     def to_json(self) -> dict:
         return {"path": self.path, "component": self.component, "layout": self.layout, "format": self.format,
@@ -70,12 +82,11 @@ class Plan:
         from collections import Counter
 
         from ckptkit.inspect import human_bytes
-        from ckptkit.formats.dtypes import DTYPES
 
         lines = [f"plan: {self.kind} {self.source}"]
         for out in self.outputs:
             ops = Counter(t.op for t in out.tensors)
-            size = sum(t.numel * DTYPES[t.dtype][1] for t in out.tensors if t.dtype in DTYPES)
+            size = sum(t.nbytes for t in out.tensors)
             types = Counter(t.dtype for t in out.tensors)
             lines.append(f"  {out.path}  [{out.component or '-'}, {out.layout}]  {len(out.tensors)} tensors, "
                          f"{human_bytes(size)}; ops: {', '.join(f'{k} {v}' for k, v in sorted(ops.items()))}; "

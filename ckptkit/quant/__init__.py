@@ -1,0 +1,1 @@
+"""Quantization: per-component policy, GGUF codecs (ggml/), planners."""
