@@ -54,3 +54,36 @@ def random_model(class_name: str, config: dict, seed: int) -> torch.nn.Module:
             if param.ndim >= 1 and not param.any():
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
     return model.eval()
+
+
+def load_component(ckpt, comp, prefix: str = "", names: str = "original", config: dict | None = None,
+                   exclude: frozenset[str] = frozenset(), dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A diffusers/transformers model built from a component's tensors in any checkpoint and any
+    naming (quantized GGUF data comes dequantized), with a strict load: nothing missing."""
+    from ckptkit.convert.components import map_component
+    from ckptkit.errors import CkptError
+
+    cmap = map_component(ckpt, comp, prefix, names, "diffusers", set(exclude), config)
+    state = {}
+    for name, e in cmap.ops.items():
+        t = e.evaluate(ckpt.load)
+        state[name] = t.to(dtype).contiguous() if t.is_floating_point() else t.contiguous()
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers computed for real
+        model = instantiate(comp.diffusers_class, cmap.config)
+    if comp.diffusers_class.startswith("CLIPTextModel"):
+        expected = set(model.state_dict())
+        state = {n if n in expected else n.removeprefix("text_model."): t for n, t in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"encoder.embed_tokens.weight"}
+    missing = [m for m in missing if m not in tied]
+    if missing or unexpected:
+        raise CkptError(f"{comp.name}: {len(missing)} missing, {len(unexpected)} unexpected tensors for "
+                        f"{comp.diffusers_class} (e.g. {(missing or unexpected)[0]!r})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    for buf_name, buf in list(model.named_buffers()):
+        if buf.device.type == "meta":  # non-persistent buffers (rotary tables, position ids) are rebuilt
+            raise CkptError(f"{comp.name}: buffer {buf_name} was not restored")
+    return model.eval()

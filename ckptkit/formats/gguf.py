@@ -59,6 +59,8 @@ class GGUFCheckpoint(Checkpoint):
                 self.kv[key] = None
         self.metadata = {k: str(v) for k, v in self.kv.items() if not k.startswith(ORIG_SHAPE_KEY)}
         self._raw: dict[str, object] = {}
+        # llama.cpp names T5 tensors its own way; read them as transformers names, as ComfyUI-GGUF does
+        rename = _t5_to_hf if self.architecture in ("t5", "t5encoder") else (lambda n: n)
         file_size = path.stat().st_size
         for t in self.reader.tensors:
             type_name = t.tensor_type.name
@@ -71,8 +73,9 @@ class GGUFCheckpoint(Checkpoint):
                 shape = orig
             if t.data_offset + t.n_bytes > file_size:
                 raise CkptError(f"{path}: tensor {t.name!r} runs past the end of the file (truncated?)")
-            self.tensors[t.name] = TensorInfo(t.name, shape, PLAIN.get(type_name, type_name), int(t.n_bytes))
-            self._raw[t.name] = t
+            name = rename(t.name)
+            self.tensors[name] = TensorInfo(name, shape, PLAIN.get(type_name, type_name), int(t.n_bytes))
+            self._raw[name] = t
 
     @property
     def architecture(self) -> str | None:
@@ -103,6 +106,12 @@ class GGUFCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self.reader = None
+
+
+def _t5_to_hf(name: str) -> str:
+    from ckptkit.quant.t5_names import to_hf
+
+    return to_hf(name)
 
 
 class GGUFStreamWriter:
