@@ -239,6 +239,43 @@ def render_policy(plan) -> str:
 
 
 @cli.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--against", type=click.Path(exists=True, path_type=str),
+              help="The unquantized reference (bundle or component set) for the numeric and 1-step checks.")
+@click.option("--json", "as_json", is_flag=True, help="Every figure, machine-readable.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=str),
+              help="Write report.json, report.md and onestep.png here.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="Compute dtype of the 1-step check.")
+@click.option("--resolution", type=click.IntRange(8, 4096), help="Image size of the 1-step check.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-scan", is_flag=True, help="Skip the NaN/Inf scan.")
+@click.option("--no-onestep", is_flag=True, help="Skip the 1-step inference check.")
+@click.option("--min-cosine", type=float, help="Override every type's minimum cosine.")
+@click.option("--min-psnr", type=float, help="Override every type's minimum end-to-end PSNR (dB).")
+@click.option("--min-ssim", type=float, help="Override every type's minimum end-to-end SSIM.")
+@click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, path_type=str),
+              help="A TOML file of thresholds by type.")
+def verify(path, against, as_json, report_dir, device, compute_dtype, resolution, seed, no_scan, no_onestep,
+           min_cosine, min_psnr, min_ssim, thresholds_file):
+    """Check a file or component set: integrity, layout, quantization coverage, and (with
+    --against) per-tensor error and a 1-step inference check. Exit 0 pass, 1 fail, 2 unreadable."""
+    from ckptkit.verify import VerifyOptions, run_verify
+    from ckptkit.verify.report import render, write_report_dir
+    from ckptkit.verify.thresholds import load_overrides
+
+    opts = VerifyOptions(against=against, scan=not no_scan, onestep=not no_onestep, device=device,
+                         dtype=compute_dtype, resolution=resolution, seed=seed,
+                         overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim))
+    report = run_verify(path, opts)
+    if report_dir:
+        write_report_dir(report, report_dir)
+    click.echo(json.dumps(report.to_json(), indent=2, default=str) if as_json else render(report))
+    sys.exit(report.exit_code)
+
+
+@cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Keep the demo files here (default: a temporary folder, removed afterwards).")
 @click.option("--family", default="sdxl", show_default=True, help="Which synthetic fixture to build.")

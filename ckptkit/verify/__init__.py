@@ -1,0 +1,109 @@
+"""`verify`: integrity, layout, quantization coverage, numeric and 1-step checks, in one report.
+
+run_verify(path, against=...) opens both sets, runs every check that applies and returns a
+VerifyReport; exit code 0 all pass, 1 a check failed (2 is raised as CkptError: unreadable
+reference or a usage error).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptkit.verify.coverage import check_coverage, dominant_quant_type
+from ckptkit.verify.integrity import check_integrity
+from ckptkit.verify.layout import check_layout
+from ckptkit.verify.numeric import check_numeric
+from ckptkit.verify.result import CheckResult, Findings
+from ckptkit.verify.sets import ComponentSet, open_set
+from ckptkit.verify.thresholds import Thresholds, for_type
+
+
+@dataclass
+class VerifyOptions:
+    against: str | None = None
+    scan: bool = True
+    onestep: bool = True
+    device: str = "auto"
+    dtype: str = "float32"
+    resolution: int | None = None
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)  # thresholds by type (see thresholds.py)
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    against: str | None
+    family: str | None
+    variant: str | None
+    results: list[CheckResult]
+    tables: dict
+    thresholds: dict[str, dict]
+    timings: dict[str, float]
+    onestep: dict | None = None
+    images: object = None  # the 1-step images, for onestep.png (not serialised)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed is not False for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_json(self) -> dict:
+        return {"schema": "ckptkit.verify-report/1", "path": self.path, "against": self.against,
+                "family": self.family, "variant": self.variant, "passed": self.passed, "exit_code": self.exit_code,
+                "results": [r.to_json() for r in self.results], "tables": self.tables,
+                "thresholds": self.thresholds, "timings": self.timings, "onestep": self.onestep}
+
+
+def component_thresholds(cset: ComponentSet, overrides: dict) -> dict[str, Thresholds]:
+    from ckptkit.verify.coverage import type_summary
+
+    out = {}
+    for name, comp in cset.components.items():
+        qtype = dominant_quant_type(type_summary(comp)) if comp.ckpt is not None else None
+        out[name] = for_type(qtype, overrides)
+    return out
+
+
+def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    cand = open_set(path)
+    ref = open_set(opts.against) if opts.against else None
+    try:
+        findings = Findings()
+        for label, fn in (("integrity", lambda: check_integrity(cand, opts.scan)),
+                          ("layout", lambda: check_layout(cand)),
+                          ("coverage", lambda: check_coverage(cand))):
+            t0 = time.perf_counter()
+            findings.extend(fn())
+            timings[label] = round(time.perf_counter() - t0, 3)
+        limits = component_thresholds(cand, opts.overrides)
+        onestep = images = None
+        if ref is not None:
+            t0 = time.perf_counter()
+            findings.extend(check_numeric(cand, ref, {n: t.min_cosine for n, t in limits.items()}))
+            timings["numeric"] = round(time.perf_counter() - t0, 3)
+            if opts.onestep and _readable(cand) and _readable(ref):
+                from ckptkit.verify.onestep_check import check_onestep
+
+                t0 = time.perf_counter()
+                step, onestep, images = check_onestep(cand, ref, limits, opts)
+                findings.extend(step)
+                timings["onestep"] = round(time.perf_counter() - t0, 3)
+        timings["total"] = round(time.perf_counter() - start, 3)
+        return VerifyReport(str(path), opts.against, cand.family, cand.variant, findings.results, findings.tables,
+                            {n: t.__dict__ for n, t in limits.items()}, timings, onestep, images)
+    finally:
+        cand.close()
+        if ref is not None:
+            ref.close()
+
+
+def _readable(cset: ComponentSet) -> bool:
+    return all(c.ckpt is not None and c.spec is not None for c in cset.components.values())

@@ -1,0 +1,85 @@
+"""Integrity: the reader's full validation, sha256 against the manifest, non-finite values
+(streaming), and for GGUF the block data length of every tensor and nothing past the last tensor
+but padding."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ckptkit.inspect import scan_nonfinite
+from ckptkit.verify.result import Findings
+from ckptkit.verify.sets import ComponentSet
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_structure(ckpt) -> list[str]:
+    """Problems in a GGUF file's data section (empty when sound)."""
+    import gguf
+
+    reader = ckpt.reader
+    problems = []
+    spans = sorted((t.data_offset, t.n_bytes, t.name, t.tensor_type, int(t.n_elements)) for t in reader.tensors)
+    end = reader.data_offset
+    for offset, nbytes, name, qtype, numel in spans:
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        if numel % block or nbytes != numel // block * size:
+            problems.append(f"{name}: {nbytes} bytes do not hold {numel} {qtype.name} values")
+        if offset < end:
+            problems.append(f"{name}: overlaps the previous tensor")
+        end = offset + nbytes
+    tail = np.asarray(reader.data[end:])
+    if len(tail) >= reader.alignment:
+        problems.append(f"{len(tail)} bytes after the last tensor (more than alignment padding)")
+    elif tail.any():
+        problems.append("non-zero bytes after the last tensor")
+    return problems
+
+
+def check_integrity(cset: ComponentSet, scan: bool = True) -> Findings:
+    out = Findings()
+    nonfinite_table = {}
+    for name, comp in cset.components.items():
+        if comp.ckpt is None:
+            out.add("integrity", name, "readable", False, None, False, comp.error or "unreadable")
+            continue
+        out.add("integrity", name, "readable", True, None, True, comp.ckpt.format)
+        expected = (comp.manifest or {}).get("sha256")
+        if expected:
+            actual = file_sha256(comp.file)
+            out.add("integrity", name, "sha256", actual[:16], expected[:16], actual == expected,
+                    "" if actual == expected else f"{comp.file.name} differs from the manifest")
+        if comp.ckpt.format == "gguf":
+            problems = gguf_structure(comp.ckpt)
+            out.add("integrity", name, "gguf_blocks", len(problems), 0, not problems, "; ".join(problems[:3]))
+        if scan:
+            names = [n for n in comp.ckpt.tensors if n.startswith(comp.prefix) and n not in comp.exclude]
+            view = _Subset(comp.ckpt, names)
+            bad = scan_nonfinite(view)
+            nonfinite_table.update({f"{name}:{k}": v for k, v in bad.items()})
+            total = sum(v["nan"] + v["inf"] for v in bad.values())
+            out.add("integrity", name, "nonfinite", total, 0, total == 0,
+                    f"{len(bad)} tensors with NaN/Inf, e.g. {next(iter(bad))}" if bad else "")
+    if nonfinite_table:
+        out.tables["nonfinite"] = nonfinite_table
+    return out
+
+
+class _Subset:
+    """The tensors of one component in a shared checkpoint, for the streaming scan."""
+
+    def __init__(self, ckpt, names):
+        self._ckpt = ckpt
+        self.tensors = {n: ckpt.tensors[n] for n in names}
+
+    def load(self, name):
+        return self._ckpt.load(name)

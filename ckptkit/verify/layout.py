@@ -1,0 +1,57 @@
+"""Layout: the tensors and shapes a component must have for its family, derived the same way
+conversion derives them (config from the weights or config.json, the model's own state dict,
+our layout map), with missing, unexpected and wrong-shape names listed."""
+
+from __future__ import annotations
+
+from ckptkit.convert import expr
+from ckptkit.convert.components import local_shapes, source_config
+from ckptkit.convert.layouts import get_layout
+from ckptkit.convert.models import diffusers_shapes
+from ckptkit.errors import CkptError
+from ckptkit.verify.result import Findings
+from ckptkit.verify.sets import Component, ComponentSet
+
+# Present in real files but not part of the model (tolerated, never required).
+TOLERATED = ("position_ids", "logit_scale", "encoder.embed_tokens.weight", "text_projection")
+
+
+def expected_shapes(comp: Component, shapes: dict) -> dict[str, tuple[int, ...]]:
+    spec = comp.spec
+    config = source_config(spec, shapes, comp.names, comp.config)
+    dshapes = diffusers_shapes(spec.diffusers_class, config)
+    if comp.names == "diffusers":
+        return dshapes
+    mapping = get_layout(spec.layout).to_original(dshapes, config)
+    return {n: s for n, s in expr.shapes(mapping, dshapes).items() if mapping[n].op != "zeros" or n in shapes}
+
+
+def check_layout(cset: ComponentSet) -> Findings:
+    out = Findings()
+    if cset.family is None and not any(c.spec for c in cset.components.values()):
+        out.add("layout", None, "family", None, None, False, "no family or component recognised")
+        return out
+    for name, comp in cset.components.items():
+        if comp.ckpt is None:
+            out.add("layout", name, "tensors", None, None, None, "skipped: unreadable")
+            continue
+        if comp.spec is None:
+            out.add("layout", name, "component", name, None, False, f"{name} is not a component of {cset.family}")
+            continue
+        shapes = local_shapes(comp.ckpt, comp.prefix, set(comp.exclude))
+        try:
+            expected = expected_shapes(comp, shapes)
+        except CkptError as exc:
+            out.add("layout", name, "config", None, None, False, str(exc))
+            continue
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(n for n in set(shapes) - set(expected) if not n.endswith(TOLERATED))
+        wrong = sorted(n for n in set(expected) & set(shapes) if tuple(expected[n]) != tuple(shapes[n]))
+        ok = not (missing or unexpected or wrong)
+        detail = "; ".join(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                           for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                           if items)
+        out.add("layout", name, "tensors", len(shapes), len(expected), ok, detail or f"{comp.spec.diffusers_class}, {comp.names} names")
+        if missing or unexpected or wrong:
+            out.tables[f"layout:{name}"] = {"missing": missing, "unexpected": unexpected, "wrong_shape": wrong}
+    return out

@@ -1,0 +1,69 @@
+"""Numeric check, per tensor: the candidate (dequantized) against the reference, both mapped to
+the diffusers names of their component so that any two layouts compare name for name."""
+
+from __future__ import annotations
+
+import torch
+
+from ckptkit.convert.components import map_component
+from ckptkit.errors import CkptError
+from ckptkit.verify.result import Findings
+from ckptkit.verify.sets import Component, ComponentSet
+
+
+def tensor_errors(cand: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    c, r = cand.double().reshape(-1), ref.double().reshape(-1)
+    diff = c - r
+    ref_norm = float(r.norm())
+    rel_rms = float(diff.norm()) / ref_norm if ref_norm else (0.0 if not diff.any() else float("inf"))
+    denom = float(c.norm()) * ref_norm
+    cosine = float(torch.dot(c, r)) / denom if denom else (1.0 if not diff.any() else 0.0)
+    return {"rel_rms": rel_rms, "cosine": cosine, "max_abs": float(diff.abs().max()) if diff.numel() else 0.0}
+
+
+def _canonical(comp: Component) -> dict:
+    cmap = map_component(comp.ckpt, comp.spec, comp.prefix, comp.names, "diffusers", set(comp.exclude), comp.config)
+    return cmap.ops
+
+
+def check_numeric(cand: ComponentSet, ref: ComponentSet, min_cosine: dict[str, float], worst: int = 10) -> Findings:
+    out = Findings()
+    rows = []
+    for name, comp in cand.components.items():
+        other = ref.components.get(name)
+        if comp.ckpt is None or comp.spec is None or other is None or other.ckpt is None:
+            out.add("numeric", name, "tensors", None, None, None,
+                    "skipped: " + ("not in the reference" if other is None else "unreadable"))
+            continue
+        try:
+            c_ops, r_ops = _canonical(comp), _canonical(other)
+        except CkptError as exc:
+            out.add("numeric", name, "tensors", None, None, False, str(exc))
+            continue
+        missing = sorted(set(r_ops) - set(c_ops))
+        comp_rows = []
+        for tname, e in c_ops.items():
+            if tname not in r_ops:
+                continue
+            c_t, r_t = e.evaluate(comp.ckpt.load), r_ops[tname].evaluate(other.ckpt.load)
+            if c_t.shape != r_t.shape:
+                comp_rows.append({"component": name, "tensor": tname, "rel_rms": float("inf"), "cosine": 0.0,
+                                  "max_abs": float("inf"), "note": f"shape {list(c_t.shape)} vs {list(r_t.shape)}"})
+                continue
+            if not c_t.is_floating_point():
+                continue
+            errs = tensor_errors(c_t, r_t)
+            comp_rows.append({"component": name, "tensor": tname, **errs,
+                              "dtype": comp.ckpt.tensors.get(e.sources()[0]).dtype if e.sources() else ""})
+        rows += comp_rows
+        if not comp_rows:
+            continue
+        worst_cos = min(r["cosine"] for r in comp_rows)
+        threshold = min_cosine.get(name, min_cosine.get("*", 0.0))
+        mean_rel = sum(r["rel_rms"] for r in comp_rows) / len(comp_rows)
+        ok = worst_cos >= threshold and not missing
+        out.add("numeric", name, "min_cosine", round(worst_cos, 6), threshold, ok,
+                f"{len(comp_rows)} tensors, mean rel RMS {mean_rel:.3g}" + (f"; missing {missing[:3]}" if missing else ""))
+    rows.sort(key=lambda r: -r["rel_rms"])
+    out.tables["worst_tensors"] = rows[:worst]
+    return out
