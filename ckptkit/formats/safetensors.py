@@ -13,9 +13,12 @@ import math
 import mmap
 import os
 import struct
+import threading
+import weakref
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from ckptkit.errors import CkptError
@@ -104,17 +107,24 @@ class SafetensorsCheckpoint(Checkpoint):
             self._file = open(path, "rb")
         except OSError as exc:
             raise CkptError(f"{path}: cannot open ({exc.strerror})") from None
-        size = os.fstat(self._file.fileno()).st_size
-        head = self._file.read(8)
-        if len(head) == 8:
-            (n,) = struct.unpack("<Q", head)
-            if n <= MAX_HEADER_BYTES and 8 + n <= size:
-                head += self._file.read(n)
-        self.tensors, self.metadata, self._spans, self._data_start = parse_header(path, size, head)
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            head = self._file.read(8)
+            if len(head) == 8:
+                (n,) = struct.unpack("<Q", head)
+                if n <= MAX_HEADER_BYTES and 8 + n <= size:
+                    head += self._file.read(n)
+            self.tensors, self.metadata, self._spans, self._data_start = parse_header(path, size, head)
+        except BaseException:
+            self._file.close()  # a refused file must not leak its descriptor
+            raise
         self._mmap = None
         if size > 0 and self.tensors:
             # ACCESS_COPY: writable pages for torch.frombuffer, but writes never reach the file.
             self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+        # name -> the live uint8 window its loaded tensors share (see _window)
+        self._windows: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+        self._windows_lock = threading.Lock()
 
     def raw_span(self, name: str) -> tuple[int, int]:
         """Absolute (begin, end) file offsets of a tensor's bytes."""
@@ -126,14 +136,42 @@ class SafetensorsCheckpoint(Checkpoint):
         dtype = DTYPES[info.dtype][0]
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
-        begin, _ = self.raw_span(name)
-        flat = torch.frombuffer(self._mmap, dtype=dtype, count=info.numel, offset=begin)
-        return flat.view(info.shape)
+        return torch.frombuffer(self._window(name), dtype=dtype, count=info.numel).view(info.shape)
+
+    def _window(self, name: str) -> np.ndarray:
+        """The tensor's bytes in the mapping, as one object shared by every live load of `name`.
+
+        Mapped pages count in our RSS once touched and stay so while the file is mapped: a full
+        pass over a big file would hold all of it. So when the last tensor using a window is freed,
+        the window's whole pages are given back (they stay in the page cache) and a streaming
+        copy holds only the tensors still in use. Sharing one window per name keeps two loads of
+        one tensor aliased, so neither loses the other's in-place changes. In-place changes never
+        reach the file; whether a load after every earlier tensor was freed sees them is not
+        specified (pages shared with a neighbour are kept)."""
+        with self._windows_lock:
+            window = self._windows.get(name)
+            if window is None:
+                begin, end = self.raw_span(name)
+                window = np.frombuffer(self._mmap, dtype=np.uint8, count=end - begin, offset=begin)
+                weakref.finalize(window, _release_pages, self._mmap, begin, end).atexit = False
+                self._windows[name] = window
+            return window
 
     def close(self) -> None:
         # Tensors handed out keep the mmap alive through their buffer; closing only drops our refs.
         self._mmap = None
         self._file.close()
+
+
+def _release_pages(mapping: mmap.mmap, begin: int, end: int) -> None:
+    """Drop the pages wholly inside [begin, end) from this process (never a page shared with a
+    neighbouring tensor); later reads fault them in again from the file."""
+    if not hasattr(mmap, "MADV_DONTNEED") or mapping.closed:
+        return
+    start = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
+    stop = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if stop > start:
+        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -170,10 +208,18 @@ class SafetensorsWriter:
         self._next = 0
         self._ctx = None
         self._fh = None
+        self.wrap = None  # optional: fh -> file-like, e.g. to hash what is written
+
+    @property
+    def header(self) -> bytes:
+        """The exact bytes the file starts with (length + JSON header)."""
+        return self._header
 
     def __enter__(self) -> "SafetensorsWriter":
         self._ctx = atomic_write(self.path)
         self._fh = self._ctx.__enter__()
+        if self.wrap is not None:
+            self._fh = self.wrap(self._fh)
         self._fh.write(self._header)
         return self
 
