@@ -87,7 +87,7 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
         onestep = images = None
         if ref is not None:
             t0 = time.perf_counter()
-            findings.extend(check_numeric(cand, ref, {n: t.min_cosine for n, t in limits.items()}))
+            findings.extend(check_numeric(cand, ref, opts.overrides))
             timings["numeric"] = round(time.perf_counter() - t0, 3)
             if opts.onestep and _readable(cand) and _readable(ref):
                 from ckptkit.verify.onestep_check import check_onestep

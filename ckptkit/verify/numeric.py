@@ -26,7 +26,11 @@ def _canonical(comp: Component) -> dict:
     return cmap.ops
 
 
-def check_numeric(cand: ComponentSet, ref: ComponentSet, min_cosine: dict[str, float], worst: int = 10) -> Findings:
+def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst: int = 10) -> Findings:
+    """Each tensor must reach the minimum cosine of the type it is stored in (thresholds.py)."""
+    from ckptkit.quant.types import PLAIN
+    from ckptkit.verify.thresholds import for_type
+
     out = Findings()
     rows = []
     for name, comp in cand.components.items():
@@ -53,17 +57,21 @@ def check_numeric(cand: ComponentSet, ref: ComponentSet, min_cosine: dict[str, f
             if not c_t.is_floating_point():
                 continue
             errs = tensor_errors(c_t, r_t)
-            comp_rows.append({"component": name, "tensor": tname, **errs,
-                              "dtype": comp.ckpt.tensors.get(e.sources()[0]).dtype if e.sources() else ""})
+            dtype = comp.ckpt.tensors[e.sources()[0]].dtype if e.sources() else "F32"
+            limit = for_type(None if dtype in PLAIN else dtype, overrides).min_cosine
+            comp_rows.append({"component": name, "tensor": tname, **errs, "dtype": dtype, "min_cosine": limit,
+                              "passed": errs["cosine"] >= limit})
         rows += comp_rows
         if not comp_rows:
             continue
-        worst_cos = min(r["cosine"] for r in comp_rows)
-        threshold = min_cosine.get(name, min_cosine.get("*", 0.0))
+        worst_row = min(comp_rows, key=lambda r: r["cosine"])
+        failing = [r for r in comp_rows if not r.get("passed", False)]
         mean_rel = sum(r["rel_rms"] for r in comp_rows) / len(comp_rows)
-        ok = worst_cos >= threshold and not missing
-        out.add("numeric", name, "min_cosine", round(worst_cos, 6), threshold, ok,
-                f"{len(comp_rows)} tensors, mean rel RMS {mean_rel:.3g}" + (f"; missing {missing[:3]}" if missing else ""))
+        detail = (f"{len(comp_rows)} tensors, mean rel RMS {mean_rel:.3g}; {len(failing)} below their type's minimum"
+                  + (f" (e.g. {failing[0]['tensor']})" if failing else "")
+                  + (f"; missing {missing[:3]}" if missing else ""))
+        out.add("numeric", name, "min_cosine", round(worst_row["cosine"], 6), worst_row.get("min_cosine"),
+                not failing and not missing, detail)
     rows.sort(key=lambda r: -r["rel_rms"])
     out.tables["worst_tensors"] = rows[:worst]
     return out

@@ -1,0 +1,583 @@
+"""The 1-step inference check: a reference and a candidate component set, built into models from
+their files (any layout, GGUF dequantized), run through the family's natural one-step sampler
+from the same seed, output by output.
+
+    result = run_onestep(reference, candidate, seed=0, device="auto", dtype="float32", resolution=64)
+    result.text["clip_l"].outputs["hidden"].cosine
+    result.diffusion.outputs["latent"].rel_rms
+    result.vae.outputs["image"].psnr
+    result.e2e.outputs["image"].ssim
+    json.dumps(result.to_json()); result.save_png("onestep.png")
+
+Checks (each `applicable` or not, with the reason):
+  * text_encoder (one per encoder the family's recipe uses): fixed token ids from the seed; the
+    hidden state the pipeline takes (and the pooled output when it takes one);
+  * diffusion_model: one step from the same noise, both with the REFERENCE's conditioning, so
+    only the diffusion model differs;
+  * vae: both decoders on the reference's one-step latent;
+  * e2e: candidate text encoders -> candidate diffusion model -> candidate VAE against the
+    all-reference chain; PSNR and SSIM of the images. Components the candidate lacks are taken
+    from the reference (listed in the notes).
+A family or set without text encoders uses a seeded random conditioning of the shapes its
+denoiser takes (Sana's caption embedding); without a VAE the image checks are not applicable and
+the report image is a latent preview.
+
+Models are loaded one at a time (reference, then candidate, per component) and freed after use,
+so the peak is one component. Every phase is timed with time.perf_counter (after a CUDA
+synchronize): load (read + layout + build, without dequantization), dequantize (time inside
+GGUF dequantization), forward. The per-family conventions are `recipes.RECIPES`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ckptkit.errors import CkptError
+from ckptkit.families.spec import ComponentSpec
+from ckptkit.formats.base import Checkpoint
+from ckptkit.verify.conditioning import (assemble, encode, generator, missing_encoders, random_conditioning,
+                                         token_ids)
+from ckptkit.verify.images import (Comparison, OneStepImages, compare, decoded_to_image, json_float,
+                                   latent_preview, save_onestep_png)
+from ckptkit.verify.recipes import OneStepRecipe, recipe_for
+from ckptkit.verify.samplers import DENOISERS, one_step
+
+DEFAULT_RESOLUTION = 64  # pixels; tiny fixtures run in well under a second per family on CPU
+MIN_LATENT_SIDE = 4  # families without a VAE (Sana at 32 px/latent) still get a 4x4 latent
+DEFAULT_TEXT_LENGTH = 32  # T5 tokens / Sana caption length
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
+
+
+# ---------------------------------------------------------------- inputs
+@dataclass
+class ModelSource:
+    """Where one component's tensors are: a checkpoint, the prefix and naming they sit under."""
+
+    ckpt: Checkpoint
+    prefix: str = ""
+    names: str = "original"  # "original" | "diffusers"
+    config: dict | None = None  # the diffusers/transformers config (diffusers sources)
+    exclude: frozenset[str] = frozenset()  # junk / EMA names under the prefix
+    spec: ComponentSpec | None = None  # None: the family spec's component of that name
+
+
+@dataclass
+class ModelSet:
+    family: str
+    variant: str | None
+    sources: dict[str, ModelSource]
+    label: str = ""
+
+    def spec(self, name: str) -> ComponentSpec:
+        from ckptkit.families import get_family
+
+        src = self.sources[name]
+        return src.spec if src.spec is not None else get_family(self.family).component(name)
+
+    @property
+    def diffusion_model(self) -> str | None:
+        from ckptkit.families import get_family
+
+        name = get_family(self.family).diffusion_model.name
+        return name if name in self.sources else None
+
+    @property
+    def vae(self) -> str | None:
+        return next((n for n in self.sources if self.spec(n).role == "vae"), None)
+
+
+def _naming(spec: ComponentSpec, ckpt: Checkpoint, prefix: str, names: str) -> str:
+    from ckptkit.convert.components import HF_NATIVE
+
+    if names == "original" and spec.role == "text_encoder" and spec.layout not in HF_NATIVE:
+        if any(n.startswith(prefix + "text_model.") for n in ckpt.tensors):  # transformers-layout file
+            return "diffusers"
+    return names
+
+
+def _from_detection(ckpt: Checkpoint, det, family: str | None, variant: str | None, label: str) -> ModelSet:
+    from ckptkit.families import get_family
+
+    family = det.family or family
+    if family is None:
+        raise CkptError(f"{label or ckpt.path}: family unknown; give the family for a standalone component")
+    spec = get_family(family)
+    exclude = frozenset(det.junk) | frozenset(det.ema) | frozenset(det.unclaimed)
+    members = getattr(ckpt, "members", {})
+    sources = {}
+    for name, prefix in det.components.items():
+        comp = None
+        if det.standalone:
+            from ckptkit.convert.convert import component_spec
+
+            comp = component_spec(det)
+        elif not any(c.name == name for c in spec.components):
+            continue
+        comp_spec = comp or spec.component(name)
+        config = None
+        if det.names == "diffusers":
+            config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+        sources[name] = ModelSource(ckpt, prefix, _naming(comp_spec, ckpt, prefix, det.names), config, exclude, comp)
+    return ModelSet(family, det.variant or variant, sources, label or str(ckpt.path))
+
+
+def model_set(obj, family: str | None = None, variant: str | None = None, label: str = "") -> ModelSet:
+    """A ModelSet from any of: a ModelSet; a Checkpoint (detected here); (Checkpoint, Detection);
+    a verify ComponentSet (`.components` of objects with ckpt/prefix/names/config/exclude/spec);
+    a dict component -> ModelSource | (Checkpoint, prefix, names, config) | such an object
+    (`family`/`variant` say whose components they are)."""
+    from ckptkit.families.detect import Detection, detect
+
+    if isinstance(obj, ModelSet):
+        return obj
+    if isinstance(obj, Checkpoint):
+        return _from_detection(obj, detect(obj), family, variant, label)
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], Detection):
+        return _from_detection(obj[0], obj[1], family, variant, label)
+    if hasattr(obj, "components") and isinstance(obj.components, dict):
+        family = getattr(obj, "family", None) or family
+        variant = getattr(obj, "variant", None) or variant
+        label = label or str(getattr(obj, "path", ""))
+        obj = obj.components
+    if not isinstance(obj, dict):
+        raise TypeError(f"not a component set: {type(obj).__name__}")
+    if family is None:
+        raise CkptError("family unknown: give the family of these components")
+    sources = {}
+    for name, item in obj.items():
+        if isinstance(item, ModelSource):
+            sources[name] = item
+        elif isinstance(item, tuple):
+            sources[name] = ModelSource(*item)
+        elif getattr(item, "ckpt", None) is not None:
+            sources[name] = ModelSource(item.ckpt, item.prefix, item.names, item.config,
+                                        frozenset(getattr(item, "exclude", ())), getattr(item, "spec", None))
+        # unreadable components (ckpt None) are left out: the integrity check reports them
+    return ModelSet(family, variant, sources, label)
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class StageCheck:
+    stage: str  # "text_encoder" | "diffusion_model" | "vae" | "e2e"
+    component: str
+    applicable: bool
+    reason: str = ""  # why not applicable
+    outputs: dict[str, Comparison] = field(default_factory=dict)  # "hidden" / "pooled" / "latent" / "image"
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "component": self.component, "applicable": self.applicable,
+                **({"reason": self.reason} if self.reason else {}),
+                "outputs": {k: v.to_json() for k, v in self.outputs.items()}, "notes": list(self.notes)}
+
+
+def _na(stage: str, component: str, reason: str) -> StageCheck:
+    return StageCheck(stage, component, False, f"not applicable: {reason}")
+
+
+@dataclass
+class OneStepResult:
+    family: str
+    variant: str | None
+    candidate_variant: str | None
+    sampler: str
+    candidate_sampler: str
+    device: str
+    dtype: str
+    seed: int
+    image_size: list[int]  # (H, W) of the decoded images (nominal when there is no VAE)
+    latent_shape: list[int]
+    text: dict[str, StageCheck]
+    diffusion: StageCheck
+    vae: StageCheck
+    e2e: StageCheck
+    timings: dict
+    recipe: dict
+    notes: list[str] = field(default_factory=list)
+    images: OneStepImages | None = None  # for onestep.png; not serialised
+
+    def checks(self) -> list[StageCheck]:
+        return [*self.text.values(), self.diffusion, self.vae, self.e2e]
+
+    def to_json(self) -> dict:
+        """Every figure, strict-JSON safe (inf/nan as strings)."""
+        return {"family": self.family, "variant": self.variant, "candidate_variant": self.candidate_variant,
+                "sampler": self.sampler, "candidate_sampler": self.candidate_sampler, "device": self.device,
+                "dtype": self.dtype, "seed": self.seed, "image_size": self.image_size,
+                "latent_shape": self.latent_shape, "text": {k: v.to_json() for k, v in self.text.items()},
+                "diffusion": self.diffusion.to_json(), "vae": self.vae.to_json(), "e2e": self.e2e.to_json(),
+                "timings": _json_tree(self.timings), "recipe": self.recipe, "notes": list(self.notes),
+                "images": None if self.images is None else self.images.kind}
+
+    def save_png(self, path: str | Path) -> Path | None:
+        return None if self.images is None else save_onestep_png(self.images, path)
+
+
+def _json_tree(value):
+    if isinstance(value, dict):
+        return {k: _json_tree(v) for k, v in value.items()}
+    return json_float(value)
+
+
+def _compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False) -> Comparison:
+    if tuple(ref.shape) != tuple(cand.shape):
+        return Comparison(float("inf"), 0.0, float("inf"), list(cand.shape),
+                          *((0.0, 0.0) if image else ()))
+    return compare(ref, cand, image)
+
+
+# ---------------------------------------------------------------- the engine
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CkptError(f"--device {device}: no CUDA device here (use auto or cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CkptError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise CkptError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}") from None
+
+
+class _TimedCheckpoint:
+    """A Checkpoint seen through a stopwatch: time spent reading plain tensors vs dequantizing."""
+
+    def __init__(self, ckpt: Checkpoint):
+        from ckptkit.formats.dtypes import DTYPES as PLAIN
+
+        self._ckpt, self._plain = ckpt, PLAIN
+        self.tensors, self.config = ckpt.tensors, ckpt.config
+        self.dequantize = 0.0
+
+    def load(self, name: str) -> torch.Tensor:
+        t0 = time.perf_counter()
+        t = self._ckpt.load(name)
+        if self.tensors[name].dtype not in self._plain:
+            self.dequantize += time.perf_counter() - t0
+        return t
+
+    def __getattr__(self, key):
+        return getattr(self._ckpt, key)
+
+
+class _Run:
+    def __init__(self, ref: ModelSet, cand: ModelSet, seed: int, device: torch.device, dtype: torch.dtype,
+                 resolution: int, text_length: int, tokens: dict | None):
+        from ckptkit.families import get_family
+
+        self.ref, self.cand = ref, cand
+        self.seed, self.device, self.dtype = seed, device, dtype
+        self.resolution, self.text_length, self.tokens = resolution, text_length, dict(tokens or {})
+        self.rec = {"reference": recipe_for(ref.family, ref.variant), "candidate": recipe_for(cand.family, cand.variant)}
+        fam = get_family(ref.family)
+        self.scheduler = {side: _scheduler(fam, s.variant) for side, s in (("reference", ref), ("candidate", cand))}
+        self.timings: dict = {side: {"load": {}, "dequantize": {}, "forward": {}} for side in ("reference", "candidate")}
+        self.notes: list[str] = []
+
+    # -- timing
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def load(self, side: str, name: str, dtype: torch.dtype | None = None):
+        from ckptkit.convert.models import load_component
+
+        mset = self.ref if side == "reference" else self.cand
+        src = mset.sources[name]
+        proxy = _TimedCheckpoint(src.ckpt)
+        t0 = time.perf_counter()
+        model = load_component(proxy, mset.spec(name), src.prefix, src.names, src.config, src.exclude,
+                               dtype or self.dtype)
+        model = model.to(self.device)
+        self._sync()
+        total = time.perf_counter() - t0
+        self.timings[side]["load"][name] = round(total - proxy.dequantize, 6)
+        self.timings[side]["dequantize"][name] = round(proxy.dequantize, 6)
+        return model
+
+    def forward(self, side: str, key: str, fn):
+        self._sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = fn()
+        self._sync()
+        self.timings[side]["forward"][key] = round(time.perf_counter() - t0, 6)
+        return out
+
+    def release(self) -> None:
+        """After the caller dropped its model: give GPU memory back before the next load."""
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    def to(self, cond: dict) -> dict:
+        return {k: v.to(self.device, self.dtype) for k, v in cond.items()}
+
+    # -- stages
+    def text_stage(self):
+        """Text encoder outputs per side, and one check per encoder of the recipe."""
+        recipe = self.rec["reference"]
+        outs = {"reference": {}, "candidate": {}}
+        checks: dict[str, StageCheck] = {}
+        for use in recipe.text:
+            name = use.component
+            ids = None
+            for side, mset in (("reference", self.ref), ("candidate", self.cand)):
+                if name not in mset.sources:
+                    continue
+                model = self.load(side, name)
+                vocab = model.config.vocab_size
+                if ids is None:
+                    ids = self.tokens.get(name)
+                    if ids is None:
+                        ids = token_ids(use.tokens, vocab, self.seed, None if use.tokens == "clip" else self.text_length,
+                                        name)
+                    ids = ids.reshape(1, -1).long()
+                if int(ids.max()) >= vocab:
+                    checks[name] = _na("text_encoder", name, f"{side} vocabulary ({vocab}) is smaller than the "
+                                       f"reference's token ids")
+                    del model
+                    self.release()
+                    continue
+                outs[side][name] = self.forward(side, f"text_encoder.{name}",
+                                                lambda: encode(model, use, ids.to(self.device)))
+                del model
+                self.release()
+            if name in checks:
+                continue
+            have = [s for s in ("reference", "candidate") if name in outs[s]]
+            if len(have) < 2:
+                absent = "reference" if "reference" not in have else "candidate"
+                checks[name] = _na("text_encoder", name, f"not in the {absent}")
+                continue
+            r, c = outs["reference"][name], outs["candidate"][name]
+            checks[name] = StageCheck("text_encoder", name, True,
+                                      outputs={k: _compare(r[k], c[k]) for k in r if k in c})
+        return outs, checks
+
+    def geometry(self, dm_cfg: dict | None, vae_cfg: dict | None, recipe: OneStepRecipe):
+        """(latent channels, latent side, image side)."""
+        factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1) if vae_cfg else recipe.latent_factor
+        side = max(1, self.resolution // factor)
+        if dm_cfg is not None:
+            call = DENOISERS[recipe.denoiser]
+            channels, mult, top = call.latent_channels(dm_cfg), call.multiple(dm_cfg), call.max_side(dm_cfg)
+        else:
+            channels, mult, top = vae_cfg["latent_channels"], 1, None
+        if vae_cfg is None:
+            side = max(side, MIN_LATENT_SIDE)
+        side = max(mult, side - side % mult)
+        if top and side > top:
+            self.notes.append(f"latent side {side} capped at {top} (the model's largest position embedding)")
+            side = top - top % mult
+        return channels, side, side * factor
+
+    def run(self) -> OneStepResult:
+        t_start = time.perf_counter()
+        ref, cand = self.ref, self.cand
+        recipe = self.rec["reference"]
+        outs, text_checks = self.text_stage()
+        for name in cand.sources:
+            if name not in ref.sources:
+                self.notes.append(f"{name}: in the candidate only; not checked")
+
+        # conditioning: the reference's, and the candidate chain's (candidate encoders, else the reference's)
+        ref_missing = missing_encoders(recipe, outs["reference"])
+        cand_outs = {**outs["reference"], **outs["candidate"]}
+        borrowed = [u.component for u in recipe.text if u.component in outs["reference"]
+                    and u.component not in outs["candidate"]]
+
+        dm = ref.diffusion_model
+        vae_src = ref if ref.vae else (cand if cand.vae else None)
+        vae_cfg = _component_config(vae_src, vae_src.vae) if vae_src else None
+        dm_model = self.load("reference", dm) if dm else None
+        dm_cfg = dict(dm_model.config) if dm_model is not None else None
+        if dm_cfg is None and vae_cfg is None:
+            raise CkptError("the 1-step check needs a diffusion model or a VAE in the reference")
+        channels, lat, img = self.geometry(dm_cfg, vae_cfg, recipe)
+        self.image_side, self.latent_shape = img, [1, channels, lat, lat]
+
+        z = torch.randn(self.latent_shape, generator=generator(self.seed, "noise"))
+        x0 = {}
+        diffusion = None
+        ref_cond = cand_cond = None
+        if dm_model is not None:
+            call = DENOISERS[recipe.denoiser]
+            width = dm_cfg.get("joint_attention_dim")
+            if ref_missing or not recipe.text:
+                why = ("the family has no bundled text encoder" if not recipe.text else
+                       f"the reference has no {', '.join(ref_missing)}")
+                self.notes.append(f"conditioning: seeded random embeddings ({why})")
+                ref_cond = random_conditioning(call.cond_shapes(dm_cfg, recipe, self.text_length), recipe, self.seed,
+                                               img, img)
+                cand_cond = ref_cond
+            else:
+                ref_cond = assemble(recipe, outs["reference"], width, self.text_length, img, img)
+                cand_cond = assemble(recipe, cand_outs, width, self.text_length, img, img)
+            if borrowed and not ref_missing:
+                self.notes.append(f"e2e: the candidate has no {', '.join(borrowed)}; the reference's is used")
+            zd = z.to(self.device, self.dtype)
+            x0["reference"] = self.forward("reference", "diffusion_model",
+                                           lambda: one_step(recipe, dm_model, zd, self.to(ref_cond),
+                                                            self.scheduler["reference"])).cpu()
+            same_cond = cand_cond is ref_cond or all(torch.equal(ref_cond[k], cand_cond[k]) for k in ref_cond)
+            if dm not in cand.sources:
+                x0["e2e"] = x0["reference"] if same_cond else self.forward(
+                    "reference", "diffusion_model.e2e",
+                    lambda: one_step(recipe, dm_model, zd, self.to(cand_cond), self.scheduler["reference"])).cpu()
+                self.notes.append("e2e: the candidate has no diffusion model; the reference's is used")
+            del dm_model
+            self.release()
+            if dm in cand.sources:
+                crec = self.rec["candidate"]
+                model = self.load("candidate", dm)
+                x0["candidate"] = self.forward("candidate", "diffusion_model",
+                                               lambda: one_step(crec, model, zd, self.to(ref_cond),
+                                                                self.scheduler["candidate"])).cpu()
+                x0["e2e"] = x0["candidate"] if same_cond else self.forward(
+                    "candidate", "diffusion_model.e2e",
+                    lambda: one_step(crec, model, zd, self.to(cand_cond), self.scheduler["candidate"])).cpu()
+                del model
+                self.release()
+                diffusion = StageCheck("diffusion_model", dm, True, outputs={"latent": _compare(x0["reference"],
+                                                                                                x0["candidate"])})
+                if self.rec["candidate"].sampler != recipe.sampler:
+                    diffusion.notes.append(f"samplers: reference {recipe.sampler}, candidate "
+                                           f"{self.rec['candidate'].sampler} (the same step at the start time)")
+            else:
+                diffusion = _na("diffusion_model", dm, "not in the candidate")
+        else:
+            name = next((c.name for c in _family_components(ref.family) if c.role == "diffusion_model"), "diffusion_model")
+            diffusion = _na("diffusion_model", name, "not in the reference" if name in cand.sources
+                            else "not in either set")
+            x0["reference"] = torch.randn(self.latent_shape, generator=generator(self.seed, "latent"))
+            self.notes.append("vae: decoding a seeded random latent (no diffusion model in the reference)")
+
+        vae, e2e, images = self.vae_stage(x0, recipe, diffusion)
+        self.timings["total"] = round(time.perf_counter() - t_start, 6)
+        return OneStepResult(
+            family=ref.family, variant=ref.variant, candidate_variant=cand.variant, sampler=recipe.sampler,
+            candidate_sampler=self.rec["candidate"].sampler, device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."), seed=self.seed, image_size=[img, img],
+            latent_shape=self.latent_shape, text=text_checks, diffusion=diffusion, vae=vae, e2e=e2e,
+            timings=self.timings, recipe=recipe.to_json(), notes=self.notes, images=images)
+
+    def vae_stage(self, x0: dict, recipe: OneStepRecipe, diffusion: StageCheck):
+        ref, cand = self.ref, self.cand
+        rv, cv = ref.vae, cand.vae
+        decoded: dict[str, torch.Tensor] = {}
+        vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype  # SDXL's VAE overflows in fp16
+        if self.dtype != vae_dtype and (rv or cv):
+            self.notes.append("vae: decoded in float32 (the SDXL VAE overflows in float16)")
+
+        def decode(model, latent):
+            sf = float(model.config.scaling_factor or 1.0)
+            shift = float(getattr(model.config, "shift_factor", None) or 0.0)
+            z = (latent / sf + shift).to(self.device, vae_dtype)
+            return decoded_to_image(model.decode(z).sample)
+
+        if rv:
+            model = self.load("reference", rv, vae_dtype)
+            decoded["reference"] = self.forward("reference", "vae", lambda: decode(model, x0["reference"]))
+            if not cv and "e2e" in x0:
+                decoded["e2e"] = self.forward("reference", "vae.e2e", lambda: decode(model, x0["e2e"]))
+            del model
+            self.release()
+        if cv and rv:
+            model = self.load("candidate", cv, vae_dtype)
+            decoded["candidate"] = self.forward("candidate", "vae", lambda: decode(model, x0["reference"]))
+            if "e2e" in x0:
+                decoded["e2e"] = self.forward("candidate", "vae.e2e", lambda: decode(model, x0["e2e"]))
+            del model
+            self.release()
+
+        vae_name = rv or cv or "vae"
+        if rv and cv:
+            vae = StageCheck("vae", vae_name, True,
+                             outputs={"image": _compare(decoded["reference"], decoded["candidate"], image=True)})
+        elif not recipe.has_vae:
+            vae = _na("vae", vae_name, f"{self.ref.family} ships no VAE")
+        else:
+            vae = _na("vae", vae_name, "not in the " + ("reference" if not rv else "candidate")
+                      if (rv or cv) else "not in either set")
+
+        images = None
+        if "e2e" in x0 and "reference" in decoded and "e2e" in decoded:
+            e2e = StageCheck("e2e", "e2e", True, outputs={
+                "latent": _compare(x0["reference"], x0["e2e"]),
+                "image": _compare(decoded["reference"], decoded["e2e"], image=True)})
+            images = OneStepImages(decoded["reference"], decoded["e2e"])
+        else:
+            if not recipe.has_vae:
+                why = f"{self.ref.family} ships no text encoder or VAE; the diffusion model check covers it"
+            elif "e2e" not in x0:
+                why = "no diffusion model to run"
+            else:
+                why = "no VAE in the reference"
+            e2e = _na("e2e", "e2e", why)
+            if "e2e" in x0:
+                e2e.outputs["latent"] = _compare(x0["reference"], x0["e2e"])
+            if "candidate" in decoded:
+                images = OneStepImages(decoded["reference"], decoded["candidate"])
+            elif "candidate" in x0:
+                images = OneStepImages(*latent_preview(x0["reference"], x0["candidate"]), kind="latent")
+        return vae, e2e, images
+
+
+def _family_components(family: str):
+    from ckptkit.families import get_family
+
+    return get_family(family).components
+
+
+def _scheduler(family_spec, variant: str | None) -> dict:
+    v = next((v for v in family_spec.variants if v.name == variant), None)
+    return dict(v.scheduler if v is not None and v.scheduler else family_spec.scheduler)
+
+
+def _component_config(mset: ModelSet, name: str) -> dict:
+    """A component's config without loading its weights (shapes only)."""
+    from ckptkit.convert.components import local_shapes, source_config
+
+    src, spec = mset.sources[name], mset.spec(name)
+    try:
+        return source_config(spec, local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names, src.config)
+    except CkptError:
+        return dict(spec.config)
+
+
+def run_onestep(reference, candidate, *, seed: int = 0, device: str = "auto", dtype="float32",
+                resolution: int | None = None, text_length: int = DEFAULT_TEXT_LENGTH,
+                token_ids: dict[str, torch.Tensor] | None = None, family: str | None = None,
+                variant: str | None = None) -> OneStepResult:
+    """Run the 1-step check of `candidate` against `reference` (see the module doc).
+
+    reference / candidate: anything `model_set` takes. family / variant: for sets that do not say
+    (the candidate defaults to the reference's). resolution: image side in pixels (default 64;
+    the latent side is resolution / the VAE's factor, rounded to what the denoiser needs).
+    text_length: T5 / caption tokens. token_ids: component -> ids to use instead of the seeded
+    ones (e.g. a real prompt tokenized by the caller)."""
+    ref = model_set(reference, family, variant, "reference")
+    cand = model_set(candidate, ref.family, None, "candidate")
+    if cand.variant is None and cand.family == ref.family:
+        cand.variant = ref.variant
+    if cand.family != ref.family:
+        raise CkptError(f"the candidate is {cand.family}, the reference {ref.family}: the 1-step check compares "
+                        "the same family")
+    run = _Run(ref, cand, seed, resolve_device(device), resolve_dtype(dtype), resolution or DEFAULT_RESOLUTION,
+               text_length, token_ids)
+    return run.run()

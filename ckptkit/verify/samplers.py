@@ -1,0 +1,276 @@
+"""The one-step samplers (pure tensor math, checked against diffusers' schedulers in the tests)
+and the call conventions of each denoiser class (how a pipeline feeds it one step).
+
+A denoiser convention knows a model class's inputs: latent channels and the spatial multiple it
+needs, how to pack latents and build position ids (FLUX), and which conditioning shapes a random
+stand-in needs. Which convention, sampler and timestep a family uses is `recipes.RECIPES`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+SIGMA_DATA = 0.5  # TrigFlow's data std (SCMScheduler's sigma_data)
+
+
+# ---------------------------------------------------------------- sampler math
+def eps_x0(x: torch.Tensor, out: torch.Tensor, alpha_cumprod: float, prediction: str = "epsilon") -> torch.Tensor:
+    """x0 of a DDPM-family model from x_t: epsilon `(x - sqrt(1-a) eps) / sqrt(a)`, v-prediction
+    `sqrt(a) x - sqrt(1-a) v`, sample-prediction `out`."""
+    a = float(alpha_cumprod)
+    if prediction == "epsilon":
+        return (x - math.sqrt(1 - a) * out) / math.sqrt(a)
+    if prediction == "v_prediction":
+        return math.sqrt(a) * x - math.sqrt(1 - a) * out
+    if prediction == "sample":
+        return out
+    raise ValueError(f"unknown prediction_type {prediction!r}")
+
+
+def flow_euler(z: torch.Tensor, v: torch.Tensor, t: float = 1.0, t_next: float = 0.0) -> torch.Tensor:
+    """One Euler step of a flow model (`x_t = (1 - t) x0 + t z`, v ~ z - x0): from t = 1 to 0, x0 = z - v."""
+    return z + (t_next - t) * v
+
+
+def trigflow_time(s: float) -> float:
+    """The flow time of TrigFlow time s (arXiv 2503.09641 Prop. 3.1): t = sin s / (sin s + cos s)."""
+    return math.sin(s) / (math.sin(s) + math.cos(s))
+
+
+def trigflow_onestep(z: torch.Tensor, flow_model: Callable[[torch.Tensor, float], torch.Tensor],
+                     s: float = math.pi / 2, sigma_d: float = SIGMA_DATA) -> torch.Tensor:
+    """One sCM step from s of a flow-parametrised model wrapped as TrigFlow, as SanaSprintPipeline
+    runs it. `z` is unit noise (the pipeline's latents / sigma_d); returns x0 / sigma_d, the latent
+    the pipeline decodes. `flow_model(x_fm, t)` returns the velocity. At s = pi/2: z - v(z, 1)."""
+    x_s = sigma_d * z  # x_s = cos(s) x0 + sin(s) sigma_d z, and x0 is unknown: start at s = pi/2
+    t = trigflow_time(s)
+    norm = math.sqrt(t ** 2 + (1 - t) ** 2)
+    x_fm = (x_s / sigma_d) * norm
+    v = flow_model(x_fm, t)
+    F = ((1 - 2 * t) * x_fm + (1 - 2 * t + 2 * t ** 2) * v) / norm
+    x0 = math.cos(s) * x_s - math.sin(s) * sigma_d * F
+    return x0 / sigma_d
+
+
+@lru_cache(maxsize=16)
+def _alphas_cumprod(items: tuple) -> torch.Tensor:
+    import diffusers
+
+    cfg = dict(items)
+    cls = getattr(diffusers, cfg.get("_class_name", "DDPMScheduler"))
+    sched = cls.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    return sched.alphas_cumprod.double()
+
+
+def alphas_cumprod(scheduler: dict) -> torch.Tensor:
+    """The family scheduler's alphas_cumprod, from diffusers' own scheduler class (so the betas
+    are computed exactly as the pipeline computes them)."""
+    return _alphas_cumprod(tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in scheduler.items())))
+
+
+# ---------------------------------------------------------------- denoiser call conventions
+def _cfg(model, key, default=None):
+    return getattr(model.config, key, default) if not isinstance(model.config, dict) else model.config.get(key, default)
+
+
+class UNetCall:
+    """UNet2DConditionModel: (x, t, encoder_hidden_states, added_cond_kwargs for SDXL)."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2 ** (len(cfg["block_out_channels"]) - 1)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        shapes = {"context": (77, cfg["cross_attention_dim"])}
+        if cfg.get("addition_embed_type") == "text_time":
+            from ckptkit.verify.recipes import TIME_IDS
+
+            n = TIME_IDS[recipe.time_ids or "sdxl"]
+            shapes["pooled"] = (cfg["projection_class_embeddings_input_dim"] - n * cfg["addition_time_embed_dim"],)
+        return shapes
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        extra = None
+        if cond.get("time_ids") is not None:
+            extra = {"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}
+        t = torch.full((x.shape[0],), timestep, device=x.device, dtype=torch.float32)
+        return model(_pad_channels(model, x), t, encoder_hidden_states=cond["context"],
+                     added_cond_kwargs=extra).sample
+
+
+class MMDiTCall:
+    """SD3Transformer2DModel: (hidden_states, encoder_hidden_states, pooled_projections, timestep)."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 2)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        m = cfg.get("pos_embed_max_size")
+        return m * cfg.get("patch_size", 2) if m else None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (77 + text_length, cfg["joint_attention_dim"]), "pooled": (cfg["pooled_projection_dim"],)}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        t = torch.full((x.shape[0],), timestep, device=x.device, dtype=torch.float32)
+        return model(hidden_states=_pad_channels(model, x), encoder_hidden_states=cond["context"],
+                     pooled_projections=cond["pooled"], timestep=t).sample
+
+
+def flux_pack(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2 * W/2, 4C), FluxPipeline._pack_latents."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def flux_unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The inverse of flux_pack (FluxPipeline._unpack_latents)."""
+    b, _, c4 = x.shape
+    x = x.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h, w)
+
+
+def flux_img_ids(h: int, w: int) -> torch.Tensor:
+    """Position ids of the packed latent tokens: (0, row, column)."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] += torch.arange(h // 2)[:, None]
+    ids[..., 2] += torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+class FluxCall:
+    """FluxTransformer2DModel: packed 2x2 latents, img_ids / txt_ids, timestep t in [0, 1],
+    guidance tensor for dev."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["joint_attention_dim"]), "pooled": (cfg["pooled_projection_dim"],)}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        b, _, h, w = x.shape
+        packed = flux_pack(x)
+        extra = _cfg(model, "in_channels") - packed.shape[-1]
+        if extra > 0:  # Fill / depth variants: their image conditioning channels as zeros
+            packed = torch.cat([packed, packed.new_zeros(b, packed.shape[1], extra)], -1)
+        t = torch.full((b,), timestep, device=x.device, dtype=x.dtype)
+        g = None if guidance is None else torch.full((b,), guidance, device=x.device, dtype=torch.float32)
+        ctx = cond["context"]
+        out = model(hidden_states=packed, encoder_hidden_states=ctx, pooled_projections=cond["pooled"], timestep=t,
+                    img_ids=flux_img_ids(h, w).to(x.device, x.dtype),
+                    txt_ids=torch.zeros(ctx.shape[1], 3, device=x.device, dtype=x.dtype), guidance=g).sample
+        return flux_unpack(out, h, w)
+
+
+class SanaCall:
+    """SanaTransformer2DModel: (hidden_states, encoder_hidden_states, timestep, guidance for Sprint)."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 1)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["caption_channels"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        b = x.shape[0]
+        t = torch.full((b,), timestep, device=x.device, dtype=torch.float32)
+        g = None if guidance is None else torch.full((b,), guidance, device=x.device, dtype=x.dtype)
+        return model(hidden_states=_pad_channels(model, x), encoder_hidden_states=cond["context"], timestep=t,
+                     guidance=g).sample
+
+
+def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
+    """Inpainting models take extra input channels (mask, masked image): zeros here."""
+    extra = _cfg(model, "in_channels", x.shape[1]) - x.shape[1]
+    if extra <= 0:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], extra, *x.shape[2:])], 1)
+
+
+DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall()}
+
+
+def model_time(recipe, model, t: float) -> float:
+    scale = recipe.time_scale
+    if recipe.time_scale_key:
+        scale *= float(_cfg(model, recipe.time_scale_key, 1.0) or 1.0)
+    return t * scale
+
+
+def guidance_value(recipe, model) -> float | None:
+    if recipe.guidance is None or not _cfg(model, "guidance_embeds", False):
+        return None
+    g = recipe.guidance
+    if recipe.guidance_scale_key:
+        g *= float(_cfg(model, recipe.guidance_scale_key, 1.0))
+    return g
+
+
+def one_step(recipe, model, z: torch.Tensor, cond: dict, scheduler: dict) -> torch.Tensor:
+    """The family's one-step sample from unit noise `z` (on the model's device and dtype): the
+    latent the pipeline would hand to the VAE (before VAE scaling), as float32."""
+    call = DENOISERS[recipe.denoiser]
+    guidance = guidance_value(recipe, model)
+    with torch.no_grad():
+        if recipe.sampler == "eps":
+            step = int(recipe.start)
+            out = call(model, z, model_time(recipe, model, step), cond, guidance)
+            a = float(alphas_cumprod(scheduler)[step])
+            return eps_x0(z.float(), out.float(), a, scheduler.get("prediction_type", "epsilon"))
+        if recipe.sampler == "flow":
+            v = call(model, z, model_time(recipe, model, recipe.start), cond, guidance)
+            return flow_euler(z.float(), v.float(), recipe.start, 0.0)
+        if recipe.sampler == "trigflow":
+            sigma_d = float(scheduler.get("sigma_data", SIGMA_DATA))
+
+            def flow_model(x_fm, t):
+                return call(model, x_fm.to(z.dtype), model_time(recipe, model, t), cond, guidance).float()
+
+            return trigflow_onestep(z.float(), flow_model, recipe.start, sigma_d)
+    raise ValueError(f"unknown sampler {recipe.sampler!r}")
