@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,17 +46,35 @@ def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress |
     hasher = SourceHasher(list(ckpt.paths))
     extra = dict(manifest_extra or {})
     reused: list[WrittenFile] = []
-    if store:
-        plan, reused, extra["store"] = _reuse_from_store(plan, ckpt, out_dir, Path(store), workers)
-    update = progress(planned_bytes(plan), plan.kind) if progress else None
-    written = execute(plan, ckpt, out_dir, workers=workers, progress=update, allow_overflow=allow_overflow)
-    if store:
-        for w in written:
-            _link(out_dir / w.path, _store_path(Path(store), w.sha256), into_store=True)
-    written = reused + written
-    manifest = build_manifest(plan, written, hasher.join(), extra)
-    write_manifest(out_dir, manifest)
+    with staged(out_dir) as stage:
+        if store:
+            plan, reused, extra["store"] = _reuse_from_store(plan, ckpt, stage, Path(store), workers)
+        update = progress(planned_bytes(plan), plan.kind) if progress else None
+        written = execute(plan, ckpt, stage, workers=workers, progress=update, allow_overflow=allow_overflow)
+        if store:
+            for w in written:
+                _link(stage / w.path, _store_path(Path(store), w.sha256), into_store=True)
+        written = reused + written
+        manifest = build_manifest(plan, written, hasher.join(), extra)
+        write_manifest(stage, manifest)
     return RunResult(plan, written, manifest, str(out_dir))
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path):
+    """Write a whole component set into a hidden folder inside `out_dir`, then move every file into
+    place; if anything fails, remove the folder, so a failed run leaves nothing behind (not even
+    the components that were complete)."""
+    stage = Path(tempfile.mkdtemp(prefix=".ckptkit-staging-", dir=out_dir))
+    try:
+        yield stage
+        files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == "ckptkit.json", p))
+        for path in files:  # the manifest last: it only ever describes files already in place
+            target = out_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _store_path(store: Path, digest: str) -> Path:
@@ -204,3 +224,24 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
             return RunResult(plan, written, None, str(out.parent))
         _prepare_out_dir(out, force)
         return run_plan(plan, ckpt, out, workers, progress)
+
+
+def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *, force: bool = False,
+             dry_run: bool = False, workers: int = 1, progress: Progress | None = None) -> RunResult:
+    """A Sana flow model -> its TrigFlow form (convert/trigflow.py); the manifest's `trigflow` section
+    records the transform. A source already in TrigFlow form gives a plan with no outputs (nothing written)."""
+    from ckptkit.convert.trigflow import TrigFlowOptions, plan_trigflow, transform_record
+
+    out_dir = Path(out_dir)
+    with open_checkpoint(source) as ckpt:
+        plan = plan_trigflow(ckpt, detect(ckpt), opts or TrigFlowOptions())
+        if dry_run or not plan.outputs:
+            return RunResult(plan)
+        _prepare_out_dir(out_dir, force)
+        hasher = SourceHasher(list(ckpt.paths))
+        update = progress(planned_bytes(plan), plan.kind) if progress else None
+        written = execute(plan, ckpt, out_dir, workers=workers, progress=update)
+        sources = hasher.join()
+        manifest = build_manifest(plan, written, sources, {"trigflow": transform_record(plan, sources)})
+        write_manifest(out_dir, manifest)
+        return RunResult(plan, written, manifest, str(out_dir))

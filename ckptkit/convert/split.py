@@ -145,6 +145,8 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
         if opts.extract_ema and comp.role == "diffusion_model":
             ops = _ema_ops(ckpt, det, ops)
             plan.notes.append("diffusion model written from its EMA copy")
+            for n in sorted({s for e in cmap.ops.values() for s in e.sources()}):
+                plan.dropped[n] = "live weights replaced by their EMA copy (--extract-ema)"
         path = output_path(comp, opts.layout)
         tensors = tensor_ops(ckpt, ops, cast, opts.fix_position_ids, plan.notes, comp.name)
         plan.outputs.append(OutputFile(path, comp.name, naming if opts.layout != "comfy" else "comfy", tensors,
@@ -154,7 +156,8 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
         if opts.layout == "diffusers":
             plan.sidecars[f"{comp.diffusers_folder}/config.json"] = config_json(comp, cmap.config)
     if opts.layout == "diffusers":
-        _pipeline_sidecars(plan, spec, [c for c in spec.components if c.name in wanted and c.name in det.components])
+        _pipeline_sidecars(plan, spec, [c for c in spec.components if c.name in wanted and c.name in det.components],
+                           next((v for v in spec.variants if v.name == det.variant), None))
     return plan
 
 
@@ -179,17 +182,19 @@ def plan_split_by_prefix(ckpt: Checkpoint, opts: SplitOptions) -> Plan:
     return plan
 
 
-def _pipeline_sidecars(plan: Plan, spec, comps: list[ComponentSpec]) -> None:
+def _pipeline_sidecars(plan: Plan, spec, comps: list[ComponentSpec], variant=None) -> None:
     import diffusers
 
     from ckptkit.convert.models import model_class
 
-    index = {"_class_name": spec.pipeline, "_diffusers_version": diffusers.__version__}
+    pipeline = (variant and variant.pipeline) or spec.pipeline
+    scheduler = (variant and variant.scheduler) or spec.scheduler
+    index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__, **spec.pipeline_config}
     for comp in comps:
         _, config_cls = model_class(comp.diffusers_class)
         index[comp.diffusers_folder] = ["transformers" if config_cls else "diffusers", comp.diffusers_class]
-    if spec.scheduler:
-        index["scheduler"] = ["diffusers", spec.scheduler["_class_name"]]
-        sched = {**spec.scheduler, "_diffusers_version": diffusers.__version__}
+    if scheduler:
+        index["scheduler"] = ["diffusers", scheduler["_class_name"]]
+        sched = {**scheduler, "_diffusers_version": diffusers.__version__}
         plan.sidecars["scheduler/scheduler_config.json"] = json.dumps(sched, indent=2) + "\n"
     plan.sidecars["model_index.json"] = json.dumps(index, indent=2) + "\n"
