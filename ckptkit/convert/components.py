@@ -100,17 +100,26 @@ def config_json(comp: ComponentSpec, config: dict) -> str:
     return cfg.to_json_string()
 
 
-def find_component_spec(name: str, layout: str) -> ComponentSpec:
+def find_component_spec(name: str, layout: str, used_by: tuple[str, ...] = ()) -> ComponentSpec:
     """A family's spec for a standalone component file (the first family with that component and
-    source layout: CLIP-L is the same in every family that has it)."""
+    source layout, the families its signature names first, in their order: CLIP-L is the same in
+    every family that has it; a 16-channel VAE takes SD3's latent scaling, not a 4-channel one's)."""
     from ckptkit.families import FAMILIES
 
-    for family in FAMILIES:
+    families = sorted(FAMILIES, key=lambda f: used_by.index(f.name) if f.name in used_by else len(used_by))
+    for family in families:
         for comp in family.components:
             if comp.name == name and comp.layout == layout:
                 return comp
-    for family in FAMILIES:
+    for family in families:
         for comp in family.components:
             if comp.name == name:
+                if layout in HF_NATIVE and comp.layout not in HF_NATIVE:
+                    # an OpenCLIP tower saved in transformers names (ComfyUI's clip_h file): those names
+                    # are its original names here, as SD3's clip_g spec has them
+                    from dataclasses import replace
+
+                    return replace(comp, layout=layout, high_precision=(
+                        "text_model.embeddings.", "text_model.final_layer_norm.", "text_projection."))
                 return comp
     raise CkptError(f"no family has a component {name!r}")

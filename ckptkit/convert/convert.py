@@ -17,7 +17,7 @@ def component_spec(det: Detection) -> ComponentSpec:
     if det.family and list(det.components) == ["diffusion_model"]:
         return det.spec.diffusion_model
     if det.standalone:
-        return find_component_spec(next(iter(det.components)), det.standalone_layout)
+        return find_component_spec(next(iter(det.components)), det.standalone_layout, det.used_by)
     raise CkptError("not a single component (family unknown and no component signature matches)")
 
 

@@ -71,3 +71,6 @@ FLUX_SCHEDULER = dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_t
                       max_image_seq_len=4096)
 SANA_SCHEDULER = dict(_class_name="DPMSolverMultistepScheduler", num_train_timesteps=1000, prediction_type="flow_prediction",
                       use_flow_sigmas=True, flow_shift=3.0, solver_order=2, algorithm_type="dpmsolver++")
+# Sana-Sprint samples with SanaSprintPipeline + SCMScheduler (TrigFlow), as its released diffusers folder.
+SANA_SPRINT_SCHEDULER = dict(_class_name="SCMScheduler", num_train_timesteps=1000, prediction_type="trigflow",
+                             sigma_data=0.5)

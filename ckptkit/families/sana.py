@@ -1,6 +1,6 @@
 """Sana and Sana-Sprint (NVlabs `.pth` with a `state_dict`, transformer only)."""
 
-from ckptkit.families.common import SANA_SCHEDULER
+from ckptkit.families.common import SANA_SCHEDULER, SANA_SPRINT_SCHEDULER
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
 
 SANA_1600M_CONFIG = dict(in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32,
@@ -26,7 +26,8 @@ SPEC = FamilySpec(
     detect_diffusers=(Has("transformer_blocks.0.ff.conv_inverted.weight"), Has("caption_norm.weight")),
     variants=(
         Variant("sana-sprint", (Has("cfg_embedder.mlp.0.weight"),),
-                (Has("time_embed.guidance_embedder.linear_1.weight"),), "TrigFlow / sCM, guidance embedding"),
+                (Has("time_embed.guidance_embedder.linear_1.weight"),), "TrigFlow / sCM, guidance embedding",
+                pipeline="SanaSprintPipeline", scheduler=SANA_SPRINT_SCHEDULER),
         Variant("sana-1.5", (Has("blocks.0.attn.q_norm.weight"), Lacks("cfg_embedder.mlp.0.weight")),
                 (Has("transformer_blocks.0.attn1.norm_q.weight"),), "flow model with QK RMSNorm"),
         Variant("sana"),

@@ -21,6 +21,8 @@ SPEC = FamilySpec(
     gguf_arch="sdxl",
     pipeline="StableDiffusionXLImg2ImgPipeline",
     scheduler=SDXL_SCHEDULER,
+    # the refiner's UNet takes 5 time ids (aesthetic score instead of target size): 2560 = 1280 + 5 * 256
+    pipeline_config={"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ldm_unet",
                       "UNet2DConditionModel", "unet", config=REFINER_UNET_CONFIG, high_precision=UNET_HIGH_PRECISION),

@@ -50,6 +50,8 @@ class Variant:
     when: tuple[Condition, ...] = ()  # in original names of the diffusion model (prefix-stripped)
     when_diffusers: tuple[Condition, ...] = ()  # the same test in diffusers names
     description: str = ""
+    pipeline: str = ""  # diffusers pipeline class when it differs from the family's (Sana-Sprint)
+    scheduler: dict | None = None  # scheduler config when it differs from the family's
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class FamilySpec:
     ema_prefix: str | None = None  # "model_ema." for LDM checkpoints
     pipeline: str = ""  # diffusers pipeline class for model_index.json
     scheduler: dict = field(default_factory=dict)  # diffusers scheduler config ("_class_name" included)
+    pipeline_config: dict = field(default_factory=dict)  # extra model_index.json entries (pipeline __init__ args)
     notes: str = ""
 
     def component(self, name: str) -> ComponentSpec:
