@@ -21,6 +21,10 @@ class Group(click.Group):
         except CkptError as exc:
             click.echo(f"ckptkit: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # disk full, permission denied, ...: the environment, not a bug
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"ckptkit: error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("ckptkit: interrupted", err=True)
             ctx.exit(130)
@@ -207,6 +211,7 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
                                progress=_bar_factory(sys.stderr.isatty() and not as_json), scan=not no_scan)
     if dry_run and not as_json:
         click.echo(result.plan.describe())
+        click.echo(render_type_plan(result.plan))
         click.echo(render_policy(result.plan))
         return
     _render_run(result, as_json)
@@ -234,8 +239,25 @@ def render_policy(plan) -> str:
         types = ", ".join(f"{t} {v['tensors']} ({human_bytes(v['bytes'])})" for t, v in
                           sorted(pol.get("types", {}).items(), key=lambda kv: -kv[1]["bytes"]))
         kept = "; ".join(f"{n} x {r}" for r, n in pol.get("kept_high_precision", {}).items())
-        rows.append([name, pol.get("requested", "-"), pol.get("format", "-"), types, kept or "-"])
-    return table(rows, ["component", "requested", "format", "types (tensors, bytes)", "kept high precision"])
+        fallbacks = ", ".join(f"{n} x {f}" for f, n in pol.get("fallbacks", {}).items())
+        rows.append([name, pol.get("requested", "-"), pol.get("format", "-"), types, kept or "-", fallbacks or "-"])
+    return table(rows, ["component", "requested", "format", "types (tensors, bytes)", "kept high precision (why)",
+                        "fallbacks (row length)"])
+
+
+def render_type_plan(plan) -> str:
+    """Every tensor of every output: final name, stored shape, type and why (--dry-run)."""
+    from ckptkit.inspect import human_bytes
+
+    lines = []
+    for out in plan.outputs:
+        lines.append(f"{out.path}  [{out.component}, {out.format}]")
+        width = max((len(t.name) for t in out.tensors), default=0)
+        for t in out.tensors:
+            shape = "x".join(map(str, t.shape)) or "scalar"
+            lines.append(f"  {t.name:<{width}}  {shape:>16}  {t.dtype:<5} {human_bytes(t.nbytes):>9}"
+                         f"{'  ' + t.note if t.note else ''}")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -287,6 +309,15 @@ def demo(out_dir: str | None, family: str, as_json: bool):
     result = run_demo(out_dir, family, echo=None if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+
+
+def _register_trigflow() -> None:
+    from ckptkit.trigflow.commands import register
+
+    register(cli, run_options, _render_run, _bar_factory)
+
+
+_register_trigflow()
 
 
 def main() -> None:

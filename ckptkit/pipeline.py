@@ -204,21 +204,33 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
              dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True) -> RunResult:
-    """Quantize each component by its own policy. `out` is a directory (component set + manifest),
-    or a file when the source is a single component and `out` ends in .gguf/.safetensors."""
-    from ckptkit.quant.plan import plan_quantize
+    """Quantize each component by its own policy. SOURCE is a bundle, a component set (any layout,
+    with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
+    a directory (component set + manifest), or a file when the source is a single component and
+    `out` ends in .gguf/.safetensors."""
+    from ckptkit.quant.plan import open_component_set_source, plan_quantize, source_from_detection
 
-    out = Path(out)
+    out, src_path = Path(out), Path(source)
     single = out.suffix in (".gguf", ".safetensors")
-    with open_checkpoint(source) as ckpt:
-        det = detect(ckpt)
+    if src_path.is_dir() and not (src_path / "model_index.json").exists() and not (src_path / "config.json").exists():
+        ckpt, src = open_component_set_source(src_path)
+    else:
+        ckpt = open_checkpoint(source)
+        try:
+            src = source_from_detection(ckpt, detect(ckpt))
+        except BaseException:
+            ckpt.close()
+            raise
+    with ckpt:
         scan_bar = progress(ckpt.total_bytes, "scan") if progress and scan else None
-        plan = plan_quantize(ckpt, det, policy, out.name if single else None, scan=scan, progress=scan_bar)
+        plan = plan_quantize(ckpt, src, policy, out.name if single else None, scan=scan, progress=scan_bar)
         if dry_run:
             return RunResult(plan)
         if single:
             if out.exists() and not force:
                 raise CkptError(f"{out}: exists (use --force to replace it)")
+            if out.is_dir():
+                raise CkptError(f"{out}: is a directory")
             update = progress(planned_bytes(plan), "quantize") if progress else None
             written = execute(plan, ckpt, out.parent, workers=workers, progress=update)
             return RunResult(plan, written, None, str(out.parent))

@@ -5,6 +5,10 @@ serialise for `--dry-run`) and are evaluated lazily: with a fetch that loads rea
 give bytes, with a fetch that returns meta tensors they give shapes at no memory cost.
 Every operation but `zeros` preserves bytes, so a layout change is bit-exact; `zeros` stands in
 for a buffer an original file must carry but the diffusers model does not hold (Sana's pos_embed).
+`full` and `randn` (INIT_OPS with `zeros`) make new tensors from nothing but their arguments, for
+layers a transform adds (the TrigFlow guidance embedder): `randn` is seeded and generated on the CPU,
+so the same plan gives the same bytes on every machine. A fetch with a `device` attribute (the meta
+fetch of `shapes`) places them there, so shapes stay free.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 @dataclass(frozen=True)
 class Expr:
-    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros" | "arange"
+    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros" | "arange" | "full" | "randn"
     args: tuple
 
     def sources(self) -> list[str]:
@@ -46,6 +50,8 @@ class Expr:
         if op == "zeros":  # dtype and device of the `like` tensor (meta stays meta)
             like = a[1].evaluate(fetch)
             return torch.zeros(a[0], dtype=like.dtype, device=like.device)
+        if op in ("full", "randn"):
+            return _init(op, a, getattr(fetch, "device", None))
         raise ValueError(f"unknown op {op}")
 
     def __str__(self) -> str:
@@ -62,6 +68,10 @@ class Expr:
             return f"zeros({list(a[0])}, like {a[1]})"
         if op == "arange":
             return f"arange({a[0]})"
+        if op == "full":
+            return f"full({list(a[0])}, {a[1]!r}, {a[2]})"
+        if op == "randn":
+            return f"randn({list(a[0])}, seed {a[1]}, std {a[2]!r}, {a[3]})"
         return f"t({a[0]})"
 
     def to_json(self):
@@ -100,6 +110,43 @@ def arange(n: int) -> Expr:
     return Expr("arange", (n,))
 
 
+INIT_OPS = frozenset({"zeros", "full", "randn"})  # make data instead of moving it; `invert` skips them
+
+
+def full(shape, value: float, dtype: str) -> Expr:
+    """A tensor of `shape` filled with `value`; `dtype` a safetensors code ("F32", "BF16", ...)."""
+    return Expr("full", (tuple(shape), float(value), dtype))
+
+
+def randn(shape, seed: int, std: float, dtype: str) -> Expr:
+    """Seeded normal values * `std` (drawn in float32 on the CPU, then cast to `dtype`)."""
+    return Expr("randn", (tuple(shape), int(seed), float(std), dtype))
+
+
+def _init(op: str, a: tuple, device) -> torch.Tensor:
+    from ckptkit.formats.dtypes import to_torch
+
+    shape, dtype = a[0], to_torch(a[-1])
+    if str(device) == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    if op == "full":
+        return torch.full(shape, a[1], dtype=dtype, device=device)
+    gen = torch.Generator().manual_seed(a[1])
+    return (torch.randn(shape, generator=gen, dtype=torch.float32) * a[2]).to(dtype=dtype, device=device)
+
+
+class _MetaFetch:
+    """Source tensors as meta tensors; its `device` keeps sourceless ops on meta too."""
+
+    device = "meta"
+
+    def __init__(self, source_shapes: Mapping[str, tuple[int, ...]]):
+        self.source_shapes = source_shapes
+
+    def __call__(self, name: str) -> torch.Tensor:
+        return torch.empty(self.source_shapes[name], device="meta")
+
+
 def rename(e: Expr, fn) -> Expr:
     """The same expression over renamed sources (e.g. with a bundle prefix added)."""
     if e.op == "src":
@@ -124,9 +171,7 @@ def apply(mapping: Mapping[str, Expr], fetch: Callable[[str], torch.Tensor]) -> 
 
 def shapes(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Output shapes without data: evaluate on the meta device."""
-    def fetch(name):
-        return torch.empty(source_shapes[name], device="meta")
-
+    fetch = _MetaFetch(source_shapes)
     return {name: tuple(e.evaluate(fetch).shape) for name, e in mapping.items()}
 
 
@@ -136,7 +181,7 @@ def identity(names, prefix_from: str = "", prefix_to: str = "") -> dict[str, Exp
 
 
 def shape_of(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
-    return tuple(e.evaluate(lambda n: torch.empty(source_shapes[n], device="meta")).shape)
+    return tuple(e.evaluate(_MetaFetch(source_shapes)).shape)
 
 
 def invert(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, ...]],
@@ -147,7 +192,8 @@ def invert(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, .
     result rebuilds every source from the outputs. This lets one hand-written direction (ours,
     original <- diffusers) serve both ways, streaming. `zeros` outputs are simply not used; a
     source that no output covers completely is an error unless it is in `optional` (tied copies
-    such as T5's `encoder.embed_tokens.weight`), which is then left out.
+    such as T5's `encoder.embed_tokens.weight`), which is then left out. Outputs made by INIT_OPS
+    (`zeros`, `full`, `randn`) come from no source and are not used.
     """
     whole: dict[str, Expr] = {}
     pieces: dict[str, list[tuple[int, int, int, Expr]]] = {}
@@ -168,7 +214,7 @@ def invert(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, .
                 size = shape_of(part, source_shapes)[a[0]]
                 place(part, narrow(target, a[0], offset, offset + size))
                 offset += size
-        elif op != "zeros":
+        elif op not in INIT_OPS:
             raise ValueError(f"cannot invert {e}")
 
     for name, e in mapping.items():

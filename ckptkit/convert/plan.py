@@ -22,6 +22,8 @@ class TensorOp:
 
     @property
     def op(self) -> str:
+        if self.expr.op in ("full", "randn"):
+            return "init"  # a new tensor (e.g. the TrigFlow guidance embedder), made from no source
         if self.expr.op == "src":
             return "copy" if self.dtype == self.src_dtype else "cast"
         return "layout" if self.dtype == self.src_dtype else "layout+cast"

@@ -1,0 +1,136 @@
+"""Load what `ckptkit sample` runs: a transformer, its text encoders and tokenizers, and its VAE, from
+  * a diffusers pipeline folder (model_index.json; `ckptkit trigflow`'s and `split --layout diffusers`'s
+    output too): every listed component with its library's from_pretrained, local files only;
+  * a component set (a folder with ckptkit.json, from `ckptkit split` / `trigflow --layout original`):
+    each file through the family's layout map (convert/models.py load_component);
+  * a single checkpoint file or diffusers component folder: what `detect` finds in it.
+The time scale a ckptkit TrigFlow output records (manifest or safetensors metadata) is returned with the
+models: an original-layout output has no config to carry it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ckptkit.errors import CkptError
+from ckptkit.trigflow.adapters import Adapter, adapter_for
+
+TIME_SCALE_KEY = "ckptkit.trigflow.time_scale"
+
+
+@dataclass
+class ModelSet:
+    transformer: torch.nn.Module
+    adapter: Adapter
+    text_encoders: dict = field(default_factory=dict)  # diffusers folder name -> model
+    tokenizers: dict = field(default_factory=dict)  # "tokenizer", "tokenizer_2", ...
+    vae: torch.nn.Module | None = None
+    time_scale: float | None = None  # recorded by `ckptkit trigflow`; None: from the transformer's config
+
+
+def _from_pretrained(library: str, cls_name: str, folder: Path, dtype: torch.dtype):
+    import diffusers
+    import transformers
+
+    module = diffusers if library == "diffusers" else transformers
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise CkptError(f"{folder}: unknown class {library}.{cls_name}")
+    if "Tokenizer" in cls_name:
+        return cls.from_pretrained(folder, local_files_only=True)
+    return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+
+
+def _diffusers_folder(root: Path, dtype: torch.dtype) -> dict:
+    index = json.loads((root / "model_index.json").read_text("utf-8"))
+    parts = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name == "scheduler" or not isinstance(entry, list) or None in entry:
+            continue
+        if (root / name).is_dir():
+            parts[name] = _from_pretrained(entry[0], entry[1], root / name, dtype)
+    return parts
+
+
+def _component_set(root: Path, manifest: dict, dtype: torch.dtype) -> dict:
+    from ckptkit.convert.models import load_component
+    from ckptkit.families import get_family
+    from ckptkit.formats import open_checkpoint
+
+    if not manifest.get("family"):
+        raise CkptError(f"{root}: the manifest names no family; cannot tell how to load its components")
+    spec = get_family(manifest["family"])
+    parts = {}
+    for name, info in manifest["components"].items():
+        comp = spec.component(name)
+        with open_checkpoint(root / info["file"]) as ckpt:
+            model = load_component(ckpt, comp, "", info.get("naming") or "original", dtype=dtype)
+        parts[_role_key(comp)] = model
+    return parts
+
+
+def _single(path: Path, dtype: torch.dtype) -> tuple[dict, float | None]:
+    from ckptkit.convert.models import load_component
+    from ckptkit.families.detect import detect
+    from ckptkit.formats import open_checkpoint
+
+    with open_checkpoint(path) as ckpt:
+        det = detect(ckpt)
+        if det.spec is None:
+            raise CkptError(f"{path}: family unknown: not a model ckptkit can sample")
+        parts = {}
+        members = getattr(ckpt, "members", {})
+        for comp in det.spec.components:
+            if comp.name not in det.components:
+                continue
+            prefix = det.components[comp.name]
+            config = None
+            if det.names == "diffusers":
+                config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+            parts[_role_key(comp)] = load_component(ckpt, comp, prefix, det.names, config=config,
+                                                    exclude=frozenset(det.junk + det.ema + det.unclaimed), dtype=dtype)
+        scale = ckpt.metadata.get(TIME_SCALE_KEY)
+    return parts, float(scale) if scale else None
+
+
+def _role_key(comp) -> str:
+    """Components by their diffusers folder name, the diffusion model as `transformer`."""
+    return "transformer" if comp.role == "diffusion_model" else comp.diffusers_folder
+
+
+def _recorded_time_scale(root: Path) -> float | None:
+    from ckptkit.convert.manifest import read_manifest
+
+    manifest = read_manifest(root)
+    scale = (manifest or {}).get("trigflow", {}).get("time_scale")
+    return float(scale) if scale is not None else None
+
+
+def load_model_set(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ModelSet:
+    from ckptkit.convert.manifest import read_manifest
+
+    path = Path(path)
+    if not path.exists():
+        raise CkptError(f"{path}: no such file or directory")
+    scale = None
+    if path.is_dir() and (path / "model_index.json").is_file():
+        parts, scale = _diffusers_folder(path, dtype), _recorded_time_scale(path)
+    elif path.is_dir() and (manifest := read_manifest(path)) is not None:
+        parts, scale = _component_set(path, manifest, dtype), _recorded_time_scale(path)
+    else:
+        parts, scale = _single(path, dtype)
+    model = next((parts[k] for k in ("transformer", "unet") if k in parts), None)
+    if model is None:
+        raise CkptError(f"{path}: no diffusion model in it")
+    adapter = adapter_for(model)  # refuses UNets and other non-flow models
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            part.to(device).eval()
+    return ModelSet(model, adapter,
+                    text_encoders={k: v for k, v in parts.items() if k.startswith("text_encoder")},
+                    tokenizers={k: v for k, v in parts.items() if k.startswith("tokenizer")},
+                    vae=parts.get("vae"), time_scale=scale)
