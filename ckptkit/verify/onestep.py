@@ -2,7 +2,7 @@
 their files (any layout, GGUF dequantized), run through the family's natural one-step sampler
 from the same seed, output by output.
 
-    result = run_onestep(reference, candidate, seed=0, device="auto", dtype="float32", resolution=64)
+    result = run_onestep(reference, candidate, seed=0, device="auto", dtype="float32", resolution=512)
     result.text["clip_l"].outputs["hidden"].cosine
     result.diffusion.outputs["latent"].rel_rms
     result.vae.outputs["image"].psnr
@@ -47,7 +47,7 @@ from ckptkit.verify.images import (Comparison, OneStepImages, compare, decoded_t
 from ckptkit.verify.recipes import OneStepRecipe, recipe_for
 from ckptkit.verify.samplers import DENOISERS, one_step
 
-DEFAULT_RESOLUTION = 64  # pixels; tiny fixtures run in well under a second per family on CPU
+DEFAULT_RESOLUTION = 32  # pixels: tiny fixtures (VAE factor 2) get 16x16 latents, well under a second on CPU
 MIN_LATENT_SIDE = 4  # families without a VAE (Sana at 32 px/latent) still get a 4x4 latent
 DEFAULT_TEXT_LENGTH = 32  # T5 tokens / Sana caption length
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -274,6 +274,16 @@ class _TimedCheckpoint:
         return getattr(self._ckpt, key)
 
 
+def _own_storage(model) -> None:
+    """Copy tensors that still view the file's mmap into fresh (aligned) memory: CPU kernels pick
+    their paths by alignment, and a tensor's offset in a file must not change the result."""
+    with torch.no_grad():
+        for module in model.modules():
+            for key, t in list(module._parameters.items()) + list(module._buffers.items()):
+                if t is not None and t.device.type == "cpu" and t.data_ptr() % 64:
+                    t.data = t.data.clone()
+
+
 class _Run:
     def __init__(self, ref: ModelSet, cand: ModelSet, seed: int, device: torch.device, dtype: torch.dtype,
                  resolution: int, text_length: int, tokens: dict | None):
@@ -282,10 +292,12 @@ class _Run:
         self.ref, self.cand = ref, cand
         self.seed, self.device, self.dtype = seed, device, dtype
         self.resolution, self.text_length, self.tokens = resolution, text_length, dict(tokens or {})
-        self.rec = {"reference": recipe_for(ref.family, ref.variant), "candidate": recipe_for(cand.family, cand.variant)}
+        self.rec = {"reference": recipe_for(ref.family, ref.variant),
+                    "candidate": recipe_for(cand.family, cand.variant)}
         fam = get_family(ref.family)
         self.scheduler = {side: _scheduler(fam, s.variant) for side, s in (("reference", ref), ("candidate", cand))}
-        self.timings: dict = {side: {"load": {}, "dequantize": {}, "forward": {}} for side in ("reference", "candidate")}
+        self.timings: dict = {side: {"load": {}, "dequantize": {}, "forward": {}}
+                              for side in ("reference", "candidate")}
         self.notes: list[str] = []
 
     # -- timing
@@ -300,8 +312,16 @@ class _Run:
         src = mset.sources[name]
         proxy = _TimedCheckpoint(src.ckpt)
         t0 = time.perf_counter()
-        model = load_component(proxy, mset.spec(name), src.prefix, src.names, src.config, src.exclude,
+        config = src.config
+        if src.names == "diffusers" and config is None:  # a transformers-layout file without config.json
+            from ckptkit.convert.components import local_shapes, source_config
+
+            config = source_config(mset.spec(name), local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names,
+                                   None)
+        model = load_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
                                dtype or self.dtype)
+        if self.device.type == "cpu":
+            _own_storage(model)
         model = model.to(self.device)
         self._sync()
         total = time.perf_counter() - t0
@@ -344,8 +364,8 @@ class _Run:
                 if ids is None:
                     ids = self.tokens.get(name)
                     if ids is None:
-                        ids = token_ids(use.tokens, vocab, self.seed, None if use.tokens == "clip" else self.text_length,
-                                        name)
+                        length = None if use.tokens == "clip" else self.text_length
+                        ids = token_ids(use.tokens, vocab, self.seed, length, name)
                     ids = ids.reshape(1, -1).long()
                 if int(ids.max()) >= vocab:
                     checks[name] = _na("text_encoder", name, f"{side} vocabulary ({vocab}) is smaller than the "
@@ -461,7 +481,8 @@ class _Run:
             else:
                 diffusion = _na("diffusion_model", dm, "not in the candidate")
         else:
-            name = next((c.name for c in _family_components(ref.family) if c.role == "diffusion_model"), "diffusion_model")
+            name = next((c.name for c in _family_components(ref.family) if c.role == "diffusion_model"),
+                        "diffusion_model")
             diffusion = _na("diffusion_model", name, "not in the reference" if name in cand.sources
                             else "not in either set")
             x0["reference"] = torch.randn(self.latent_shape, generator=generator(self.seed, "latent"))
@@ -482,7 +503,7 @@ class _Run:
         decoded: dict[str, torch.Tensor] = {}
         vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype  # SDXL's VAE overflows in fp16
         if self.dtype != vae_dtype and (rv or cv):
-            self.notes.append("vae: decoded in float32 (the SDXL VAE overflows in float16)")
+            self.notes.append("vae: decoded in float32 with float16 compute (the SDXL VAE overflows in float16)")
 
         def decode(model, latent):
             sf = float(model.config.scaling_factor or 1.0)
@@ -490,6 +511,8 @@ class _Run:
             z = (latent / sf + shift).to(self.device, vae_dtype)
             return decoded_to_image(model.decode(z).sample)
 
+        if rv and not cv and "e2e" in x0:
+            self.notes.append("e2e: the candidate has no VAE; the reference's is used")
         if rv:
             model = self.load("reference", rv, vae_dtype)
             decoded["reference"] = self.forward("reference", "vae", lambda: decode(model, x0["reference"]))
@@ -567,7 +590,7 @@ def run_onestep(reference, candidate, *, seed: int = 0, device: str = "auto", dt
     """Run the 1-step check of `candidate` against `reference` (see the module doc).
 
     reference / candidate: anything `model_set` takes. family / variant: for sets that do not say
-    (the candidate defaults to the reference's). resolution: image side in pixels (default 64;
+    (the candidate defaults to the reference's). resolution: image side in pixels (default 32;
     the latent side is resolution / the VAE's factor, rounded to what the denoiser needs).
     text_length: T5 / caption tokens. token_ids: component -> ids to use instead of the seeded
     ones (e.g. a real prompt tokenized by the caller)."""

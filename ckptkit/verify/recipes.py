@@ -84,8 +84,8 @@ RECIPES: dict[str, OneStepRecipe] = {
         pooled=("clip_g",), time_ids="refiner"),
     "sd3": OneStepRecipe(
         denoiser="mmdit", sampler="flow", start=1.0, time_scale=1000.0, timestep_doc="1000 t",
-        text=(TextUse("clip_l", _CLIP, "penultimate", "projected"), TextUse("clip_g", _CLIP, "penultimate", "projected"),
-              TextUse("t5xxl", _T5, "last")),
+        text=(TextUse("clip_l", _CLIP, "penultimate", "projected"),
+              TextUse("clip_g", _CLIP, "penultimate", "projected"), TextUse("t5xxl", _T5, "last")),
         context=(("clip_l", "clip_g"), ("t5xxl",)), pooled=("clip_l", "clip_g"), zeros_when_absent=("t5xxl",)),
     "flux": OneStepRecipe(
         denoiser="flux", sampler="flow", start=1.0, time_scale=1.0, guidance=3.5,

@@ -254,15 +254,20 @@ def guidance_value(recipe, model) -> float | None:
 
 def one_step(recipe, model, z: torch.Tensor, cond: dict, scheduler: dict) -> torch.Tensor:
     """The family's one-step sample from unit noise `z` (on the model's device and dtype): the
-    latent the pipeline would hand to the VAE (before VAE scaling), as float32."""
+    latent the pipeline would hand to the VAE (before VAE scaling), as float32.
+
+    eps: the pipeline starts from `sigma_max z` (Euler's init_noise_sigma with trailing spacing)
+    and scales it by 1 / sqrt(sigma_max^2 + 1), so the model sees x_T = sqrt(1 - a) z;
+    flow: x_1 = z; trigflow: x_{pi/2} = sigma_d z (SanaSprintPipeline's latents * sigma_data)."""
     call = DENOISERS[recipe.denoiser]
     guidance = guidance_value(recipe, model)
     with torch.no_grad():
         if recipe.sampler == "eps":
             step = int(recipe.start)
-            out = call(model, z, model_time(recipe, model, step), cond, guidance)
             a = float(alphas_cumprod(scheduler)[step])
-            return eps_x0(z.float(), out.float(), a, scheduler.get("prediction_type", "epsilon"))
+            x = z * math.sqrt(1 - a)  # x_T as diffusers' Euler (trailing, SDXL-Turbo's) feeds the model
+            out = call(model, x, model_time(recipe, model, step), cond, guidance)
+            return eps_x0(x.float(), out.float(), a, scheduler.get("prediction_type", "epsilon"))
         if recipe.sampler == "flow":
             v = call(model, z, model_time(recipe, model, recipe.start), cond, guidance)
             return flow_euler(z.float(), v.float(), recipe.start, 0.0)

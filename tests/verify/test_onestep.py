@@ -1,0 +1,446 @@
+"""The 1-step check engine on the tiny fixtures of every family, its sampler math against
+diffusers' schedulers, its per-family conventions against diffusers' pipelines, SSIM and the
+report image."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ckptkit.families import FAMILIES
+from ckptkit.families.common import DDPM_SCHEDULE, FLUX_SCHEDULER, SANA_SPRINT_SCHEDULER, SD3_SCHEDULER, SDXL_SCHEDULER
+from ckptkit.families.detect import detect
+from ckptkit.fixtures.factory import FIXTURES, component_model, write_bundle, write_gguf
+from ckptkit.formats import open_checkpoint
+from ckptkit.formats.safetensors import save_safetensors
+from ckptkit.verify import images as imgs
+from ckptkit.verify.conditioning import time_ids, token_ids
+from ckptkit.verify.onestep import ModelSet, ModelSource, model_set, run_onestep
+from ckptkit.verify.recipes import RECIPES, recipe_for
+from ckptkit.verify.samplers import (alphas_cumprod, eps_x0, flow_euler, flux_pack, flux_unpack, model_time,
+                                     one_step, trigflow_onestep)
+
+ALL = list(FIXTURES)
+WITH_TEXT = ["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux_schnell"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run as fast on one thread, and a busy machine does not make OpenMP spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """fixture -> (path, state) of an F32 bundle; written on first use."""
+    folder = tmp_path_factory.mktemp("onestep")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path = write_bundle(name, folder / f"{name}.safetensors", dtype=None)
+            ck = open_checkpoint(path)
+            state = {n: ck.load(n).clone() for n in ck.tensors}
+            cache[name] = (path, state, detect(ck))
+            ck.close()
+        return cache[name]
+
+    get.folder = folder
+    return get
+
+
+def _open(path):
+    ck = open_checkpoint(path)
+    return ck, detect(ck)
+
+
+def _perturbed(bundles, name, component, tag):
+    """The bundle with one tensor of `component` scaled by 2: a text encoder's token embedding
+    (its largest tensor may be a projection the recipe does not use), else the largest."""
+    out = bundles.folder / f"{name}-{tag}.safetensors"
+    if out.exists():
+        return out
+    path, state, det = bundles(name)
+    prefix = det.components[component]
+    excluded = set(det.junk) | set(det.ema) | set(det.unclaimed)
+    names = [n for n, t in state.items() if n.startswith(prefix) and n not in excluded and t.is_floating_point()
+             and det.component_of(n) == component]
+    target = max(names, key=lambda n: ("token_embedding" in n or n.endswith("shared.weight"), state[n].numel(), n))
+    changed = dict(state)
+    changed[target] = state[target] * 2
+    save_safetensors(out, changed)
+    return out
+
+
+def _outputs(result):
+    return [(c, k, v) for c in result.checks() for k, v in c.outputs.items()]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reference_against_itself_is_exact(bundles, name):
+    path, _, det = bundles(name)
+    ref = _open(path)
+    result = run_onestep(ref, ref, device="cpu", seed=3)
+    recipe = recipe_for(det.family, det.variant)
+    assert result.diffusion.applicable
+    assert set(result.text) == {u.component for u in recipe.text}
+    for check in result.checks():
+        if check.applicable:
+            assert check.outputs, check
+    for check, key, cmp in _outputs(result):
+        assert (cmp.rel_rms, cmp.cosine, cmp.max_abs) == (0.0, 1.0, 0.0), (check.stage, key, cmp)
+        if key == "image":
+            assert cmp.psnr == math.inf and cmp.ssim == 1.0
+    if recipe.has_vae:
+        assert result.vae.applicable and result.e2e.applicable
+        assert result.images.kind == "image"
+    else:  # Sana: no text encoder, no VAE
+        assert not result.vae.applicable and result.vae.reason.startswith("not applicable")
+        assert not result.e2e.applicable and result.e2e.reason.startswith("not applicable")
+        assert result.images.kind == "latent"
+        assert any("random" in n for n in result.notes)
+    text = json.dumps(result.to_json(), allow_nan=False)
+    data = json.loads(text)
+    assert data["family"] == det.family and data["sampler"] == recipe.sampler
+    for side in ("reference", "candidate"):
+        assert set(data["timings"][side]) == {"load", "dequantize", "forward"}
+        assert "diffusion_model" in data["timings"][side]["forward"]
+    if recipe.has_vae:
+        assert data["e2e"]["outputs"]["image"]["psnr"] == "inf"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_diffusion_model_perturbation(bundles, name):
+    path, _, det = bundles(name)
+    cand = _open(_perturbed(bundles, name, "diffusion_model", "dm"))
+    result = run_onestep(_open(path), cand, device="cpu")
+    latent = result.diffusion.outputs["latent"]
+    assert latent.rel_rms > 0 and latent.max_abs > 0 and latent.cosine < 1
+    for check in result.text.values():  # the text encoders are the same files' tensors
+        assert all(c.rel_rms == 0 for c in check.outputs.values())
+    if recipe_for(det.family, det.variant).has_vae:
+        assert result.vae.outputs["image"].rel_rms == 0
+        e2e = result.e2e.outputs["image"]
+        assert math.isfinite(e2e.psnr) and e2e.ssim < 1
+        assert result.e2e.outputs["latent"].rel_rms == latent.rel_rms
+
+
+@pytest.mark.parametrize("name", WITH_TEXT)
+def test_text_encoder_perturbation_stays_out_of_the_isolated_diffusion_check(bundles, name):
+    path, _, det = bundles(name)
+    encoder = recipe_for(det.family, det.variant).text[0].component
+    cand = _open(_perturbed(bundles, name, encoder, "te"))
+    result = run_onestep(_open(path), cand, device="cpu")
+    assert any(c.rel_rms > 0 for c in result.text[encoder].outputs.values())
+    for other, check in result.text.items():
+        if other != encoder:
+            assert all(c.rel_rms == 0 for c in check.outputs.values())
+    assert result.diffusion.outputs["latent"].rel_rms == 0
+    assert result.vae.outputs["image"].rel_rms == 0
+    assert result.e2e.outputs["latent"].rel_rms > 0
+    assert math.isfinite(result.e2e.outputs["image"].psnr)
+
+
+def _q8_gguf(fixture, path):
+    """The fixture's diffusion model as a GGUF with every Q8_0-able matrix in Q8_0 (rest F16)."""
+    import gguf
+
+    from ckptkit.fixtures.factory import original_state
+    from ckptkit.formats.gguf import GGUFStreamWriter, torch_to_plain
+
+    specs, arrays = [], {}
+    for name, t in original_state(fixture, "diffusion_model").items():
+        if t.ndim == 2 and t.shape[-1] % 32 == 0:
+            arr, type_name = gguf.quants.quantize(t.float().numpy(), gguf.GGMLQuantizationType.Q8_0), "Q8_0"
+        else:
+            arr, type_name = torch_to_plain(t.to(torch.float16) if t.ndim >= 2 else t.float())
+        arrays[name] = arr
+        specs.append((name, tuple(t.shape), type_name, arr.nbytes))
+    with GGUFStreamWriter(path, FIXTURES[fixture].spec.gguf_arch, specs, {"general.file_type": 7}) as writer:
+        for name, *_ in specs:
+            writer.write(name, arrays[name])
+    return path
+
+
+def test_quantized_gguf_diffusion_model_borrows_the_rest_of_the_chain(bundles, tmp_path):
+    """A candidate holding only a Q8_0 GGUF diffusion model: its data is dequantized (and timed),
+    the E2E chain takes the reference's text encoders and VAE."""
+    path, _, _ = bundles("flux_schnell")
+    gguf = _open(_q8_gguf("flux_schnell", tmp_path / "flux.gguf"))
+    assert any(info.dtype == "Q8_0" for info in gguf[0].tensors.values())
+    result = run_onestep(_open(path), gguf, device="cpu")
+    assert not result.text["clip_l"].applicable and "candidate" in result.text["clip_l"].reason
+    latent = result.diffusion.outputs["latent"]
+    assert 0 < latent.rel_rms < 0.05 and latent.cosine > 0.999
+    assert result.e2e.applicable and math.isfinite(result.e2e.outputs["image"].psnr)
+    assert result.e2e.outputs["latent"].rel_rms == latent.rel_rms  # the same conditioning
+    assert any("reference's is used" in n for n in result.notes)
+    assert result.timings["candidate"]["dequantize"]["diffusion_model"] > 0
+    f16 = run_onestep(_open(path), _open(write_gguf("flux_schnell", tmp_path / "f16.gguf")), device="cpu")
+    assert 0 < f16.diffusion.outputs["latent"].rel_rms < latent.rel_rms  # F16 is closer than Q8_0
+
+
+def test_dict_component_sets(bundles):
+    path, _, det = bundles("flux_schnell")
+    ck = open_checkpoint(path)
+    sources = {name: (ck, prefix, "original", None, frozenset(det.junk)) for name, prefix in det.components.items()}
+    ref = model_set(sources, family="flux", variant="schnell")
+    assert set(ref.sources) == set(det.components) and isinstance(ref.sources["vae"], ModelSource)
+    only_dm = {"diffusion_model": sources["diffusion_model"]}
+    result = run_onestep(ref, only_dm, device="cpu")
+    assert result.diffusion.outputs["latent"].rel_rms == 0
+    assert not result.vae.applicable and result.e2e.applicable
+
+
+def test_flow_sana_against_its_trigflow_form(tmp_path):
+    """A flow Sana and its training-free TrigFlow (Sprint) form (zero last guidance layer, the
+    source's time scale kept as timestep_scale = 1000): one flow Euler step on one side, one sCM
+    step from s = pi/2 on the other, the same latent."""
+    from ckptkit.fixtures.factory import diffusers_state
+
+    flow_cfg = FIXTURES["sana"].config("diffusion_model")
+    state = diffusers_state("sana", "diffusion_model")
+    sprint = {k.replace("time_embed.emb.timestep_embedder.", "time_embed.timestep_embedder."): v
+              for k, v in state.items()}
+    width = state["time_embed.linear.weight"].shape[1]
+    gen = torch.Generator().manual_seed(9)
+    sprint["time_embed.guidance_embedder.linear_1.weight"] = torch.randn(width, 256, generator=gen) * 0.02
+    sprint["time_embed.guidance_embedder.linear_1.bias"] = torch.zeros(width)
+    sprint["time_embed.guidance_embedder.linear_2.weight"] = torch.zeros(width, width)
+    sprint["time_embed.guidance_embedder.linear_2.bias"] = torch.zeros(width)
+    sprint_cfg = dict(flow_cfg, guidance_embeds=True, guidance_embeds_scale=0.1, timestep_scale=1000.0)
+    save_safetensors(tmp_path / "flow.safetensors", state)
+    save_safetensors(tmp_path / "sprint.safetensors", sprint)
+    ref = ModelSet("sana", "sana", {"diffusion_model": ModelSource(open_checkpoint(tmp_path / "flow.safetensors"),
+                                                                   names="diffusers", config=flow_cfg)})
+    cand = ModelSet("sana", "sana-sprint",
+                    {"diffusion_model": ModelSource(open_checkpoint(tmp_path / "sprint.safetensors"), names="diffusers",
+                                                    config=sprint_cfg)})
+    result = run_onestep(ref, cand, device="cpu")
+    assert (result.sampler, result.candidate_sampler) == ("flow", "trigflow")
+    latent = result.diffusion.outputs["latent"]
+    assert latent.rel_rms < 1e-5 and latent.cosine > 1 - 1e-9
+    # the same weights fed 1000 t as t (timestep_scale 1, the Sprint default) are far off
+    cand.sources["diffusion_model"].config = dict(sprint_cfg, timestep_scale=1.0)
+    assert run_onestep(ref, cand, device="cpu").diffusion.outputs["latent"].rel_rms > 1e-2
+
+
+def test_onestep_png(bundles, tmp_path):
+    from PIL import Image
+
+    path, _, _ = bundles("sdxl")
+    cand = _open(_perturbed(bundles, "sdxl", "diffusion_model", "dm"))
+    result = run_onestep(_open(path), cand, device="cpu")
+    _, h, w = result.images.reference.shape
+    assert [h, w] == result.image_size
+    out = result.save_png(tmp_path / "onestep.png")
+    with Image.open(out) as im:
+        assert im.size == imgs.onestep_png_size(h, w) == (3 * w * imgs.panel_scale(h, w),
+                                                          h * imgs.panel_scale(h, w) + imgs.LABEL_HEIGHT)
+        assert im.mode == "RGB"
+        strip = im.crop((0, 0, im.width, imgs.LABEL_HEIGHT)).convert("L")
+        assert strip.getextrema()[0] < 128  # labels drawn
+    diff = result.images.difference
+    assert diff.shape == result.images.reference.shape and float(diff.max()) > 0
+
+
+# ---------------------------------------------------------------- sampler math vs diffusers
+def _scheduler(cfg, **kw):
+    import diffusers
+
+    cfg = dict(cfg)
+    return getattr(diffusers, cfg.pop("_class_name")).from_config({**cfg, **kw})
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_eps_x0_matches_euler_at_999(prediction):
+    sched = _scheduler(SDXL_SCHEDULER, timestep_spacing="trailing", prediction_type=prediction)
+    sched.set_timesteps(1)
+    assert float(sched.timesteps[0]) == 999
+    gen = torch.Generator().manual_seed(0)
+    z, out = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    sample = z * sched.init_noise_sigma
+    x = sched.scale_model_input(sample, sched.timesteps[0])
+    expected = sched.step(out, sched.timesteps[0], sample).pred_original_sample
+    a = float(alphas_cumprod(SDXL_SCHEDULER)[999])
+    assert torch.allclose(x, z * math.sqrt(1 - a), rtol=1e-5, atol=1e-6)  # what one_step feeds the model
+    torch.testing.assert_close(eps_x0(x, out, a, prediction), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_eps_x0_matches_ddpm_at_999():
+    sched = _scheduler({"_class_name": "DDPMScheduler", **DDPM_SCHEDULE}, clip_sample=False)
+    gen = torch.Generator().manual_seed(1)
+    x, eps = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)
+    expected = sched.step(eps, 999, x, generator=gen).pred_original_sample
+    torch.testing.assert_close(eps_x0(x, eps, float(sched.alphas_cumprod[999])), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [SD3_SCHEDULER, FLUX_SCHEDULER], ids=["sd3", "flux"])
+def test_flow_euler_matches_flow_match_euler(config):
+    sched = _scheduler(config)
+    sched.set_timesteps(1, **({"mu": 1.15} if config.get("use_dynamic_shifting") else {}))
+    assert sched.sigmas.tolist() == [1.0, 0.0] and float(sched.timesteps[0]) == 1000
+    gen = torch.Generator().manual_seed(2)
+    z, v = torch.randn(1, 16, 8, 8, generator=gen), torch.randn(1, 16, 8, 8, generator=gen)
+    expected = sched.step(v, sched.timesteps[0], z).prev_sample
+    torch.testing.assert_close(flow_euler(z, v), expected)
+    torch.testing.assert_close(flow_euler(z, v), z - v)
+
+
+def test_trigflow_matches_scm_scheduler_and_flow_euler():
+    sched = _scheduler(SANA_SPRINT_SCHEDULER)
+    sched.set_timesteps(1, timesteps=[math.pi / 2, 0.0], max_timesteps=None, intermediate_timesteps=None)
+    gen = torch.Generator().manual_seed(3)
+    z, w = (torch.randn(1, 32, 4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+
+    def velocity(x, t):  # any function of the input and time
+        return 0.3 * x + w * t
+
+    # SanaSprintPipeline's loop, by hand (the scheduler's step is diffusers')
+    sd = sched.config.sigma_data
+    latents = z * sd
+    s = sched.timesteps[0].double()
+    t = torch.sin(s) / (torch.sin(s) + torch.cos(s))
+    norm = torch.sqrt(t ** 2 + (1 - t) ** 2)
+    x_in = latents / sd * norm
+    F = ((1 - 2 * t) * x_in + (1 - 2 * t + 2 * t ** 2) * velocity(x_in, float(t))) / norm
+    _, denoised = sched.step((F * sd).float(), sched.timesteps[0], latents.float(), return_dict=False)
+    ours = trigflow_onestep(z, velocity, math.pi / 2, sd)
+    torch.testing.assert_close(ours.float(), (denoised / sd).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, z - velocity(z, 1.0), rtol=0, atol=1e-12)  # = one flow Euler step
+
+
+# ---------------------------------------------------------------- conventions vs diffusers pipelines
+def _pipeline_latent(fixture, seed=0):
+    """(ours, diffusers pipeline) one-step latents of a tiny model with given embeddings."""
+    import diffusers
+
+    fx = FIXTURES[fixture]
+    family, variant = fx.family, fx.variant
+    recipe = recipe_for(family, variant)
+    spec = fx.spec
+    model = component_model(fixture, "diffusion_model")
+    gen = torch.Generator().manual_seed(seed)
+    size = 32
+    common = dict(num_inference_steps=1, output_type="latent")
+    if family == "sdxl":
+        z = torch.randn(1, 4, 16, 16, generator=gen)
+        cond = {"context": torch.randn(1, 77, 2048, generator=gen), "pooled": torch.randn(1, 1280, generator=gen),
+                "time_ids": time_ids("sdxl", size, size)}
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=model,
+            scheduler=_scheduler(spec.scheduler, timestep_spacing="trailing"))
+        pipe.vae_scale_factor = 2
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], pooled_prompt_embeds=cond["pooled"], guidance_scale=0.0,
+                   height=size, width=size, latents=z.clone(), **common).images
+    elif family == "sd3":
+        z = torch.randn(1, 16, 16, 16, generator=gen)
+        cond = {"context": torch.randn(1, 77 + 32, 128, generator=gen), "pooled": torch.randn(1, 128, generator=gen)}
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=model, scheduler=_scheduler(spec.scheduler), vae=component_model(fixture, "vae"),
+            text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+            tokenizer_3=None)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], pooled_prompt_embeds=cond["pooled"], guidance_scale=1.0,
+                   height=size, width=size, latents=z.clone(), **common).images
+    elif family == "flux":
+        z = torch.randn(1, 16, 16, 16, generator=gen)
+        cond = {"context": torch.randn(1, 32, 128, generator=gen), "pooled": torch.randn(1, 64, generator=gen)}
+        pipe = diffusers.FluxPipeline(
+            scheduler=_scheduler(spec.scheduler), vae=component_model(fixture, "vae"), text_encoder=None,
+            tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+        ref = flux_unpack(pipe(prompt_embeds=cond["context"], pooled_prompt_embeds=cond["pooled"], guidance_scale=3.5,
+                               height=size, width=size, latents=flux_pack(z), **common).images, 16, 16)
+    else:  # sana sprint
+        z = torch.randn(1, 32, 4, 4, generator=gen)
+        cond = {"context": torch.randn(1, 32, 24, generator=gen)}
+        pipe = diffusers.SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                                              scheduler=_scheduler(SANA_SPRINT_SCHEDULER))
+        pipe.vae_scale_factor = 32
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32), max_timesteps=math.pi / 2,
+                   intermediate_timesteps=None, guidance_scale=4.5, height=128, width=128, latents=z.clone(),
+                   use_resolution_binning=False, **common).images
+    scheduler = SANA_SPRINT_SCHEDULER if variant == "sana-sprint" else spec.scheduler
+    return one_step(recipe, model, z, cond, scheduler), ref
+
+
+@pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint"])
+def test_one_step_matches_the_diffusers_pipeline(fixture):
+    ours, ref = _pipeline_latent(fixture)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_recipe_table_covers_every_convertible_family():
+    for family in FAMILIES:
+        if family.name == "pixart":  # detected only, never converted
+            continue
+        recipe = recipe_for(family.name)
+        assert recipe.sampler in ("eps", "flow", "trigflow")
+        for use in recipe.text:
+            family.component(use.component)  # every encoder a recipe names exists in the family
+    assert recipe_for("sana", "sana-sprint").sampler == "trigflow"
+    assert recipe_for("sana", "sana-1.5") is RECIPES["sana"]
+
+    class M:
+        def __init__(self, **cfg):
+            self.config = cfg
+
+    assert model_time(recipe_for("sd3"), M(), 1.0) == 1000
+    assert model_time(recipe_for("flux"), M(), 1.0) == 1.0
+    assert model_time(recipe_for("sana"), M(timestep_scale=1.0), 1.0) == 1000
+    assert model_time(recipe_for("sana", "sana-sprint"), M(timestep_scale=1.0), 1.0) == 1.0
+    assert model_time(recipe_for("sdxl"), M(), 999) == 999
+    assert time_ids("sdxl", 512, 768).tolist() == [[512, 768, 0, 0, 512, 768]]
+    assert time_ids("refiner", 1024, 1024).tolist() == [[1024, 1024, 0, 0, 6.0]]
+
+
+def test_token_ids_are_seeded_and_shaped():
+    a = token_ids("clip", 49408, seed=1)
+    assert a.shape == (1, 77) and a[0, 0] == 49406 and a[0, -1] == 49407 and int(a.argmax()) == 13
+    assert torch.equal(a, token_ids("clip", 49408, seed=1)) and not torch.equal(a, token_ids("clip", 49408, seed=2))
+    t = token_ids("t5", 32128, seed=1, length=32)
+    assert t.shape == (1, 32) and t[0, 12] == 1 and not t[0, 13:].any()
+
+
+# ---------------------------------------------------------------- figures
+def _ssim_by_loops(x, y, size=11, sigma=1.5):
+    """SSIM from its definition, window by window (slow; a cross-check of the convolution)."""
+    g = imgs.gaussian_window(size, sigma)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    vals = []
+    for ch in range(x.shape[0]):
+        for i in range(x.shape[1] - size + 1):
+            for j in range(x.shape[2] - size + 1):
+                a, b = x[ch, i:i + size, j:j + size], y[ch, i:i + size, j:j + size]
+                ma, mb = (g * a).sum(), (g * b).sum()
+                va, vb = (g * (a - ma) ** 2).sum(), (g * (b - mb) ** 2).sum()
+                cov = (g * (a - ma) * (b - mb)).sum()
+                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    return float(torch.stack(vals).mean())
+
+
+def test_ssim_and_psnr():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(3, 16, 14, generator=gen, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(3, 16, 14, generator=gen, dtype=torch.float64)).clamp(0, 1)
+    assert imgs.ssim(x, x) == 1.0 and imgs.psnr(x, x) == math.inf
+    assert imgs.ssim(x, y) == pytest.approx(_ssim_by_loops(x, y), abs=1e-12)
+    assert imgs.ssim(x, y) == pytest.approx(imgs.ssim(y, x), abs=1e-12)
+    # constant images: only the luminance term is left
+    c1 = 0.01 ** 2
+    a, b = torch.full((3, 12, 12), 0.2), torch.full((3, 12, 12), 0.6)
+    assert imgs.ssim(a, b) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2 ** 2 + 0.6 ** 2 + c1))
+    assert imgs.psnr(a, b) == pytest.approx(10 * math.log10(1 / 0.16))
+    small = imgs.ssim(x[:, :5, :5], y[:, :5, :5])  # a window that shrinks to fit
+    assert -1 <= small <= 1
+    cmp = imgs.compare(x, y, image=True)
+    assert cmp.psnr == pytest.approx(imgs.psnr(x, y)) and 0 < cmp.rel_rms and cmp.cosine < 1
