@@ -89,7 +89,10 @@ def _render_run(result, as_json: bool) -> None:
     if dropped:
         click.echo(f"dropped {dropped} tensors (listed in the manifest)" if result.manifest else f"dropped {dropped} tensors")
     for note in result.plan.notes:
-        click.echo(f"note: {note}")
+        if note.startswith("warning:"):
+            click.echo(f"ckptkit: {note}", err=True)
+        else:
+            click.echo(f"note: {note}")
     if result.manifest and result.manifest.get("store"):
         store = result.manifest["store"]
         click.echo(f"store: {store['reused']} component(s) already stored, {human_bytes(store['bytes_saved'])} saved")
@@ -277,10 +280,11 @@ def render_type_plan(plan) -> str:
 @click.option("--min-cosine", type=float, help="Override every type's minimum cosine.")
 @click.option("--min-psnr", type=float, help="Override every type's minimum end-to-end PSNR (dB).")
 @click.option("--min-ssim", type=float, help="Override every type's minimum end-to-end SSIM.")
+@click.option("--max-rel-rms", type=float, help="Override every type's maximum per-tensor relative RMS error.")
 @click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, path_type=str),
               help="A TOML file of thresholds by type.")
 def verify(path, against, as_json, report_dir, device, compute_dtype, resolution, seed, no_scan, no_onestep,
-           min_cosine, min_psnr, min_ssim, thresholds_file):
+           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file):
     """Check a file or component set: integrity, layout, quantization coverage, and (with
     --against) per-tensor error and a 1-step inference check. Exit 0 pass, 1 fail, 2 unreadable."""
     from ckptkit.verify import VerifyOptions, run_verify
@@ -289,7 +293,7 @@ def verify(path, against, as_json, report_dir, device, compute_dtype, resolution
 
     opts = VerifyOptions(against=against, scan=not no_scan, onestep=not no_onestep, device=device,
                          dtype=compute_dtype, resolution=resolution, seed=seed,
-                         overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim))
+                         overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim, max_rel_rms))
     report = run_verify(path, opts)
     if report_dir:
         write_report_dir(report, report_dir)

@@ -11,23 +11,42 @@ import numpy as np
 import torch
 
 from ckptkit.convert.plan import OutputFile, TensorOp
+from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.gguf import GGUFStreamWriter
 
 
+FP16_MAX = 65504.0
+
+
 def encode(op: TensorOp, tensor: torch.Tensor, threads: int | None = None) -> np.ndarray:
-    """A produced tensor as the bytes its ggml type stores."""
+    """A produced tensor as the bytes its ggml type stores. Never writes a non-finite block scale:
+    the planner's scan keeps such tensors unquantized; without it (`--no-scan`) a tensor that
+    would get one is refused here, naming it."""
     from ckptkit.quant import ggml
 
     t = tensor.detach()
     if op.dtype == "F32":
         return t.to(torch.float32).contiguous().numpy().reshape(-1).view(np.uint8)
     if op.dtype == "F16":
-        return t.to(torch.float16).contiguous().numpy().reshape(-1).view(np.uint8)
+        h = t.to(torch.float16).contiguous()
+        if t.dtype != torch.float16 and bool(torch.isinf(h).any()) and not bool(torch.isinf(t).any()):
+            raise CkptError(f"{op.name}: values beyond fp16's range cannot be stored as F16 "
+                            "(run without --no-scan to keep such tensors F32)")
+        return h.numpy().reshape(-1).view(np.uint8)
     if op.dtype == "BF16":
         return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint8)
     rows = t.to(torch.float32).contiguous().numpy().reshape(-1, op.shape[-1])
-    return ggml.quantize(rows, op.dtype, threads=threads).reshape(-1)
+    q = ggml.quantize(rows, op.dtype, threads=threads)
+    if rows.size:
+        lo, hi = float(rows.min()), float(rows.max())  # NaN/inf propagate; two passes, no temporaries
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise CkptError(f"{op.name}: non-finite values cannot be quantized to {op.dtype} "
+                            "(run without --no-scan to keep such tensors unquantized)")
+        if max(-lo, hi) > FP16_MAX and not np.isfinite(ggml.dequantize(q, op.dtype, rows.shape, threads=threads)).all():
+            raise CkptError(f"{op.name}: values up to {max(-lo, hi):.3g} overflow {op.dtype}'s fp16 block scales "
+                            "(run without --no-scan to keep such tensors F32)")
+    return q.reshape(-1)
 
 
 def _file_sha256(path: Path) -> str:

@@ -101,7 +101,12 @@ class GGUFCheckpoint(Checkpoint):
         if info.dtype == "BF16":
             raw = self.raw(name).copy()
             return torch.from_numpy(raw).view(torch.bfloat16).reshape(info.shape)
-        arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        from ckptkit.quant import ggml
+
+        if info.dtype in ggml.KERNEL_TYPES:  # our C kernels (ggml's dequantize_row_*), multithreaded
+            stored = tuple(int(d) for d in reversed(t.shape.tolist()))
+            return torch.from_numpy(ggml.dequantize(self.raw(name), info.dtype, stored)).reshape(info.shape)
+        arr = gguf.quants.dequantize(t.data, t.tensor_type)  # other ggml types (IQ*, TQ*, ...): gguf-py
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(info.shape)
 
     def close(self) -> None:

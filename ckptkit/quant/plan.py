@@ -7,7 +7,9 @@ written as safetensors in the comfy layout.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -15,7 +17,7 @@ import torch
 from ckptkit.convert import expr
 from ckptkit.convert.components import map_component
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
-from ckptkit.convert.split import source_dtype, target_naming
+from ckptkit.convert.split import POSITION_IDS, source_dtype, target_naming
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import Detection
 from ckptkit.families.spec import ComponentSpec
@@ -27,55 +29,148 @@ from ckptkit.quant.types import PLAIN, Request
 
 CONV_RESHAPE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # ComfyUI-GGUF's `shape_fix` archs
 TEXT_ENCODER_ARCH = {"hf_t5": "t5encoder", "hf_clip": "clip", "open_clip": "clip"}
-FP16_SCALE_LIMIT = 65504.0 * 127  # |x| above this overflows a Q8_0 block's fp16 scale (the tightest)
+MAX_NAME_BYTES = 127  # longer GGUF tensor names are not loadable by ggml (GGML_MAX_NAME)
+FP16_MAX = 65504.0  # |x| up to this cannot overflow any block's fp16 scale (nor an fp16 cast)
+# Standalone signatures that name no family component (a T5 / CLIP of unusual width): the spec by layout.
+GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
 
 
 def final_name(comp: ComponentSpec, name: str) -> str:
     return t5_names.to_llama(name) if comp.layout == "hf_t5" else name
 
 
-def _components(det: Detection) -> list[tuple[ComponentSpec, str]]:
-    if det.spec is not None:
-        return [(c, det.components[c.name]) for c in det.spec.components if c.name in det.components]
-    if det.standalone:
-        from ckptkit.convert.convert import component_spec
+@dataclass
+class QuantSource:
+    """What quantize reads, whatever the input form: each component with the prefix its tensors
+    sit under in `ckpt`, the naming they use ("original" | "diffusers") and a shipped config."""
 
-        return [(component_spec(det), "")]
+    family: str | None
+    variant: str | None
+    components: list[tuple[ComponentSpec, str, str, dict | None]]
+    exclude: set[str] = field(default_factory=set)
+    dropped: dict[str, str] = field(default_factory=dict)
+    single: bool = False  # one component only: `--type` applies to it whatever its role
+
+    @property
+    def spec(self):
+        from ckptkit.families import BY_NAME
+
+        return BY_NAME.get(self.family) if self.family else None
+
+
+def _standalone_spec(ckpt: Checkpoint, det: Detection) -> ComponentSpec:
+    from ckptkit.convert.components import find_component_spec
+    from ckptkit.convert.convert import component_spec
+
+    name = next(iter(det.components))
+    if name == "clip" and any(n.startswith("text_projection") for n in ckpt.tensors):
+        name = "clip_g"  # a CLIP with a projection is a CLIPTextModelWithProjection, as clip_g's spec
+    if name in GENERIC_COMPONENTS or name == "clip_g":
+        return find_component_spec(GENERIC_COMPONENTS.get(name, name), det.standalone_layout, det.used_by)
+    return component_spec(det)
+
+
+def source_from_detection(ckpt: Checkpoint, det: Detection) -> QuantSource:
+    """A bundle, one component file (any format, GGUF included) or a diffusers folder."""
+    exclude = set(det.junk) | set(det.ema) | set(det.unclaimed)
+    dropped = {n: "junk, EMA copy or unknown prefix" for n in exclude}
+    members = getattr(ckpt, "members", {})
+    if det.spec is not None:
+        comps = []
+        for comp in det.spec.components:
+            if comp.name not in det.components:
+                continue
+            prefix = det.components[comp.name]
+            config = None
+            if det.names == "diffusers":
+                config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+            comps.append((comp, prefix, det.names, config))
+        return QuantSource(det.family, det.variant, comps, exclude, dropped,
+                           single=len(comps) == 1 and det.form != "bundle")
+    if det.standalone:
+        comp = _standalone_spec(ckpt, det)
+        return QuantSource(None, None, [(comp, "", det.names, ckpt.config if det.names == "diffusers" else None)],
+                           exclude, dropped, single=True)
     raise CkptError("family unknown: nothing to quantize by policy (see `ckptkit inspect`)")
 
 
-def plan_quantize(ckpt: Checkpoint, det: Detection, policy: Policy, single_file: str | None = None,
+def open_component_set_source(folder) -> tuple[Checkpoint, QuantSource]:
+    """A component set in any layout (`ckptkit split --layout comfy|original|diffusers`, or a folder
+    of component files): the same components, mapped to the same final names as from the bundle."""
+    from ckptkit.convert.merge import _naming, open_component_set
+    from ckptkit.families import get_family
+    from ckptkit.families.detect import detect
+
+    ckpt, family, found = open_component_set(folder)
+    try:
+        spec = get_family(family)
+        known = {c.name: c for c in spec.components}
+        comps = []
+        for name, (prefix, naming, config) in found.items():
+            comp = known.get(name)
+            if comp is None:  # a file named by its maker (t5xxl_fp16.safetensors): its signature names it
+                det = detect(ckpt.members[name])
+                sig = next(iter(det.components), None) if det.standalone else None
+                comp = known.get(GENERIC_COMPONENTS.get(sig, sig))
+                if comp is None:
+                    raise CkptError(f"{folder}: {name} is not a component of {family}")
+            names = {n[len(prefix):] for n in ckpt.tensors if n.startswith(prefix)}
+            comps.append((comp, prefix, _naming(comp, names, naming), config))
+        order = [c.name for c in spec.components]
+        comps.sort(key=lambda c: order.index(c[0].name))
+        if len({c[0].name for c in comps}) != len(comps):
+            raise CkptError(f"{folder}: two files hold the same component")
+    except BaseException:
+        ckpt.close()
+        raise
+    return ckpt, QuantSource(family, None, comps, single=False)
+
+
+def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Policy, single_file: str | None = None,
                   scan: bool = True, progress: Callable[[int], None] | None = None) -> Plan:
+    src = source_from_detection(ckpt, source) if isinstance(source, Detection) else source
     rules = policy.compiled_rules()
-    plan = Plan("quantize", str(ckpt.path), [], info={"family": det.family, "variant": det.variant,
+    plan = Plan("quantize", str(ckpt.path), [], info={"family": src.family, "variant": src.variant,
                                                       "layout": "comfy", "components": {}})
-    exclude = set(det.junk) | set(det.ema) | set(det.unclaimed)
-    for name in exclude:
-        plan.dropped[name] = "junk, EMA copy or unknown prefix"
-    members = getattr(ckpt, "members", {})
-    comps = _components(det)
+    plan.dropped.update(src.dropped)
+    comps = src.components
+    names = [c.name for c, *_ in comps]
     if single_file and len(comps) != 1:
-        raise CkptError(f"the source holds {len(comps)} components; give a directory as output")
-    asked = {c.name for c, _ in comps} | ({"diffusion_model"} if policy.diffusion_model else set())
-    unknown = set(policy.components) - {c.name for c, _ in comps}
+        raise CkptError(f"the source holds {len(comps)} components ({', '.join(names)}); give a directory as output")
+    unknown = set(policy.components) - set(names)
     if unknown:
-        raise CkptError(f"--component {', '.join(sorted(unknown))}: not in this file (it has "
-                        f"{', '.join(c.name for c, _ in comps)})")
-    if not any(policy.request_for(c) for c, _ in comps) and not asked & {c.name for c, _ in comps}:
+        raise CkptError(f"--component {', '.join(sorted(unknown))}: not in this source (it has {', '.join(names)})")
+    requests = {c.name: policy.request_for(c, src.single) for c, *_ in comps}
+    if not any(requests.values()):
         raise CkptError("nothing to quantize: give --type (diffusion model) or --component NAME=TYPE")
-    for comp, prefix in comps:
-        config = None
-        if det.names == "diffusers":
-            config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+    if policy.diffusion_model and not src.single and not any(c.role == "diffusion_model" for c, *_ in comps):
+        raise CkptError(f"--type sets the diffusion model's type, and this source has none (it has "
+                        f"{', '.join(names)}): use --component NAME=TYPE")
+    single_fmt = None
+    if single_file:
+        single_fmt = "gguf" if single_file.endswith(".gguf") else "safetensors"
+        request = requests[names[0]]
+        if single_fmt == "safetensors" and request is not None and request.quantized:
+            raise CkptError(f"{single_file}: {request.name} is a GGUF type; name the output .gguf")
+    for comp, prefix, naming_in, config in comps:
         naming = target_naming(comp, "comfy")
-        cmap = map_component(ckpt, comp, prefix, det.names, naming, exclude, config)
+        cmap = map_component(ckpt, comp, prefix, naming_in, naming, src.exclude, config)
         plan.dropped.update(cmap.dropped)
-        request = policy.request_for(comp)
-        path = single_file or f"{comp.name}.{'gguf' if request and request.quantized else 'safetensors'}"
-        if request is None or not request.quantized:
+        request = requests[comp.name]
+        gguf = request is not None and (request.quantized or single_fmt == "gguf")
+        path = single_file or f"{comp.name}.{'gguf' if gguf else 'safetensors'}"
+        if not gguf:
             out = _plain_output(ckpt, comp, cmap.ops, request, policy, path)
         else:
-            out = _gguf_output(ckpt, det, comp, cmap.ops, request, rules, path, scan, progress, plan.notes)
+            ops = {}
+            for name, e in cmap.ops.items():
+                if name.endswith(POSITION_IDS):  # a buffer loaders rebuild; bundles often carry a broken float copy
+                    for source in e.sources():
+                        plan.dropped[source] = "position_ids: not written to GGUF (loaders rebuild them)"
+                else:
+                    ops[name] = e
+            out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
+                               policy.force_vae)
         plan.outputs.append(out)
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,
                                               "diffusers_class": comp.diffusers_class,
@@ -96,16 +191,22 @@ def _plain_output(ckpt, comp, ops, request: Request | None, policy: Policy, path
     return OutputFile(path, comp.name, "comfy", tensors, metadata={"ckptkit.component": comp.name})
 
 
-def _gguf_output(ckpt, det, comp, ops, request: Request, rules, path: str, scan: bool, progress,
-                 notes: list[str]) -> OutputFile:
+def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, path: str, scan: bool, progress,
+                 notes: list[str], force_vae: bool) -> OutputFile:
     src_dtypes = {source_dtype(ckpt, e) for e in ops.values()}
-    check_component_request(comp, request, src_dtypes & FLOAT_CODES, False)
+    check_component_request(comp, request, src_dtypes & FLOAT_CODES, force_vae)
     src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
-    conv_reshape = comp.role == "diffusion_model" and det.family in CONV_RESHAPE_FAMILIES
+    conv_reshape = comp.role == "diffusion_model" and src.family in CONV_RESHAPE_FAMILIES
     kv: dict = {"general.quantization_version": 2, "general.file_type": int(request.file_type)}
     tensors = []
     for name, e in ops.items():
-        final = final_name(comp, name)
+        try:
+            final = final_name(comp, name)
+        except ValueError as exc:
+            raise CkptError(f"{comp.name}: {exc}") from None
+        if len(final.encode("utf-8")) > MAX_NAME_BYTES:
+            raise CkptError(f"{comp.name}: tensor name {final!r} is {len(final.encode('utf-8'))} bytes; ggml "
+                            f"cannot load GGUF tensor names over {MAX_NAME_BYTES} bytes")
         shape = expr.shape_of(e, src_shapes)
         sdt = source_dtype(ckpt, e)
         if sdt not in FLOAT_CODES:
@@ -113,45 +214,75 @@ def _gguf_output(ckpt, det, comp, ops, request: Request, rules, path: str, scan:
             notes.append(f"{comp.name}: {final} ({sdt}) stored as F32: GGUF has no {sdt} type ComfyUI reads")
         else:
             d = decide(final, shape, sdt, comp, request, rules, conv_reshape)
-        if d.quantized and scan:
-            d = _checked(ckpt, e, d, sdt, shape, progress, notes, f"{comp.name}: {final}")
+        if scan and (d.quantized or (d.type == "F16" and sdt not in ("F16",))):
+            d = _checked(ckpt, e, d, sdt, shape, progress, notes, comp.name, final)
         if d.reshaped:
             e = expr.reshape(e, d.stored_shape)
             kv[f"comfy.gguf.orig_shape.{final}"] = list(shape)
         tensors.append(TensorOp(final, e, d.stored_shape, sdt, d.type, d.reason))
-    if not any(t.dtype not in PLAIN for t in tensors):
+    if request.quantized and not any(t.dtype not in PLAIN for t in tensors):
         raise CkptError(f"{comp.name}: asked for {request.name} but no tensor can be quantized "
-                        "(all are 1-D, small, high-precision or of unfit row length)")
-    arch = det.spec.gguf_arch if comp.role == "diffusion_model" and det.spec else TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
+                        "(all are 1-D, small, high-precision, non-finite or of unfit row length)")
+    spec = src.spec
+    arch = spec.gguf_arch if comp.role == "diffusion_model" and spec else TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
     return OutputFile(path, comp.name, "comfy", tensors, format="gguf", gguf_arch=arch, kv=kv,
                       metadata={"ckptkit.component": comp.name})
 
 
-def _checked(ckpt, e, d: Decision, sdt: str, shape, progress, notes: list[str], label: str) -> Decision:
-    """Never write inf/NaN scales: a tensor with non-finite values, or values whose block scale
-    would overflow fp16, stays in high precision (reported)."""
+def _checked(ckpt, e, d: Decision, sdt: str, shape, progress, notes: list[str], component: str,
+             name: str) -> Decision:
+    """Never write inf/NaN scales: a tensor with non-finite values stays in high precision, and one
+    with values beyond fp16's range is quantized on trial, kept F32 if any block's fp16 scale
+    overflows (or if it was to be cast to F16). Reported in the notes."""
+    label = f"{component}: {name}"
     t = e.evaluate(ckpt.load)
-    finite = bool(torch.isfinite(t).all())
-    amax = float(t.abs().max()) if finite and t.numel() else 0.0
     if progress:
         progress(t.numel() * t.element_size())
-    if not finite:
-        notes.append(f"{label}: non-finite values; kept unquantized")
-        return Decision("F32" if sdt == "F32" else keep_type(sdt), "non-finite values: not quantized", shape)
-    if amax > FP16_SCALE_LIMIT:
-        notes.append(f"{label}: |x| up to {amax:.3g} would overflow fp16 block scales; kept F32")
-        return Decision("F32", "values overflow fp16 scales: not quantized", shape)
-    return d
+    if not t.numel():
+        return d
+    amax = float(t.abs().amax())  # NaN propagates through amax, so this one pass finds NaN and inf
+    if not math.isfinite(amax):
+        keep = "F32" if sdt in ("F32", "F64") else keep_type(sdt, shape, name)
+        notes.append(f"warning: {label}: non-finite values (NaN/Inf); stored as {keep}, not {d.type}")
+        return Decision(keep, "non-finite values: not quantized", shape)
+    if amax <= FP16_MAX:
+        return d
+    if d.type == "F16":
+        notes.append(f"warning: {label}: |x| up to {amax:.3g} overflows fp16; stored as F32")
+        return Decision("F32", "values overflow fp16: kept F32", shape)
+    if d.type in PLAIN or not scales_overflow(t, d):
+        return d
+    notes.append(f"warning: {label}: |x| up to {amax:.3g} would overflow {d.type}'s fp16 block scales; stored as F32")
+    return Decision("F32", f"values overflow {d.type}'s fp16 scales: kept F32", shape)
+
+
+def scales_overflow(t: torch.Tensor, d: Decision) -> bool:
+    """Quantize on trial and see whether any block dequantizes to inf/NaN (an fp16 scale overflowed)."""
+    import numpy as np
+
+    from ckptkit.quant import ggml
+
+    rows = t.detach().to(torch.float32).contiguous().numpy().reshape(-1, d.stored_shape[-1])
+    q = ggml.quantize(rows, d.type)
+    return not bool(np.isfinite(ggml.dequantize(q, d.type, rows.shape)).all())
 
 
 def policy_report(out: OutputFile, request: Request | None) -> dict:
+    """Per component: what was asked, tensors and bytes per type, what stayed in high precision
+    and why, and which tensors fell back to another type (row length, non-finite values)."""
     types: dict[str, dict] = {}
     kept: Counter = Counter()
+    fallbacks: Counter = Counter()
+    quantized = request is not None and request.quantized
     for t in out.tensors:
         entry = types.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
         entry["tensors"] += 1
         entry["bytes"] += t.nbytes
-        if request and request.quantized and t.dtype in PLAIN:
-            kept[t.note.split(":")[0]] += 1
+        kind = t.note.split(";")[0]
+        if quantized and t.dtype in PLAIN:
+            kept[kind] += 1
+        if "; fallback " in t.note:
+            fallbacks[t.note.split("; fallback ")[1].split(":")[0]] += 1
     return {"requested": request.name if request else "keep", "format": out.format,
-            "types": types, "kept_high_precision": dict(kept)}
+            "quantized_tensors": sum(v["tensors"] for k, v in types.items() if k not in PLAIN) if out.format == "gguf" else 0,
+            "types": types, "kept_high_precision": dict(kept), "fallbacks": dict(fallbacks)}

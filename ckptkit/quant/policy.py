@@ -6,7 +6,8 @@ before the OpenCLIP split, and SDXL's CLIP silently stayed F32).
 Order of the per-tensor decision:
   1. tensors the format cannot quantize (1-D, <= 1024 elements, not 2-D after the conv reshape)
   2. user rules (`--rule REGEX=TYPE`, first match wins)
-  3. high-precision layers: biases, embeddings, the family's input/output/time/guidance layers
+  3. high-precision layers: biases, raw parameters (not `.weight`), embeddings, the family's
+     input/output/time/guidance layers
   4. the mix: attention-v / fused qkv and FFN-down weights up-typed for _M/_L requests
   5. the requested base type
   then a row length that does not divide into the type's blocks falls back (reported).
@@ -56,9 +57,11 @@ class Policy:
     rules: list[tuple[str, str]] = field(default_factory=list)  # --rule REGEX=TYPE
     force_vae: bool = False  # allow an SDXL VAE below its stored fp32/bf16
 
-    def request_for(self, comp: ComponentSpec) -> Request | None:
+    def request_for(self, comp: ComponentSpec, single: bool = False) -> Request | None:
+        """`--component NAME=TYPE` first; `--type` applies to the diffusion model, or to the one
+        component of a single-component source whatever its role."""
         name = self.components.get(comp.name)
-        if name is None and comp.role == "diffusion_model":
+        if name is None and (comp.role == "diffusion_model" or single):
             name = self.diffusion_model
         return parse_request(name) if name else None
 
@@ -96,26 +99,56 @@ class Decision:
     reason: str  # why: "requested", "1-D", "high precision: time_embed.", "fallback: row 320 % 256", ...
     stored_shape: tuple[int, ...]  # shape as stored (the conv reshape changes it)
     reshaped: bool = False
+    fallback: str | None = None  # "Q4_K->Q5_0" when the row length forced another type
 
     @property
     def quantized(self) -> bool:
         return self.type not in PLAIN
 
 
-def keep_type(src_dtype: str) -> str:
-    """High-precision layers keep 16-bit storage as they came (bf16 stays bf16; no overflow risk),
-    and fp32 ones are stored as F16."""
-    return src_dtype if src_dtype in ("F16", "BF16") else "F16"
+# Per network kind, the family's high-precision prefixes in the names the GGUF file uses: OpenCLIP
+# towers are written in transformers names, T5 in llama.cpp names (the specs list them in their own
+# source names). Prefixes already in final names pass through.
+HF_CLIP_HIGH_PRECISION = ("text_model.embeddings.", "text_model.final_layer_norm.", "text_projection.")
+# Kept whatever their size: T5's relative attention bias (llama.cpp never quantizes `attn_rel_b`).
+KEEP_PATTERNS = {"hf_t5": re.compile(r"(^|\.)attn_rel_b\.weight$")}
+
+
+def final_high_precision(comp: ComponentSpec) -> tuple[str, ...]:
+    if comp.layout == "open_clip":
+        return HF_CLIP_HIGH_PRECISION
+    if comp.layout == "hf_t5":
+        from ckptkit.quant.t5_names import prefix_to_llama
+
+        return tuple(dict.fromkeys(prefix_to_llama(p) for p in comp.high_precision))
+    return comp.high_precision
+
+
+def keep_type(src_dtype: str, shape: tuple[int, ...] = (), name: str = "") -> str:
+    """High-precision layers keep 16-bit storage as they came (no overflow risk), and fp32 ones are
+    stored as F16. BF16 stays BF16 only for 2-D layer weights: loaders treat BF16 as a block type
+    they dequantize in linear layers only (diffusers' GGUFLinear), so a BF16 conv kernel or raw
+    parameter would reach the model as bytes; those become F32 (lossless from bf16)."""
+    if src_dtype == "BF16":
+        return "BF16" if _bf16_ok(shape, name) else "F32"
+    return "F16"
+
+
+def _bf16_ok(shape: tuple[int, ...], name: str) -> bool:
+    return len(shape) == 2 and name.endswith(".weight")
 
 
 def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpec, request: Request,
            rules: list[tuple[re.Pattern, str]], conv_reshape: bool) -> Decision:
+    """The type of one tensor, by its final name and shape (see the module docstring for the order)."""
     numel = 1
     for d in shape:
         numel *= d
     if not request.quantized:
         if len(shape) <= 1 or numel <= SMALL:
-            return Decision("F32", "1-D or small", shape)
+            return Decision("F32", "1-D or <= 1024 elements", shape)
+        if request.base == "BF16" and not _bf16_ok(shape, name):
+            return Decision("F32", "BF16 only for layer weights: F32 (lossless)", shape)
         return Decision(request.base, "requested", shape)
     stored, reshaped = shape, False
     if len(shape) > 2 and conv_reshape and numel % RESHAPE_ROW == 0 and shape[-1] % RESHAPE_ROW:
@@ -123,31 +156,45 @@ def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpe
     if len(shape) <= 1 or numel <= SMALL:
         return Decision("F32", "1-D or <= 1024 elements", shape)
     if len(stored) != 2:
-        return Decision(keep_type(src_dtype), f"{len(shape)}-D, not quantizable as rows", shape)
+        return Decision(keep_type(src_dtype, shape, name), f"{len(shape)}-D, not quantizable as rows", shape)
     for pattern, type_name in rules:
         if pattern.search(name):
-            return _fit(Decision(type_name, f"rule {pattern.pattern}", stored, reshaped), f"rule {pattern.pattern}")
+            reason = f"rule {pattern.pattern}"
+            if type_name in PLAIN:  # a plain rule keeps the tensor's own shape (no conv reshape)
+                return Decision(type_name, reason, shape)
+            return _fit(Decision(type_name, reason, stored, reshaped))
     if name.endswith(".bias"):
         return Decision("F32", "bias", shape)
+    if not name.endswith(".weight"):
+        # a raw nn.Parameter (Sana's scale_shift_table, ...): loaders dequantize only layer weights
+        # (diffusers' GGUFLinear, ComfyUI-GGUF's ops), so a quantized one would be used as raw bytes
+        return Decision(keep_type(src_dtype, shape, name), "not a layer weight", shape)
     if "embedding" in name or "token_embd" in name:
-        return Decision(keep_type(src_dtype), "embedding", shape)
-    for prefix in comp.high_precision:
+        return Decision(keep_type(src_dtype, shape, name), "embedding", shape)
+    keep = KEEP_PATTERNS.get(comp.layout)
+    if keep is not None and keep.search(name):
+        return Decision(keep_type(src_dtype, shape, name), f"high precision: {keep.pattern}", shape)
+    for prefix in final_high_precision(comp):
         if name.startswith(prefix):
-            return Decision(keep_type(src_dtype), f"high precision: {prefix or 'whole component'}", shape)
+            return Decision(keep_type(src_dtype, shape, name), f"high precision: {prefix or 'whole component'}", shape)
     type_name, reason = request.base, "requested"
     if request.attn_v and (p := ATTN_V.get(comp.layout)) and re.search(p, name):
         type_name, reason = request.attn_v, f"{request.name}: attention v/qkv up-typed"
     elif request.ffn_down and (p := FFN_DOWN.get(comp.layout)) and re.search(p, name):
         type_name, reason = request.ffn_down, f"{request.name}: FFN down up-typed"
-    return _fit(Decision(type_name, reason, stored, reshaped), reason)
+    return _fit(Decision(type_name, reason, stored, reshaped))
 
 
-def _fit(d: Decision, reason: str) -> Decision:
+def _fit(d: Decision) -> Decision:
+    """A row length that does not divide into the type's blocks falls back to the nearest type
+    whose blocks fit (llama.cpp's fallbacks, then F16). A reshaped conv has rows of 256, which
+    every type fits, so only unreshaped tensors reach a plain fallback."""
     if d.type in PLAIN or fits(d.type, d.stored_shape):
         return d
     fallback = fallback_for(d.type, d.stored_shape)
-    return Decision(fallback, f"{reason}; fallback {d.type}->{fallback}: row of {d.stored_shape[-1]}",
-                    d.stored_shape, d.reshaped)
+    row = d.stored_shape[-1]
+    return Decision(fallback, f"{d.reason}; fallback {d.type}->{fallback}: row of {row}", d.stored_shape,
+                    d.reshaped, f"{d.type}->{fallback}")
 
 
 def check_component_request(comp: ComponentSpec, request: Request, src_dtypes: set[str], force_vae: bool) -> None:

@@ -29,3 +29,12 @@ def to_llama(name: str) -> str:
     if to_hf(out) != name:  # ComfyUI-GGUF must read back exactly the name we started from
         raise ValueError(f"T5 tensor {name!r} has no llama.cpp name")
     return out
+
+
+def prefix_to_llama(prefix: str) -> str:
+    """A transformers name prefix ("shared.", "encoder.final_layer_norm.") in llama.cpp's pieces,
+    for matching final names; no round-trip check (a prefix need not be a whole name)."""
+    out = prefix
+    for llama, hf in sorted(LLAMA_TO_HF, key=lambda p: -len(p[1])):
+        out = out.replace(hf, llama)
+    return out

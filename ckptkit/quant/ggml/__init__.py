@@ -18,6 +18,7 @@ thread pool; the kernels release the GIL. The bytes do not depend on the number 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -112,16 +113,34 @@ def _chunks(n_rows: int, threads: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _run_rows(fn, n_rows: int, threads: int) -> None:
+# below this many elements a tensor is done on the calling thread: handing it out costs more
+_MIN_PARALLEL_ELEMENTS = 1 << 18
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A persistent pool per thread count (starting threads for every tensor is a measurable cost
+    on models of thousands of small tensors)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ggml")
+        return pool
+
+
+def _run_rows(fn, n_rows: int, threads: int, n_per_row: int = 0) -> None:
     """Call fn(r0, r1) over row ranges covering [0, n_rows), on up to `threads` threads."""
+    if threads > 1 and n_rows * n_per_row < _MIN_PARALLEL_ELEMENTS:
+        threads = 1
     chunks = _chunks(n_rows, threads)
     if threads == 1 or len(chunks) <= 1:
         for r0, r1 in chunks:
             fn(r0, r1)
         return
-    with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
-        for fut in [pool.submit(fn, r0, r1) for r0, r1 in chunks]:
-            fut.result()
+    pool = _pool(threads)
+    for fut in [pool.submit(fn, r0, r1) for r0, r1 in chunks]:
+        fut.result()
 
 
 def _as_float32_2d(x: Any) -> np.ndarray:
@@ -197,7 +216,7 @@ def quantize(array: Any, qtype: Any, threads: int | None = None) -> np.ndarray:
         def work(r0: int, r1: int) -> None:
             _kernels.quantize(tid, a[r0:r1], r1 - r0, n_per_row, out[r0:r1])
 
-    _run_rows(work, n_rows, _threads(threads))
+    _run_rows(work, n_rows, _threads(threads), n_per_row)
     return out
 
 
@@ -233,5 +252,5 @@ def dequantize(raw: Any, qtype: Any, shape: Sequence[int], threads: int | None =
     def work(r0: int, r1: int) -> None:
         _kernels.dequantize(tid, q[r0:r1], r1 - r0, n_per_row, out[r0:r1])
 
-    _run_rows(work, n_rows, _threads(threads))
+    _run_rows(work, n_rows, _threads(threads), n_per_row)
     return out.reshape(shape)
