@@ -80,3 +80,15 @@ def test_real_process_no_traceback(tmp_path):
 def test_usage_error_exits_2():
     assert run("inspect").exit_code == 2
     assert run("no-such-command").exit_code == 2
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    result = run("demo", "--family", "sd1", "--out", tmp_path / "demo", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is True
+    assert data["inspect"]["family"] == "sd1"
+    assert {w["path"] for w in data["split"]} == {"diffusion_model.safetensors", "clip_l.safetensors", "vae.safetensors"}
+    assert any("Q8_0" in w["dtypes"] for w in data["quantize"])
+    assert data["verify"]["passed"] is True
+    assert (tmp_path / "demo" / "report" / "onestep.png").is_file()
