@@ -3,7 +3,6 @@ ggml type) and streamed through GGUFStreamWriter."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +12,7 @@ import torch
 from ckptkit.convert.plan import OutputFile, TensorOp
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint
+from ckptkit.formats.hashing import file_sha256
 from ckptkit.formats.gguf import GGUFStreamWriter
 
 
@@ -49,14 +49,6 @@ def encode(op: TensorOp, tensor: torch.Tensor, threads: int | None = None) -> np
     return q.reshape(-1)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(16 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_gguf(out: OutputFile, target: Path, source: Checkpoint, pool, lookahead: int,
                progress: Callable[[int], None]) -> tuple[str, int]:
     from ckptkit.convert.execute import _tensors_in_order
@@ -68,4 +60,4 @@ def write_gguf(out: OutputFile, target: Path, source: Checkpoint, pool, lookahea
             writer.write(op.name, encode(op, tensor))
             progress(op.nbytes)
             del tensor
-    return _file_sha256(target), target.stat().st_size
+    return file_sha256(target), target.stat().st_size

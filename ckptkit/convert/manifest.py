@@ -3,7 +3,6 @@ it came from (source hash, family, per-component file, layout, dtypes, counts an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -13,6 +12,7 @@ from ckptkit.convert.execute import WrittenFile
 from ckptkit.convert.plan import Plan
 from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
+from ckptkit.formats.hashing import file_sha256
 
 MANIFEST = "ckptkit.json"
 
@@ -29,11 +29,7 @@ class SourceHasher:
 
     def _run(self):
         for path in self.paths:
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(16 << 20):
-                    h.update(chunk)
-            self.result[str(path)] = {"size": path.stat().st_size, "sha256": h.hexdigest()}
+            self.result[str(path)] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
     def join(self) -> dict[str, dict]:
         self._thread.join()

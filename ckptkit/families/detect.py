@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ckptkit.families import FAMILIES
 from ckptkit.families.components import SIGNATURES
-from ckptkit.families.spec import FamilySpec, Variant
+from ckptkit.families.spec import FamilySpec
 from ckptkit.formats.base import Checkpoint
 
 
