@@ -4,22 +4,13 @@ but padding."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 
 import numpy as np
 
+from ckptkit.formats.hashing import file_sha256
 from ckptkit.inspect import scan_nonfinite
 from ckptkit.verify.result import Findings
 from ckptkit.verify.sets import ComponentSet
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(16 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gguf_structure(ckpt) -> list[str]:
