@@ -11,13 +11,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptkit.errors import CkptError
 from ckptkit.verify.coverage import check_coverage, dominant_quant_type
 from ckptkit.verify.integrity import check_integrity
 from ckptkit.verify.layout import check_layout
 from ckptkit.verify.numeric import check_numeric
 from ckptkit.verify.result import CheckResult, Findings
 from ckptkit.verify.sets import ComponentSet, open_set
-from ckptkit.verify.thresholds import Thresholds, for_type
+from ckptkit.verify.thresholds import Thresholds, for_type, least_precise
 
 
 @dataclass
@@ -54,28 +55,63 @@ class VerifyReport:
         return 0 if self.passed else 1
 
     def to_json(self) -> dict:
-        return {"schema": "ckptkit.verify-report/1", "path": self.path, "against": self.against,
-                "family": self.family, "variant": self.variant, "passed": self.passed, "exit_code": self.exit_code,
-                "results": [r.to_json() for r in self.results], "tables": self.tables,
-                "thresholds": self.thresholds, "timings": self.timings, "onestep": self.onestep}
+        """Strict JSON (non-finite floats as the strings "inf", "-inf", "nan"); the schema is
+        docs/verify-report.schema.json."""
+        return _strict({"schema": SCHEMA_ID, "path": self.path, "against": self.against,
+                        "family": self.family, "variant": self.variant, "passed": self.passed,
+                        "exit_code": self.exit_code, "results": [r.to_json() for r in self.results],
+                        "tables": self.tables, "thresholds": self.thresholds, "timings": self.timings,
+                        "onestep": self.onestep})
+
+
+SCHEMA_ID = "ckptkit.verify-report/1"
+
+
+def _strict(value):
+    from ckptkit.verify.images import json_float
+
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return json_float(value)
+
+
+def component_types(cset: ComponentSet) -> dict[str, str | None]:
+    """Each readable component's dominant quantized type (None: plain)."""
+    from ckptkit.verify.coverage import type_summary
+
+    return {name: dominant_quant_type(type_summary(comp)) if comp.ckpt is not None else None
+            for name, comp in cset.components.items()}
 
 
 def component_thresholds(cset: ComponentSet, overrides: dict) -> dict[str, Thresholds]:
-    from ckptkit.verify.coverage import type_summary
+    return {name: for_type(qtype, overrides) for name, qtype in component_types(cset).items()}
 
-    out = {}
-    for name, comp in cset.components.items():
-        qtype = dominant_quant_type(type_summary(comp)) if comp.ckpt is not None else None
-        out[name] = for_type(qtype, overrides)
-    return out
+
+def open_reference(path: str | Path) -> ComponentSet:
+    """The reference must be read whole: anything unreadable in it is the user's error (exit 2),
+    not a failed check of the candidate."""
+    ref = open_set(path)
+    bad = [c for c in ref.components.values() if c.ckpt is None]
+    if bad:
+        ref.close()
+        raise CkptError(f"--against {path}: unreadable reference: " + "; ".join(c.error or str(c.file) for c in bad))
+    return ref
 
 
 def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    if opts.against and opts.onestep:  # usage errors before any work
+        from ckptkit.verify.onestep import resolve_device, resolve_dtype
+
+        resolve_device(opts.device)
+        resolve_dtype(opts.dtype)
     cand = open_set(path)
-    ref = open_set(opts.against) if opts.against else None
+    ref = None
     try:
+        ref = open_reference(opts.against) if opts.against else None
         findings = Findings()
         for label, fn in (("integrity", lambda: check_integrity(cand, opts.scan)),
                           ("layout", lambda: check_layout(cand)),
@@ -83,7 +119,10 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
             t0 = time.perf_counter()
             findings.extend(fn())
             timings[label] = round(time.perf_counter() - t0, 3)
-        limits = component_thresholds(cand, opts.overrides)
+        types = component_types(cand)
+        limits = {name: for_type(qtype, opts.overrides) for name, qtype in types.items()}
+        # end to end runs through every component: judged by the least precise one's limits
+        e2e_limits = for_type(least_precise(types.values()), opts.overrides)
         onestep = images = None
         if ref is not None:
             t0 = time.perf_counter()
@@ -93,12 +132,16 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
                 from ckptkit.verify.onestep_check import check_onestep
 
                 t0 = time.perf_counter()
-                step, onestep, images = check_onestep(cand, ref, limits, opts)
-                findings.extend(step)
+                try:
+                    step, onestep, images = check_onestep(cand, ref, limits, opts, e2e_limits)
+                    findings.extend(step)
+                except CkptError as exc:  # the candidate cannot be built into a model (e.g. a missing tensor)
+                    findings.add("onestep", None, "run", None, None, False, f"could not run: {exc}")
                 timings["onestep"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - start, 3)
         return VerifyReport(str(path), opts.against, cand.family, cand.variant, findings.results, findings.tables,
-                            {n: t.__dict__ for n, t in limits.items()}, timings, onestep, images)
+                            {**{n: t.__dict__ for n, t in limits.items()}, "e2e": e2e_limits.__dict__}, timings,
+                            onestep, images)
     finally:
         cand.close()
         if ref is not None:

@@ -58,7 +58,9 @@ def compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False) -> Compa
         rn, cn = float(rf.norm()), float(cf.norm())
         rel = float(diff.norm()) / rn if rn else math.inf
         cos = float(torch.dot(rf, cf)) / (rn * cn) if rn and cn else 0.0
-        out = Comparison(rel, max(-1.0, min(1.0, cos)), float(diff.abs().max()), shape)
+        if not math.isnan(cos):  # min/max would turn NaN (non-finite outputs) into 1.0
+            cos = max(-1.0, min(1.0, cos))
+        out = Comparison(rel, cos, float(diff.abs().max()), shape)
     if image:
         out.psnr, out.ssim = psnr(r, c), ssim(r, c)
     return out

@@ -47,11 +47,15 @@ def check_layout(cset: ComponentSet) -> Findings:
         missing = sorted(set(expected) - set(shapes))
         unexpected = sorted(n for n in set(shapes) - set(expected) if not n.endswith(TOLERATED))
         wrong = sorted(n for n in set(expected) & set(shapes) if tuple(expected[n]) != tuple(shapes[n]))
-        ok = not (missing or unexpected or wrong)
-        detail = "; ".join(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-                           for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                           if items)
-        out.add("layout", name, "tensors", len(shapes), len(expected), ok, detail or f"{comp.spec.diffusers_class}, {comp.names} names")
-        if missing or unexpected or wrong:
-            out.tables[f"layout:{name}"] = {"missing": missing, "unexpected": unexpected, "wrong_shape": wrong}
+        if not (missing or unexpected or wrong):
+            out.add("layout", name, "tensors", len(shapes), len(expected), True,
+                    f"{comp.spec.diffusers_class}, {comp.names} names")
+            continue
+        # one failing row per kind of problem, so that a report names it (metric "missing", ...)
+        for metric, items in (("missing", missing), ("unexpected", unexpected), ("wrong_shape", wrong)):
+            if items:
+                out.add("layout", name, metric, len(items), 0, False,
+                        f"{', '.join(items[:3])}{' ...' if len(items) > 3 else ''} "
+                        f"({len(shapes)} tensors, {len(expected)} expected of a {comp.spec.diffusers_class})")
+        out.tables[f"layout:{name}"] = {"missing": missing, "unexpected": unexpected, "wrong_shape": wrong}
     return out

@@ -1,7 +1,10 @@
 """Numeric check, per tensor: the candidate (dequantized) against the reference, both mapped to
-the diffusers names of their component so that any two layouts compare name for name."""
+the diffusers names of their component so that any two layouts compare name for name; cosine and
+relative RMS error against the limits of the type each tensor is stored in."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -27,7 +30,10 @@ def _canonical(comp: Component) -> dict:
 
 
 def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst: int = 10) -> Findings:
-    """Each tensor must reach the minimum cosine of the type it is stored in (thresholds.py)."""
+    """Each tensor must reach the minimum cosine and stay under the maximum relative RMS error of the
+    type it is stored in (thresholds.py): cosine alone cannot see a tensor scaled as a whole (a
+    quantizer whose block scales are off by 2x keeps a cosine of 1). Two rows per component,
+    `min_cosine` and `max_rel_rms`, each with the worst tensor (a failing one first)."""
     from ckptkit.quant.types import PLAIN
     from ckptkit.verify.thresholds import for_type
 
@@ -50,28 +56,52 @@ def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst:
             if tname not in r_ops:
                 continue
             c_t, r_t = e.evaluate(comp.ckpt.load), r_ops[tname].evaluate(other.ckpt.load)
+            dtype = comp.ckpt.tensors[e.sources()[0]].dtype if e.sources() else "F32"
+            limits = for_type(None if dtype in PLAIN else dtype, overrides)
             if c_t.shape != r_t.shape:
                 comp_rows.append({"component": name, "tensor": tname, "rel_rms": float("inf"), "cosine": 0.0,
-                                  "max_abs": float("inf"), "note": f"shape {list(c_t.shape)} vs {list(r_t.shape)}"})
+                                  "max_abs": float("inf"), "dtype": dtype, "min_cosine": limits.min_cosine,
+                                  "max_rel_rms": limits.max_rel_rms, "cosine_ok": False, "rel_rms_ok": False,
+                                  "passed": False, "note": f"shape {list(c_t.shape)} vs {list(r_t.shape)}"})
                 continue
             if not c_t.is_floating_point():
                 continue
             errs = tensor_errors(c_t, r_t)
-            dtype = comp.ckpt.tensors[e.sources()[0]].dtype if e.sources() else "F32"
-            limit = for_type(None if dtype in PLAIN else dtype, overrides).min_cosine
-            comp_rows.append({"component": name, "tensor": tname, **errs, "dtype": dtype, "min_cosine": limit,
-                              "passed": errs["cosine"] >= limit})
+            comp_rows.append({"component": name, "tensor": tname, **errs, "dtype": dtype,
+                              "min_cosine": limits.min_cosine, "max_rel_rms": limits.max_rel_rms,
+                              # NaN fails both (comparisons with NaN are false)
+                              "cosine_ok": errs["cosine"] >= limits.min_cosine,
+                              "rel_rms_ok": errs["rel_rms"] <= limits.max_rel_rms})
+            comp_rows[-1]["passed"] = comp_rows[-1]["cosine_ok"] and comp_rows[-1]["rel_rms_ok"]
         rows += comp_rows
         if not comp_rows:
+            out.add("numeric", name, "min_cosine", None, None, False if missing else None,
+                    f"missing {missing[:3]}" if missing else "no floating-point tensor to compare")
             continue
-        worst_row = min(comp_rows, key=lambda r: r["cosine"])
-        failing = [r for r in comp_rows if not r.get("passed", False)]
         mean_rel = sum(r["rel_rms"] for r in comp_rows) / len(comp_rows)
-        detail = (f"{len(comp_rows)} tensors, mean rel RMS {mean_rel:.3g}; {len(failing)} below their type's minimum"
-                  + (f" (e.g. {failing[0]['tensor']})" if failing else "")
-                  + (f"; missing {missing[:3]}" if missing else ""))
-        out.add("numeric", name, "min_cosine", round(worst_row["cosine"], 6), worst_row.get("min_cosine"),
-                not failing and not missing, detail)
-    rows.sort(key=lambda r: -r["rel_rms"])
+        for metric, key, ok_key, worst_key, op in (("min_cosine", "cosine", "cosine_ok", _low, "below"),
+                                                   ("max_rel_rms", "rel_rms", "rel_rms_ok", _high, "above")):
+            worst_row = max(comp_rows, key=lambda r: (not r[ok_key], worst_key(r[key])))
+            failing = [r for r in comp_rows if not r[ok_key]]
+            detail = (f"{len(comp_rows)} tensors, mean rel RMS {mean_rel:.3g}; {len(failing)} {op} their type's limit"
+                      + (f" (e.g. {failing[0]['tensor']}, {failing[0]['dtype']})" if failing else "")
+                      + (f"; missing {missing[:3]}" if missing else ""))
+            out.add("numeric", name, metric, _round(worst_row[key]), worst_row[metric], not failing and not missing,
+                    detail)
+    rows.sort(key=lambda r: -_high(r["rel_rms"]))
     out.tables["worst_tensors"] = rows[:worst]
     return out
+
+
+def _low(value: float) -> float:
+    """Badness of a cosine (higher is worse; NaN is the worst)."""
+    return math.inf if math.isnan(value) else -value
+
+
+def _high(value: float) -> float:
+    """Badness of an error (higher is worse; NaN is the worst)."""
+    return math.inf if math.isnan(value) else value
+
+
+def _round(value: float) -> float:
+    return value if not math.isfinite(value) else round(value, 6)

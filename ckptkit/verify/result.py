@@ -9,7 +9,11 @@ from dataclasses import asdict, dataclass, field
 class CheckResult:
     check: str  # "integrity" | "layout" | "coverage" | "numeric" | "onestep"
     component: str | None
-    metric: str  # what was measured: "readable", "sha256", "nonfinite", "missing", "e2e_psnr", ...
+    # what was measured: integrity "readable" | "sha256" | "gguf_blocks" | "nonfinite"; layout "tensors" |
+    # "missing" | "unexpected" | "wrong_shape" | "config" | "component" | "family"; coverage "quantized" |
+    # "vae_types" | "types"; numeric "min_cosine" | "max_rel_rms" | "tensors"; onestep "<stage>:<output> cosine"
+    # | "psnr_db" | "ssim" | "time_s" | "run" (and the stage name for a stage not applicable)
+    metric: str
     value: object  # the measured value (JSON-serialisable)
     threshold: object | None  # what it had to meet, or None for a yes/no check
     passed: bool | None  # None: not applicable / skipped (never fails the run)

@@ -87,6 +87,8 @@ def _from_checkpoint(path: Path, ckpt: Checkpoint) -> ComponentSet:
 def open_set(path: str | Path) -> ComponentSet:
     """Raises CkptError only when nothing at all can be read; per-file failures are recorded."""
     path = Path(path)
+    if not path.exists():
+        raise CkptError(f"{path}: no such file or directory")
     if path.is_dir() and not (path / "model_index.json").exists() and not (path / "config.json").exists():
         return _open_folder(path)
     try:

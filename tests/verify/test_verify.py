@@ -1,0 +1,367 @@
+"""`ckptkit verify` end to end, through the CLI (click's CliRunner) and the library: faithful
+conversions and Q8_0 sets of every family pass the default thresholds; each kind of damage fails
+with the right check and metric (exit 1); unreadable references and bad options exit 2; the
+report folder and --json output follow docs/verify-report.schema.json; thresholds are
+overridable."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ckptkit import pipeline
+from ckptkit.cli import cli
+from ckptkit.convert.split import SplitOptions
+from ckptkit.fixtures import damage
+from ckptkit.fixtures.factory import FIXTURES, bundle_state, write_bundle
+from ckptkit.formats import open_checkpoint
+from ckptkit.formats.safetensors import save_safetensors
+from ckptkit.quant.policy import Policy
+from ckptkit.verify import VerifyOptions, run_verify
+from ckptkit.verify.images import onestep_png_size
+from ckptkit.verify.recipes import recipe_for
+from ckptkit.verify.thresholds import DEFAULTS
+
+ALL = list(FIXTURES)
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "verify-report.schema.json").read_text())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run as fast on one thread, and a busy machine does not make OpenMP spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Sets:
+    """Per family, built on first use: the fp32 bundle, its `split` comfy set and a set with the
+    diffusion model and text encoders quantized to Q8_0."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._done: dict[str, dict[str, Path]] = {}
+
+    def __call__(self, name: str) -> dict[str, Path]:
+        if name not in self._done:
+            bundle = write_bundle(name, self.root / f"{name}.safetensors", dtype=None)
+            split = pipeline.split(bundle, self.root / f"{name}-split", SplitOptions(layout="comfy"))
+            tes = [c for c, info in split.plan.info["components"].items() if info["role"] == "text_encoder"]
+            policy = Policy(diffusion_model="q8_0", components={t: "q8_0" for t in tes})
+            pipeline.quantize(bundle, self.root / f"{name}-q8", policy)
+            self._done[name] = {"bundle": bundle, "split": self.root / f"{name}-split",
+                                "q8": self.root / f"{name}-q8", "text_encoders": tes}
+        return self._done[name]
+
+    def copy(self, name: str, which: str, tag: str) -> Path:
+        dst = self.root / f"{name}-{which}-{tag}"
+        shutil.copytree(self(name)[which], dst)
+        return dst
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    return Sets(tmp_path_factory.mktemp("verify"))
+
+
+def ckptkit(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def verify_json(*args):
+    """`ckptkit verify ... --json`: (exit code, report); the output must be strict JSON and follow the schema."""
+    result = ckptkit("verify", *args, "--json", "--device", "cpu")
+    assert result.exit_code in (0, 1), (result.exit_code, result.stderr, result.exception)
+    data = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
+    assert data["exit_code"] == result.exit_code
+    return result.exit_code, data
+
+
+def rows(report, passed=None, check=None):
+    results = report["results"] if isinstance(report, dict) else [r.to_json() for r in report.results]
+    return [r for r in results if (passed is None or r["passed"] is passed) and (check is None or r["check"] == check)]
+
+
+def failing(report) -> set[tuple[str, str | None, str]]:
+    return {(r["check"], r["component"], r["metric"]) for r in rows(report, passed=False)}
+
+
+def row(report, check, component, metric):
+    found = [r for r in rows(report) if (r["check"], r["component"], r["metric"]) == (check, component, metric)]
+    assert len(found) == 1, (check, component, metric, found)
+    return found[0]
+
+
+def test_schema_is_valid():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    assert SCHEMA["properties"]["schema"]["const"] == "ckptkit.verify-report/1"
+
+
+# --------------------------------------------------------------------------- faithful conversions pass
+@pytest.mark.parametrize("name", ALL)
+def test_split_set_matches_its_bundle(sets, name):
+    s = sets(name)
+    report = run_verify(s["split"], VerifyOptions(against=str(s["bundle"]), device="cpu"))
+    assert report.passed and report.exit_code == 0, failing(report)
+    fx = FIXTURES[name]
+    comps = {c.name for c in fx.components}
+    assert report.family == fx.family
+    assert {r["component"] for r in rows(report, check="layout")} == comps
+    for comp in comps:
+        assert row(report, "integrity", comp, "sha256")["passed"] is True
+        assert row(report, "numeric", comp, "min_cosine")["value"] == 1.0
+        assert row(report, "numeric", comp, "max_rel_rms")["value"] == 0.0
+    stages = {r["metric"]: r for r in rows(report, check="onestep") if r["passed"] is not None}
+    assert stages["diffusion_model:latent cosine"]["value"] == 1.0
+    if recipe_for(fx.family, fx.variant).has_vae:
+        assert stages["psnr_db"]["value"] == math.inf and stages["ssim"]["value"] == 1.0
+    assert report.to_json()["onestep"]["e2e"]["applicable"] is recipe_for(fx.family, fx.variant).has_vae
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_q8_0_set_passes_default_thresholds(sets, name):
+    s = sets(name)
+    code, data = verify_json(s["q8"], "--against", s["bundle"])
+    assert code == 0 and data["passed"], failing(data)
+    fx = FIXTURES[name]
+    dm = fx.spec.diffusion_model.name
+    for comp in [dm, *s["text_encoders"]]:
+        cov = row(data, "coverage", comp, "quantized")
+        assert cov["passed"] is True and cov["value"] > 0
+        assert data["thresholds"][comp] == DEFAULTS["Q8_0"].__dict__
+        cos = row(data, "numeric", comp, "min_cosine")
+        assert DEFAULTS["Q8_0"].min_cosine <= cos["value"] < 1.0
+        assert 0.0 < row(data, "numeric", comp, "max_rel_rms")["value"] <= DEFAULTS["Q8_0"].max_rel_rms
+    assert data["thresholds"]["e2e"] == DEFAULTS["Q8_0"].__dict__  # the least precise component's
+    latent = row(data, "onestep", dm, "diffusion_model:latent cosine")
+    assert latent["threshold"] == DEFAULTS["Q8_0"].min_cosine and latent["value"] >= latent["threshold"]
+    if recipe_for(fx.family, fx.variant).has_vae:
+        psnr = row(data, "onestep", "e2e", "psnr_db")
+        assert psnr["threshold"] == DEFAULTS["Q8_0"].min_psnr and psnr["value"] >= psnr["threshold"]
+        assert row(data, "coverage", "vae", "types")["passed"] is None  # kept, not quantized
+    assert data["onestep"]["diffusion"]["applicable"] is True
+
+
+# --------------------------------------------------------------------------- each kind of damage fails
+def test_corrupted_tensor_fails_sha256_numeric_and_onestep(sets):
+    folder = sets.copy("sd1", "split", "corrupt")
+    path = folder / "diffusion_model.safetensors"
+    with open_checkpoint(path) as ck:
+        begin, end = ck.raw_span("out.2.weight")  # the final conv: its error reaches the output directly
+    damage.flip_bytes(path, begin, end - begin)
+    code, data = verify_json(folder, "--against", sets("sd1")["bundle"])
+    assert code == 1
+    sha = row(data, "integrity", "diffusion_model", "sha256")
+    assert sha["passed"] is False and sha["value"] != sha["threshold"]
+    assert row(data, "integrity", "clip_l", "sha256")["passed"] is True
+    assert row(data, "numeric", "diffusion_model", "min_cosine")["passed"] is False
+    assert row(data, "numeric", "clip_l", "min_cosine")["passed"] is True
+    latent = row(data, "onestep", "diffusion_model", "diffusion_model:latent cosine")
+    assert latent["passed"] is False and latent["value"] < DEFAULTS["plain"].min_cosine
+    assert row(data, "onestep", "e2e", "psnr_db")["passed"] is False
+    assert not any(c == "layout" for c, _, _ in failing(data))
+
+
+def test_nan_fails_integrity(sets, tmp_path):
+    state = bundle_state("flux_schnell", dtype=None)
+    name = next(n for n in sorted(state) if n.startswith("model.diffusion_model.") and state[n].ndim == 2)
+    state[name] = state[name].clone()
+    state[name][0, 1] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_safetensors(path, state)
+    result = ckptkit("verify", path)
+    assert result.exit_code == 1, result.output
+    report = run_verify(path, VerifyOptions())
+    assert failing(report) == {("integrity", "diffusion_model", "nonfinite")}
+    bad = row(report, "integrity", "diffusion_model", "nonfinite")
+    assert bad["value"] == 1 and bad["threshold"] == 0
+    assert report.tables["nonfinite"] == {f"diffusion_model:{name}": {"nan": 1, "inf": 0}}
+
+
+def test_truncated_component_is_an_integrity_failure(sets):
+    folder = sets.copy("sd1", "q8", "trunc")
+    damage.truncate(folder / "diffusion_model.gguf", 4096)
+    code, data = verify_json(folder, "--against", sets("sd1")["bundle"])
+    assert code == 1
+    readable = row(data, "integrity", "diffusion_model", "readable")
+    assert readable["value"] is False and readable["passed"] is False
+    assert "diffusion_model.gguf: not a valid GGUF file" in readable["detail"]
+    assert row(data, "integrity", "clip_l", "readable")["passed"] is True
+    assert data["onestep"] is None  # nothing to build a model from
+    # one truncated file given alone: still exit 1, one line per check, no traceback
+    single = sets.root / "sd1-trunc.safetensors"
+    shutil.copy(sets("sd1")["bundle"], single)
+    damage.truncate(single, 100)
+    result = ckptkit("verify", single)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "readable" in result.stdout
+
+
+def test_unreadable_reference_or_missing_input_exits_2(sets, tmp_path):
+    bad = tmp_path / "ref.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{nojson}")
+    result = ckptkit("verify", sets("sd1")["q8"], "--against", bad)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("ckptkit: error: --against") and "unreadable reference" in result.stderr
+    assert "Traceback" not in result.output
+    assert ckptkit("verify", tmp_path / "nothing.gguf").exit_code == 2
+    assert ckptkit("verify", sets("sd1")["q8"], "--against", tmp_path / "nothing").exit_code == 2
+
+
+def test_missing_tensor_fails_layout(sets):
+    folder = sets.copy("sd3", "split", "missing")
+    path = folder / "diffusion_model.safetensors"
+    with open_checkpoint(path) as ck:
+        state = {n: ck.load(n).clone() for n in ck.tensors}
+    dropped = "joint_blocks.1.x_block.mlp.fc2.weight"
+    del state[dropped]
+    save_safetensors(path, state)
+    damage.refresh_manifest(folder, "diffusion_model")
+    code, data = verify_json(folder, "--against", sets("sd3")["bundle"])
+    assert code == 1
+    missing = row(data, "layout", "diffusion_model", "missing")
+    assert missing["value"] == 1 and missing["passed"] is False and dropped in missing["detail"]
+    assert data["tables"]["layout:diffusion_model"]["missing"] == [dropped]
+    assert row(data, "integrity", "diffusion_model", "sha256")["passed"] is True
+    # the 1-step check cannot build the model: a failed row, not a crash
+    assert row(data, "onestep", None, "run")["passed"] is False
+
+
+def test_component_left_unquantized_fails_coverage(sets):
+    """stable-diffusion.cpp #605: asked q8_0, the CLIP-G file holds only plain tensors."""
+    folder = sets.copy("sdxl", "q8", "605")
+    damage.rewrite_gguf(folder / "clip_g.gguf", folder / "clip_g.gguf", damage.dequantized_to_f16)
+    damage.refresh_manifest(folder, "clip_g")
+    code, data = verify_json(folder)
+    assert code == 1
+    assert failing(data) == {("coverage", "clip_g", "quantized")}
+    cov = row(data, "coverage", "clip_g", "quantized")
+    assert cov["value"] == 0 and "meant to be q8_0" in cov["detail"]
+    assert data["tables"]["types:clip_g"].keys() <= {"F16", "F32"}
+    assert row(data, "coverage", "clip_l", "quantized")["passed"] is True
+
+
+def test_quantized_vae_fails_coverage(sets):
+    folder = sets.copy("sd1", "q8", "qvae")
+    with open_checkpoint(folder / "vae.safetensors") as ck:
+        state = {n: ck.load(n).clone() for n in ck.tensors}
+    damage.write_quantized_gguf(state, folder / "vae.gguf", "sd1", "Q8_0")
+    (folder / "vae.safetensors").unlink()
+    damage.refresh_manifest(folder, "vae", "vae.gguf")
+    code, data = verify_json(folder, "--no-onestep")
+    assert code == 1
+    assert failing(data) == {("coverage", "vae", "vae_types")}
+    assert row(data, "coverage", "vae", "vae_types")["value"] == ["Q8_0"]
+
+
+@pytest.mark.parametrize("name", ["sd1", "sana"])
+def test_broken_quantizer_fails_numeric_and_onestep(sets, name):
+    """Q8_0 blocks with their fp16 scale doubled: every tensor x2. Its cosine stays 1, so the
+    numeric check needs the relative RMS limit; the 1-step check sees it in every stage."""
+    folder = sets.copy(name, "q8", "broken")
+    for path in folder.glob("*.gguf"):
+        damage.rewrite_gguf(path, path, damage.broken_scales("Q8_0"))
+        damage.refresh_manifest(folder, path.stem)
+    code, data = verify_json(folder, "--against", sets(name)["bundle"])
+    assert code == 1
+    dm = FIXTURES[name].spec.diffusion_model.name
+    for comp in [dm, *sets(name)["text_encoders"]]:
+        rel = row(data, "numeric", comp, "max_rel_rms")
+        assert rel["passed"] is False and rel["value"] == pytest.approx(1.0, abs=0.01)
+        assert rel["threshold"] == DEFAULTS["Q8_0"].max_rel_rms
+        assert row(data, "numeric", comp, "min_cosine")["passed"] is True
+    latent = row(data, "onestep", dm, "diffusion_model:latent cosine")
+    assert latent["passed"] is False and latent["threshold"] == DEFAULTS["Q8_0"].min_cosine
+    if FIXTURES[name].family != "sana":
+        assert row(data, "onestep", "e2e", "psnr_db")["passed"] is False
+        assert all(row(data, "onestep", te, "text_encoder:hidden cosine")["passed"] is False
+                   for te in sets(name)["text_encoders"])
+    assert not failing(data) & {("integrity", c, m) for c in (dm, "vae") for m in ("sha256", "nonfinite")}
+
+
+# --------------------------------------------------------------------------- report folder and JSON
+@pytest.mark.parametrize("name", ["sdxl", "sana"])
+def test_report_folder(sets, name, tmp_path):
+    s = sets(name)
+    out = tmp_path / "report"
+    result = ckptkit("verify", s["q8"], "--against", s["bundle"], "--report", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["onestep.png", "report.json", "report.md"]
+    data = json.loads((out / "report.json").read_text())
+    jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
+    assert data["passed"] is True and data["path"] == str(s["q8"]) and data["against"] == str(s["bundle"])
+    from PIL import Image
+
+    with Image.open(out / "onestep.png") as png:
+        if data["onestep"]["images"] == "image":
+            h, w = data["onestep"]["image_size"]
+        else:  # no VAE (Sana): a preview of the latents
+            h, w = data["onestep"]["latent_shape"][-2:]
+        assert png.size == onestep_png_size(h, w)
+    md = (out / "report.md").read_text()
+    assert md.startswith("# ckptkit verify: PASS") and "![reference | candidate | difference](onestep.png)" in md
+    assert "| numeric | diffusion_model | max_rel_rms |" in md
+    assert "PASS:" in result.stdout  # the terminal table is printed too
+
+
+def test_json_output_is_strict_and_lists_every_row(sets):
+    s = sets("sd1")
+    code, data = verify_json(s["split"], "--against", s["bundle"])
+    assert code == 0
+    psnr = row(data, "onestep", "e2e", "psnr_db")
+    assert psnr["value"] == "inf"  # identical images, written as a string (strict JSON)
+    assert data["onestep"]["e2e"]["outputs"]["image"]["psnr"] == "inf"
+    assert set(data["timings"]) == {"integrity", "layout", "coverage", "numeric", "onestep", "total"}
+    assert {r["check"] for r in data["results"]} == {"integrity", "layout", "coverage", "numeric", "onestep"}
+
+
+# --------------------------------------------------------------------------- thresholds
+def test_min_psnr_override_fails_q8_0(sets):
+    s = sets("sd1")
+    code, data = verify_json(s["q8"], "--against", s["bundle"], "--min-psnr", "200")
+    assert code == 1
+    assert failing(data) == {("onestep", "e2e", "psnr_db")}
+    assert row(data, "onestep", "e2e", "psnr_db")["threshold"] == 200.0
+    assert all(t["min_psnr"] == 200.0 for t in data["thresholds"].values())
+
+
+def test_thresholds_file(sets, tmp_path):
+    s = sets("sd1")
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[Q8_0]\nmin_psnr = 200.0\n\n[plain]\nmin_cosine = 0.9\n")
+    code, data = verify_json(s["q8"], "--against", s["bundle"], "--thresholds", strict)
+    assert code == 1 and failing(data) == {("onestep", "e2e", "psnr_db")}
+    # e2e runs through the Q8_0 components: held to Q8_0's limits, not to the plain VAE's
+    assert data["thresholds"]["diffusion_model"]["min_psnr"] == data["thresholds"]["e2e"]["min_psnr"] == 200.0
+    assert data["thresholds"]["vae"]["min_cosine"] == 0.9
+    assert data["thresholds"]["diffusion_model"]["min_cosine"] == DEFAULTS["Q8_0"].min_cosine
+    loose = tmp_path / "loose.toml"
+    loose.write_text("[default]\nmax_rel_rms = 2.0\nmin_cosine = 0.5\n")
+    code, data = verify_json(s["q8"], "--against", s["bundle"], "--thresholds", loose, "--no-onestep")
+    assert code == 0
+    assert row(data, "numeric", "diffusion_model", "max_rel_rms")["threshold"] == 2.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[Q8_0\nmin_psnr = 1", "not a readable thresholds file"),
+    ("[Q8_0]\nmin_pnsr = 30", "unknown threshold keys ['min_pnsr']"),
+    ("[Q9_X]\nmin_psnr = 30", "unknown section [Q9_X]"),
+    ("[Q8_0]\nmin_psnr = \"high\"", "must be a number"),
+    ("min_psnr = 30", "outside a section"),
+])
+def test_bad_thresholds_file_exits_2(sets, tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = ckptkit("verify", sets("sd1")["q8"], "--thresholds", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("ckptkit: error:") and message in result.stderr
+    assert "Traceback" not in result.output
