@@ -29,6 +29,15 @@ class ComponentMap:
     dropped: dict[str, str] = field(default_factory=dict)  # full source name -> reason
 
 
+def shipped_config(ckpt: Checkpoint, names: str, prefix: str) -> dict | None:
+    """The config.json a diffusers source ships for the component under `prefix` (`<folder>/` in a
+    pipeline folder, "" for a single component folder); None for original names, whose config is
+    derived from the shapes instead."""
+    if names != "diffusers":
+        return None
+    return getattr(ckpt, "members", {})[prefix.rstrip("/")].config if prefix else ckpt.config
+
+
 def local_shapes(ckpt: Checkpoint, prefix: str, exclude: set[str]) -> dict[str, tuple[int, ...]]:
     return {n[len(prefix):]: info.shape for n, info in ckpt.tensors.items()
             if n.startswith(prefix) and n not in exclude}

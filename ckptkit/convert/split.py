@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from ckptkit.convert import expr
-from ckptkit.convert.components import HF_NATIVE, config_json, map_component
+from ckptkit.convert.components import HF_NATIVE, config_json, map_component, shipped_config
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import Detection
@@ -125,7 +125,6 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
     if not opts.extract_ema:
         for name in det.ema:
             plan.dropped[name] = "EMA copy (use --extract-ema to keep it instead)"
-    members = getattr(ckpt, "members", {})
     for comp in spec.components:
         if comp.name not in det.components:
             continue
@@ -135,9 +134,7 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
                 if det.component_of(n) == comp.name and n not in exclude:
                     plan.dropped[n] = "component not requested"
             continue
-        config = None  # a diffusers source ships its config.json; an original one has it derived
-        if det.names == "diffusers":
-            config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+        config = shipped_config(ckpt, det.names, prefix)
         naming = target_naming(comp, opts.layout)
         cmap = map_component(ckpt, comp, prefix, det.names, naming, exclude, config)
         plan.dropped.update(cmap.dropped)

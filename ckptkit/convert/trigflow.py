@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from ckptkit.convert import expr
-from ckptkit.convert.components import config_json, map_component
+from ckptkit.convert.components import config_json, map_component, shipped_config
 from ckptkit.convert.expr import Expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes
@@ -152,10 +152,7 @@ def _check(ckpt: Checkpoint, det: Detection, opts: TrigFlowOptions) -> None:
 def _diffusers_ops(ckpt: Checkpoint, det: Detection, plan: Plan, opts: TrigFlowOptions):
     """(ops in diffusers names over source names, added tensors, config, time scale and why)."""
     comp, prefix = det.spec.diffusion_model, det.components["diffusion_model"]
-    config = None
-    if det.names == "diffusers":
-        members = getattr(ckpt, "members", {})
-        config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+    config = shipped_config(ckpt, det.names, prefix)
     for name in det.junk:
         plan.dropped[name] = "junk (training/schedule buffer)"
     for name in det.unclaimed:

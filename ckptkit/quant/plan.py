@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ckptkit.convert import expr
-from ckptkit.convert.components import map_component
+from ckptkit.convert.components import map_component, shipped_config
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.convert.split import POSITION_IDS, source_dtype, target_naming
 from ckptkit.errors import CkptError
@@ -74,16 +74,13 @@ def source_from_detection(ckpt: Checkpoint, det: Detection) -> QuantSource:
     """A bundle, one component file (any format, GGUF included) or a diffusers folder."""
     exclude = set(det.junk) | set(det.ema) | set(det.unclaimed)
     dropped = {n: "junk, EMA copy or unknown prefix" for n in exclude}
-    members = getattr(ckpt, "members", {})
     if det.spec is not None:
         comps = []
         for comp in det.spec.components:
             if comp.name not in det.components:
                 continue
             prefix = det.components[comp.name]
-            config = None
-            if det.names == "diffusers":
-                config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+            config = shipped_config(ckpt, det.names, prefix)
             comps.append((comp, prefix, det.names, config))
         return QuantSource(det.family, det.variant, comps, exclude, dropped,
                            single=len(comps) == 1 and det.form != "bundle")

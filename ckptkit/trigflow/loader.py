@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ckptkit.errors import CkptError
+from ckptkit.convert.components import shipped_config
 from ckptkit.trigflow.adapters import Adapter, adapter_for
 
 TIME_SCALE_KEY = "ckptkit.trigflow.time_scale"
@@ -83,14 +84,11 @@ def _single(path: Path, dtype: torch.dtype) -> tuple[dict, float | None]:
         if det.spec is None:
             raise CkptError(f"{path}: family unknown: not a model ckptkit can sample")
         parts = {}
-        members = getattr(ckpt, "members", {})
         for comp in det.spec.components:
             if comp.name not in det.components:
                 continue
             prefix = det.components[comp.name]
-            config = None
-            if det.names == "diffusers":
-                config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+            config = shipped_config(ckpt, det.names, prefix)
             parts[_role_key(comp)] = load_component(ckpt, comp, prefix, det.names, config=config,
                                                     exclude=frozenset(det.junk + det.ema + det.unclaimed), dtype=dtype)
         scale = ckpt.metadata.get(TIME_SCALE_KEY)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ckptkit.errors import CkptError
+from ckptkit.convert.components import shipped_config
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.verify.conditioning import (assemble, encode, generator, missing_encoders, random_conditioning,
@@ -109,7 +110,6 @@ def _from_detection(ckpt: Checkpoint, det, family: str | None, variant: str | No
         raise CkptError(f"{label or ckpt.path}: family unknown; give the family for a standalone component")
     spec = get_family(family)
     exclude = frozenset(det.junk) | frozenset(det.ema) | frozenset(det.unclaimed)
-    members = getattr(ckpt, "members", {})
     sources = {}
     for name, prefix in det.components.items():
         comp = None
@@ -120,9 +120,7 @@ def _from_detection(ckpt: Checkpoint, det, family: str | None, variant: str | No
         elif not any(c.name == name for c in spec.components):
             continue
         comp_spec = comp or spec.component(name)
-        config = None
-        if det.names == "diffusers":
-            config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+        config = shipped_config(ckpt, det.names, prefix)
         sources[name] = ModelSource(ckpt, prefix, _naming(comp_spec, ckpt, prefix, det.names), config, exclude, comp)
     return ModelSet(family, det.variant or variant, sources, label or str(ckpt.path))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptkit.convert.components import HF_NATIVE
+from ckptkit.convert.components import HF_NATIVE, shipped_config
 from ckptkit.convert.manifest import read_manifest
 from ckptkit.errors import CkptError
 from ckptkit.families import BY_NAME
@@ -70,14 +70,11 @@ def _naming(spec: ComponentSpec | None, ckpt: Checkpoint, det: Detection) -> str
 
 def _from_checkpoint(path: Path, ckpt: Checkpoint) -> ComponentSet:
     det = detect(ckpt)
-    members = getattr(ckpt, "members", {})
     cset = ComponentSet(path, det.family, det.variant)
     exclude = frozenset(det.junk + det.ema + det.unclaimed)
     for name, prefix in det.components.items():
         spec = _spec_for(det.family, name, det)
-        config = None
-        if det.names == "diffusers":
-            config = members[prefix.rstrip("/")].config if prefix else ckpt.config
+        config = shipped_config(ckpt, det.names, prefix)
         cset.components[name] = Component(name, spec, path, ckpt, prefix, _naming(spec, ckpt, det), config, exclude)
     if not cset.components:
         raise CkptError(f"{path}: no known family or component (see `ckptkit inspect`)")
