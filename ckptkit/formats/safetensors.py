@@ -173,10 +173,10 @@ class SafetensorsCheckpoint(Checkpoint):
 # folio_zero_new_buffers + fault_in_readable). When the tensor's pages are all in the page cache
 # (mincore), one madvise(MADV_POPULATE_READ) (Linux >= 5.14) maps them first and the copy is one
 # pass; with --workers > 1 that happens on the pool thread that loads the tensor ahead of the writer.
-# Pages not cached yet get MADV_WILLNEED (asynchronous readahead) instead: populating them would
-# read them synchronously, which measured no faster. libc through ctypes, because mmap.madvise holds
-# the GIL while the kernel works.
-MADV_WILLNEED, MADV_POPULATE_READ = 3, 22
+# Pages not all cached are left alone: populating them (a synchronous read) or MADV_WILLNEED measured
+# slower than letting the reads fault. libc through ctypes, because mmap.madvise holds the GIL while
+# the kernel works.
+MADV_POPULATE_READ = 22
 
 
 def _libc(name: str, third):
@@ -203,8 +203,9 @@ def _populate(window: np.ndarray) -> None:
     resident = np.empty(-(-length // mmap.PAGESIZE), dtype=np.uint8)
     if _mincore(start, length, resident.ctypes.data) != 0:
         return
-    cached = bool((resident & 1).all())
-    if _madvise(start, length, MADV_POPULATE_READ if cached else MADV_WILLNEED) != 0:
+    if not (resident & 1).all():
+        return
+    if _madvise(start, length, MADV_POPULATE_READ) != 0:
         if ctypes.get_errno() == errno.EINVAL:  # kernel < 5.14: reads fault page by page, as before
             _madvise = None
 
