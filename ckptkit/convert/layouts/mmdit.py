@@ -19,7 +19,6 @@ import math
 import re
 
 import torch
-from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
 from ckptkit.convert.expr import Expr, cat, chunks, src
 from ckptkit.convert.layouts import register
@@ -116,6 +115,7 @@ class MMDiT:
 
     def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
         remaining = dict(state_dict)  # the converter pops what it uses; what stays was not converted
+        from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers  # late: importing diffusers costs ~3 s
         out = convert_sd3_transformer_checkpoint_to_diffusers(remaining)
         if remaining:
             raise CkptError(f"mmdit layout: {len(remaining)} tensor(s) not converted, e.g. {sorted(remaining)[:3]}")

@@ -32,7 +32,6 @@ import re
 from types import SimpleNamespace
 
 import torch
-from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 
 from ckptkit.convert.expr import Expr, cat, src, transpose
 from ckptkit.convert.layouts import register
@@ -110,6 +109,7 @@ class OpenClip:
         # The converter reads only `text_model.config.hidden_size` (and only when the file lacks
         # text_projection, whose shape[0] is the same width): a stand-in spares building the model.
         text_model = SimpleNamespace(config=SimpleNamespace(hidden_size=config["hidden_size"]))
+        from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint  # late: importing diffusers costs ~3 s
         return convert_open_clip_checkpoint(text_model, checkpoint, prefix=CONVERT_PREFIX)
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:

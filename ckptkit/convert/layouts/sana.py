@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
 
 from ckptkit.convert.expr import Expr, cat, src, zeros
 from ckptkit.convert.layouts import register
@@ -192,6 +191,7 @@ class Sana:
         for name in BUFFERS:  # diffusers pops and discards these; a stripped file must not raise KeyError
             sd.setdefault(name, torch.empty(0))
 
+        from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers  # late: importing diffusers costs ~3 s
         out = convert_sana_transformer_to_diffusers(sd)
         if sd:  # diffusers silently ignores what it does not know
             raise _unknown(sd, "original")
