@@ -24,6 +24,11 @@ class Layout(Protocol):
     def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]: ...
 
 
+def num_blocks(names, prefix: str) -> int:
+    """How many numbered blocks (`<prefix>N.`) the names hold: one more than the highest N."""
+    return 1 + max((int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)), default=-1)
+
+
 _LAYOUTS: dict[str, Layout] = {}
 
 

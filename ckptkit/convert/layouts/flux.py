@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ckptkit.convert.expr import Expr, apply, cat, chunks, src
-from ckptkit.convert.layouts import register
+from ckptkit.convert.layouts import num_blocks, register
 from ckptkit.errors import CkptError
 
 # original name (or module prefix ending in ".") -> diffusers name (or prefix)
@@ -80,16 +80,12 @@ FROM_SHAPES = {
 }
 
 
-def _num_blocks(names, prefix: str) -> int:
-    return 1 + max((int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)), default=-1)
-
-
 def _scopes(names, double_prefix: str, single_prefix: str):
     """(original prefix, diffusers prefix, renames, fused) for the top level and every block."""
     yield "", "", TOP, {}
-    for i in range(_num_blocks(names, double_prefix)):
+    for i in range(num_blocks(names, double_prefix)):
         yield f"double_blocks.{i}.", f"transformer_blocks.{i}.", DOUBLE, DOUBLE_FUSED
-    for i in range(_num_blocks(names, single_prefix)):
+    for i in range(num_blocks(names, single_prefix)):
         yield f"single_blocks.{i}.", f"single_transformer_blocks.{i}.", SINGLE, SINGLE_FUSED
 
 
@@ -194,8 +190,8 @@ class Flux:
             **config,
             # diffusers' released configs say None for "same as in_channels" (Fill/Depth/Canny differ)
             "out_channels": None if out_channels == config["in_channels"] else out_channels,
-            "num_layers": _num_blocks(shapes, "double_blocks."),
-            "num_single_layers": _num_blocks(shapes, "single_blocks."),
+            "num_layers": num_blocks(shapes, "double_blocks."),
+            "num_single_layers": num_blocks(shapes, "single_blocks."),
             "attention_head_dim": head_dim,
             "num_attention_heads": width // head_dim,
             "guidance_embeds": "guidance_in.in_layer.weight" in shapes,

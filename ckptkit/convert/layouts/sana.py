@@ -28,7 +28,7 @@ import math
 import torch
 
 from ckptkit.convert.expr import Expr, cat, src, zeros
-from ckptkit.convert.layouts import register
+from ckptkit.convert.layouts import num_blocks, register
 from ckptkit.errors import CkptError
 
 # original name (or module prefix ending in ".") -> diffusers name (or prefix); handled by diffusers too
@@ -81,10 +81,6 @@ CROSS_HEADS = {1152: 16, 2240: 20}
 # guidance_embeds_scale (Sprint's cfg input scale) and timestep_scale are read by the pipelines
 FROM_BASE = ("dropout", "norm_elementwise_affine", "norm_eps", "interpolation_scale", "guidance_embeds_scale",
              "timestep_scale")
-
-
-def _num_blocks(names, prefix: str) -> int:
-    return 1 + max((int(n[len(prefix):].split(".", 1)[0]) for n in names if n.startswith(prefix)), default=-1)
 
 
 def _pairs(table: dict[str, str], o_pre: str = "", d_pre: str = ""):
@@ -156,7 +152,7 @@ class Sana:
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out: dict[str, Expr] = {}
         pairs = [*_pairs(TOP), *_pairs(TIME_FLOW), *_pairs(TIME_SPRINT), *_pairs(TOP_EXTRA)]
-        for i in range(_num_blocks(shapes, "transformer_blocks.")):
+        for i in range(num_blocks(shapes, "transformer_blocks.")):
             o_pre, d_pre = f"blocks.{i}.", f"transformer_blocks.{i}."
             pairs += [*_pairs(BLOCK, o_pre, d_pre), *_pairs(BLOCK_EXTRA, o_pre, d_pre)]
             for o_mod, parts in BLOCK_FUSED.items():
@@ -181,7 +177,7 @@ class Sana:
         sd = dict(state_dict)  # diffusers' converter pops what it converts
         extra = {}
         pairs = list(_pairs(TOP_EXTRA))
-        for i in range(_num_blocks(sd, "blocks.")):
+        for i in range(num_blocks(sd, "blocks.")):
             pairs += _pairs(BLOCK_EXTRA, f"blocks.{i}.", f"transformer_blocks.{i}.")
         for o, d in pairs:
             if o in sd:
@@ -214,7 +210,7 @@ class Sana:
             "out_channels": _size(shapes, "final_layer.linear.weight", 0) // (patch * patch),
             "num_attention_heads": width // SELF_HEAD_DIM,
             "attention_head_dim": SELF_HEAD_DIM,
-            "num_layers": _num_blocks(shapes, "blocks."),
+            "num_layers": num_blocks(shapes, "blocks."),
             "num_cross_attention_heads": cross_heads,
             "cross_attention_head_dim": width // cross_heads,
             "cross_attention_dim": _size(shapes, "blocks.0.cross_attn.kv_linear.weight", 1),
