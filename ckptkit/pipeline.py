@@ -17,6 +17,7 @@ from ckptkit.convert.split import SplitOptions, plan_split
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import detect
 from ckptkit.formats import open_checkpoint
+from ckptkit.formats.hashing import remember_sha256
 
 Progress = Callable[[int, str], Callable[[int], None]]  # (total bytes, label) -> update(n)
 
@@ -57,7 +58,17 @@ def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress |
         written = reused + written
         manifest = build_manifest(plan, written, hasher.join(), extra)
         write_manifest(stage, manifest)
+    remember_outputs(out_dir, written)
     return RunResult(plan, written, manifest, str(out_dir))
+
+
+def remember_outputs(out_dir: Path, written: list[WrittenFile]) -> None:
+    """Put the hashes of the files just written in the hash cache: a later run that reads this
+    component set as its source does not hash it again."""
+    for w in written:
+        path = out_dir / w.path
+        if path.is_file():
+            remember_sha256(path, w.sha256)
 
 
 @contextlib.contextmanager
@@ -233,6 +244,7 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
                 raise CkptError(f"{out}: is a directory")
             update = progress(planned_bytes(plan), "quantize") if progress else None
             written = execute(plan, ckpt, out.parent, workers=workers, progress=update)
+            remember_outputs(out.parent, written)
             return RunResult(plan, written, None, str(out.parent))
         _prepare_out_dir(out, force)
         return run_plan(plan, ckpt, out, workers, progress)
@@ -256,4 +268,5 @@ def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *
         sources = hasher.join()
         manifest = build_manifest(plan, written, sources, {"trigflow": transform_record(plan, sources)})
         write_manifest(out_dir, manifest)
+        remember_outputs(out_dir, written)
         return RunResult(plan, written, manifest, str(out_dir))

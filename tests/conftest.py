@@ -19,3 +19,18 @@ def load_manifest(name: str) -> dict:
 def manifest_shapes(name: str, component: str) -> dict[str, tuple[int, ...]]:
     comp = load_manifest(name)["components"][component]
     return {k: tuple(v[0]) for k, v in comp["tensors"].items()}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_hash_cache(tmp_path_factory):
+    """The sha256 cache (formats/hashing.py) of this test session lives in a temporary folder, never
+    in the user's ~/.cache; CLI subprocesses inherit it through the environment."""
+    import os
+
+    old = os.environ.get("CKPTKIT_CACHE_DIR")
+    os.environ["CKPTKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("ckptkit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CKPTKIT_CACHE_DIR", None)
+    else:
+        os.environ["CKPTKIT_CACHE_DIR"] = old

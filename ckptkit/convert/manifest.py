@@ -12,14 +12,15 @@ from ckptkit.convert.execute import WrittenFile
 from ckptkit.convert.plan import Plan
 from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
-from ckptkit.formats.hashing import file_sha256
+from ckptkit.formats.hashing import source_sha256
 
 MANIFEST = "ckptkit.json"
 
 
 class SourceHasher:
     """sha256 of the source file(s), read sequentially on a background thread while the executor
-    works (the reads mostly hit the page cache the executor fills)."""
+    works (the reads mostly hit the page cache the executor fills); a file hashed before and not
+    changed since is served from the hash cache (formats/hashing.py)."""
 
     def __init__(self, paths: list[Path]):
         self.paths = [p for p in paths if p.is_file()]
@@ -29,7 +30,7 @@ class SourceHasher:
 
     def _run(self):
         for path in self.paths:
-            self.result[str(path)] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+            self.result[str(path)] = {"size": path.stat().st_size, "sha256": source_sha256(path)}
 
     def join(self) -> dict[str, dict]:
         self._thread.join()
