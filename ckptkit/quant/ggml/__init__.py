@@ -2,11 +2,14 @@
 
 The block types (Q4_0 ... Q8_0, Q2_K ... Q6_K) run in the C extension `_kernels`, a port of ggml's
 `quantize_row_*_ref` / `dequantize_row_*` (see the header of `_kernels.c` for why we port instead
-of depending on a library). F32/F16/BF16 are done here in numpy with ggml's rounding:
+of depending on a library). So does F16 quantization, like `GGML_FP32_TO_FP16` (round to nearest
+even, overflow to inf, subnormals kept; NaN becomes sign | 0x7E00 as in ggml's portable
+conversion). F32, BF16 and dequantization to F32 of F16/BF16 are done here in numpy, BF16 like
+`ggml_compute_fp32_to_bf16` (round to nearest even, NaN forced quiet).
 
-* F16 like `GGML_FP32_TO_FP16` (round to nearest even, overflow to inf, subnormals kept; NaN
-  becomes sign | 0x7E00 as in ggml's portable conversion),
-* BF16 like `ggml_compute_fp32_to_bf16` (round to nearest even, NaN forced quiet).
+On x86-64 CPUs with AVX2 (+F16C) / AVX-512, Q8_0 and F16 run SIMD versions of the reference code
+(same bytes, 5-15x faster; see `_kernels.c`). CKPTKIT_GGML_SCALAR=1 in the environment (read at
+import) or `_kernels.set_simd("scalar")` switches to the scalar reference code only.
 
 Rows are independent, so `quantize`/`dequantize` split the rows into chunks and run them on a
 thread pool; the kernels release the GIL. The bytes do not depend on the number of threads.
@@ -45,9 +48,13 @@ _KERNEL = {name: (tid, bs, ts) for tid, (name, bs, ts) in _kernels.TYPES.items()
 KERNEL_TYPES: tuple[str, ...] = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 QUANT_TYPES: tuple[str, ...] = ("F32", "F16", "BF16") + KERNEL_TYPES
 
-assert set(KERNEL_TYPES) == set(_KERNEL), "_kernels.TYPES does not match KERNEL_TYPES"
+# the C kernels also convert F32 -> F16 (the same bytes as the numpy code below, faster with SIMD)
+assert set(_KERNEL) == set(KERNEL_TYPES) | {"F16"}, "_kernels.TYPES does not match KERNEL_TYPES"
 for _name, (_tid, _bs, _ts) in _KERNEL.items():  # the C block structs must match gguf-py's table
     assert int(GGMLQuantizationType[_name]) == _tid, _name
+
+if os.environ.get("CKPTKIT_GGML_SCALAR", "").strip() not in ("", "0"):
+    _kernels.set_simd("scalar")
 
 # rows handed to one C call; small enough to balance threads, big enough to hide call overhead
 _MIN_ROWS_PER_TASK = 8
@@ -161,16 +168,7 @@ def _as_float32_2d(x: Any) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-# --- F16 / BF16 with ggml's rounding -------------------------------------------------------------
-
-
-def _fp32_to_fp16_bits(a: np.ndarray, out: np.ndarray) -> None:
-    """uint16 bits as GGML_FP32_TO_FP16 (numpy's cast rounds to nearest even, like ggml's)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        out[...] = a.astype(np.float16).view(np.uint16)
-    nan = (out & np.uint16(0x7FFF)) > np.uint16(0x7C00)
-    if nan.any():  # ggml's portable path: any NaN -> sign | 0x7E00 (numpy keeps payload bits)
-        out[nan] = (out[nan] & np.uint16(0x8000)) | np.uint16(0x7E00)
+# --- BF16 with ggml's rounding ---------------------------------------------------------------------
 
 
 def _fp32_to_bf16_bits(a: np.ndarray, out: np.ndarray) -> None:
@@ -203,12 +201,11 @@ def quantize(array: Any, qtype: Any, threads: int | None = None) -> np.ndarray:
     if name == "F32":
         out.view(np.float32)[...] = a
         return out
-    if name in ("F16", "BF16"):  # numpy releases the GIL in these loops: chunk them too
-        convert = _fp32_to_fp16_bits if name == "F16" else _fp32_to_bf16_bits
+    if name == "BF16":  # numpy releases the GIL in these loops: chunk them too
         bits = out.view(np.uint16)
 
         def work(r0: int, r1: int) -> None:
-            convert(a[r0:r1], bits[r0:r1])
+            _fp32_to_bf16_bits(a[r0:r1], bits[r0:r1])
 
     else:
         tid = _KERNEL[name][0]
