@@ -44,7 +44,7 @@ def planned_bytes(plan: Plan) -> int:
 
 def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress | None,
              allow_overflow: bool = False, manifest_extra: dict | None = None, store: str | None = None) -> RunResult:
-    hasher = SourceHasher(list(ckpt.paths))
+    hasher = SourceHasher(list(ckpt.paths), ckpt, plan)
     extra = dict(manifest_extra or {})
     reused: list[WrittenFile] = []
     with staged(out_dir) as stage:
@@ -262,7 +262,7 @@ def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *
         if dry_run or not plan.outputs:
             return RunResult(plan)
         _prepare_out_dir(out_dir, force)
-        hasher = SourceHasher(list(ckpt.paths))
+        hasher = SourceHasher(list(ckpt.paths), ckpt, plan)
         update = progress(planned_bytes(plan), plan.kind) if progress else None
         written = execute(plan, ckpt, out_dir, workers=workers, progress=update)
         sources = hasher.join()

@@ -7,12 +7,14 @@ Every operation but `zeros` preserves bytes, so a layout change is bit-exact; `z
 for a buffer an original file must carry but the diffusers model does not hold (Sana's pos_embed).
 `full` and `randn` (INIT_OPS with `zeros`) make new tensors from nothing but their arguments, for
 layers a transform adds (the TrigFlow guidance embedder): `randn` is seeded and generated on the CPU,
-so the same plan gives the same bytes on every machine. A fetch with a `device` attribute (the meta
-fetch of `shapes`) places them there, so shapes stay free.
+so the same plan gives the same bytes on every machine. A fetch with a `device` attribute (e.g. one
+that returns meta tensors) places them there. `shapes` needs no torch at all: it applies each op's
+shape rule in Python.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -135,16 +137,44 @@ def _init(op: str, a: tuple, device) -> torch.Tensor:
     return (torch.randn(shape, generator=gen, dtype=torch.float32) * a[2]).to(dtype=dtype, device=device)
 
 
-class _MetaFetch:
-    """Source tensors as meta tensors; its `device` keeps sourceless ops on meta too."""
-
-    device = "meta"
-
-    def __init__(self, source_shapes: Mapping[str, tuple[int, ...]]):
-        self.source_shapes = source_shapes
-
-    def __call__(self, name: str) -> torch.Tensor:
-        return torch.empty(self.source_shapes[name], device="meta")
+def _infer_shape(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape `e` evaluates to, by torch's rules for each op, in plain Python: evaluating on
+    the meta device gave the same answers but its first torch.cat imports torch._dynamo (~1.2 s
+    of every split's planning). A shape torch would refuse is a ValueError."""
+    op, a = e.op, e.args
+    if op == "src":
+        return tuple(source_shapes[a[0]])
+    if op in ("zeros", "full", "randn"):
+        return tuple(a[0])
+    if op == "arange":
+        return (1, a[0])
+    inner = _infer_shape(a[0], source_shapes) if op != "cat" else None
+    if op == "slice":
+        dim, start, stop = a[1] % len(inner) if inner else a[1], a[2], a[3]
+        if not inner or not 0 <= start <= stop <= inner[dim]:
+            raise ValueError(f"{e}: slice [{start}:{stop}] of dim {a[1]} outside {list(inner)}")
+        return inner[:dim] + (stop - start,) + inner[dim + 1:]
+    if op == "reshape":
+        shape, numel = list(a[1]), math.prod(inner)
+        if shape.count(-1) == 1:
+            rest = math.prod(x for x in shape if x != -1)
+            shape[shape.index(-1)] = numel // rest if rest and numel % rest == 0 else -1
+        if -1 in shape or math.prod(shape) != numel:
+            raise ValueError(f"{e}: cannot reshape {list(inner)} to {list(a[1])}")
+        return tuple(shape)
+    if op == "t":
+        if len(inner) > 2:
+            raise ValueError(f"{e}: t() of a {len(inner)}-d tensor")
+        return inner[::-1]
+    if op == "cat":
+        parts = [_infer_shape(p, source_shapes) for p in a[1:]]
+        rank = len(parts[0])
+        dim = a[0] % rank if rank else a[0]
+        if not rank or any(len(p) != rank or p[:dim] + p[dim + 1:] != parts[0][:dim] + parts[0][dim + 1:]
+                           for p in parts):
+            raise ValueError(f"{e}: cannot concatenate {[list(p) for p in parts]} along dim {a[0]}")
+        return parts[0][:dim] + (sum(p[dim] for p in parts),) + parts[0][dim + 1:]
+    raise ValueError(f"unknown op {op}")
 
 
 def rename(e: Expr, fn) -> Expr:
@@ -170,9 +200,8 @@ def apply(mapping: Mapping[str, Expr], fetch: Callable[[str], torch.Tensor]) -> 
 
 
 def shapes(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Output shapes without data: evaluate on the meta device."""
-    fetch = _MetaFetch(source_shapes)
-    return {name: tuple(e.evaluate(fetch).shape) for name, e in mapping.items()}
+    """Output shapes without data."""
+    return {name: _infer_shape(e, source_shapes) for name, e in mapping.items()}
 
 
 def identity(names, prefix_from: str = "", prefix_to: str = "") -> dict[str, Expr]:
@@ -181,7 +210,7 @@ def identity(names, prefix_from: str = "", prefix_to: str = "") -> dict[str, Exp
 
 
 def shape_of(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
-    return tuple(e.evaluate(_MetaFetch(source_shapes)).shape)
+    return _infer_shape(e, source_shapes)
 
 
 def invert(mapping: Mapping[str, Expr], source_shapes: Mapping[str, tuple[int, ...]],

@@ -3,8 +3,11 @@ it came from (source hash, family, per-component file, layout, dtypes, counts an
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 from ckptkit import __version__
@@ -12,28 +15,124 @@ from ckptkit.convert.execute import WrittenFile
 from ckptkit.convert.plan import Plan
 from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
-from ckptkit.formats.hashing import source_sha256
+from ckptkit.formats.hashing import cached_sha256, remember_sha256, source_sha256, stat_key
+from ckptkit.formats.safetensors import cached_fraction
 
 MANIFEST = "ckptkit.json"
 
 
 class SourceHasher:
-    """sha256 of the source file(s), read sequentially on a background thread while the executor
-    works (the reads mostly hit the page cache the executor fills); a file hashed before and not
-    changed since is served from the hash cache (formats/hashing.py)."""
+    """sha256 of the source file(s) for the manifest, on a background thread while the executor
+    works; a file hashed before and not changed since comes from the hash cache (formats/hashing.py).
 
-    def __init__(self, paths: list[Path]):
+    Reading the source a second time just to hash it would cost a second pass over the disk when
+    the source does not fit in the page cache. So, given the checkpoint and the plan, the hasher
+    trails the executor: it hashes a 16 MB piece of a safetensors source once the piece's pages are
+    in the page cache (mincore) or the executor has released every planned tensor in it, and reads
+    pieces that no planned tensor touches (dropped junk) straight away. What is left when the
+    executor finishes (`join`) is read then. The digest is the plain sha256 of the file either way.
+    """
+
+    CHUNK = 16 << 20
+    POLL = 0.05  # seconds between looks at the page cache while waiting for the executor
+
+    def __init__(self, paths: list[Path], ckpt=None, plan: Plan | None = None):
         self.paths = [p for p in paths if p.is_file()]
         self.result: dict[str, dict] = {}
+        self._error: CkptError | None = None
+        self._finished = threading.Event()  # the executor is done: read whatever is left
+        self._released = threading.Condition()
+        self._trail: dict[str, tuple[list[tuple[int, int]], set[int]]] = {}  # path -> (planned spans, released begins)
+        if ckpt is not None and plan is not None:
+            self._follow(ckpt, plan)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _follow(self, ckpt, plan: Plan) -> None:
+        from ckptkit.formats.safetensors import SafetensorsCheckpoint
+
+        by_file: dict[int, tuple[SafetensorsCheckpoint, set[str]]] = {}
+        for name in {n for out in plan.outputs for op in out.tensors for n in op.expr.sources()}:
+            part, inner = ckpt.source_of(name) if hasattr(ckpt, "source_of") else (ckpt, name)
+            if isinstance(part, SafetensorsCheckpoint):
+                by_file.setdefault(id(part), (part, set()))[1].add(inner)
+        for part, names in by_file.values():
+            if cached_sha256(part.path) is not None:
+                continue
+            released: set[int] = set()
+            self._trail[str(part.path)] = (sorted(part.raw_span(n) for n in names), released)
+
+            def hook(begin, _end, released=released):
+                with self._released:
+                    released.add(begin)
+                    self._released.notify_all()
+
+            part.release_hooks.append(hook)
+
+    @staticmethod
+    def _released_all(begin: int, end: int, spans, released, first: int) -> bool:
+        """Every planned tensor with bytes in [begin, end) was released by the executor."""
+        for b, e in spans[first:]:
+            if b >= end:
+                return True
+            if e > begin and b not in released:
+                return False
+        return True
+
+    def _wait_until_ready(self, fd: int, begin: int, end: int, spans, released, first: int) -> None:
+        while not self._finished.is_set():
+            with self._released:
+                if self._released_all(begin, end, spans, released, first):
+                    return
+            if cached_fraction(fd, begin, end) == 1.0:
+                return
+            with self._released:
+                if not self._finished.is_set():
+                    self._released.wait(self.POLL)
+
+    def _hash_trailing(self, path: Path, spans, released) -> str:
+        h = hashlib.sha256()
+        buf = memoryview(bytearray(self.CHUNK))
+        first = 0  # index of the first planned span that ends after `offset`
+        with open(path, "rb", buffering=0) as fh:
+            size, fd, offset = os.fstat(fh.fileno()).st_size, fh.fileno(), 0
+            while offset < size:
+                end = min(offset + self.CHUNK, size)
+                while first < len(spans) and spans[first][1] <= offset:
+                    first += 1
+                self._wait_until_ready(fd, offset, end, spans, released, first)
+                n = os.preadv(fd, [buf[:end - offset]], offset)
+                if n != end - offset:
+                    raise OSError(f"{path}: the file shrank while it was read")
+                h.update(buf[:n])
+                offset = end
+        return h.hexdigest()
+
     def _run(self):
+        try:
+            self._hash_all()
+        except OSError as exc:
+            self._error = CkptError(f"cannot hash the source: {exc}")
+
+    def _hash_all(self):
         for path in self.paths:
-            self.result[str(path)] = {"size": path.stat().st_size, "sha256": source_sha256(path)}
+            trail = self._trail.get(str(path))
+            st, started = path.stat(), time.time()
+            if trail is None:
+                digest = source_sha256(path)
+            else:
+                digest = self._hash_trailing(path, *trail)
+                if stat_key(path.stat()) == stat_key(st):
+                    remember_sha256(path, digest, st, hashed_at=started)
+            self.result[str(path)] = {"size": st.st_size, "sha256": digest}
 
     def join(self) -> dict[str, dict]:
+        self._finished.set()
+        with self._released:
+            self._released.notify_all()
         self._thread.join()
+        if self._error is not None:
+            raise self._error
         return self.result
 
 

@@ -35,8 +35,10 @@ def meta_model(class_name: str, config: dict):
 def diffusers_shapes(class_name: str, config: dict) -> dict[str, tuple[int, ...]]:
     """The state-dict names and shapes of a model built from `config` (text encoders with their
     `text_model.` names, as we write them)."""
-    from ckptkit.convert.layouts.hf_text import clip_original_name
+    from ckptkit.convert.layouts.hf_text import clip_original_name, clip_state_shapes
 
+    if class_name in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        return clip_state_shapes(config, with_projection=class_name.endswith("WithProjection"))
     state = meta_model(class_name, config).state_dict()
     shapes = {name: tuple(t.shape) for name, t in state.items()}
     if class_name.startswith("CLIPTextModel"):

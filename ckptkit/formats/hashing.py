@@ -42,7 +42,7 @@ def cache_dir() -> Path | None:
     return Path(base) / "ckptkit"
 
 
-def _key(st: os.stat_result) -> dict:
+def stat_key(st: os.stat_result) -> dict:
     return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "ctime_ns": st.st_ctime_ns}
 
@@ -65,7 +65,7 @@ def cached_sha256(path: str | os.PathLike) -> str | None:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("key") != _key(st) or data.get("path") != os.path.realpath(path):
+    if not isinstance(data, dict) or data.get("key") != stat_key(st) or data.get("path") != os.path.realpath(path):
         return None
     digest = data.get("sha256")
     return digest if isinstance(digest, str) and len(digest) == 64 else None
@@ -84,7 +84,7 @@ def remember_sha256(path: str | os.PathLike, digest: str, st: os.stat_result | N
             return
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": os.path.realpath(path), "key": _key(st), "sha256": digest}), "utf-8")
+        tmp.write_text(json.dumps({"path": os.path.realpath(path), "key": stat_key(st), "sha256": digest}), "utf-8")
         os.replace(tmp, entry)
     except OSError:
         return
@@ -97,6 +97,6 @@ def source_sha256(path: str | os.PathLike) -> str:
         return digest
     st, started = os.stat(path), time.time()
     digest = file_sha256(path)
-    if _key(os.stat(path)) == _key(st):  # unchanged while we read it
+    if stat_key(os.stat(path)) == stat_key(st):  # unchanged while we read it
         remember_sha256(path, digest, st, hashed_at=started)
     return digest

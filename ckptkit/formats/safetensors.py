@@ -128,6 +128,9 @@ class SafetensorsCheckpoint(Checkpoint):
         # name -> the live uint8 window its loaded tensors share (see _window)
         self._windows: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._windows_lock = threading.Lock()
+        # called with (begin, end) file offsets when the last user of a loaded tensor lets go of it
+        # (the source hasher trails the executor with it: manifest.py SourceHasher)
+        self.release_hooks: list = []
 
     def raw_span(self, name: str) -> tuple[int, int]:
         """Absolute (begin, end) file offsets of a tensor's bytes."""
@@ -156,7 +159,7 @@ class SafetensorsCheckpoint(Checkpoint):
             if window is None:
                 begin, end = self.raw_span(name)
                 window = np.frombuffer(self._mmap, dtype=np.uint8, count=end - begin, offset=begin)
-                weakref.finalize(window, _release_pages, self._mmap, begin, end).atexit = False
+                weakref.finalize(window, _release_pages, self._mmap, begin, end, self.release_hooks).atexit = False
                 _populate(window)
                 self._windows[name] = window
             return window
@@ -210,15 +213,30 @@ def _populate(window: np.ndarray) -> None:
             _madvise = None
 
 
-def _release_pages(mapping: mmap.mmap, begin: int, end: int) -> None:
+def _release_pages(mapping: mmap.mmap, begin: int, end: int, hooks: list = ()) -> None:
     """Drop the pages wholly inside [begin, end) from this process (never a page shared with a
-    neighbouring tensor); later reads fault them in again from the file."""
-    if not hasattr(mmap, "MADV_DONTNEED") or mapping.closed:
-        return
+    neighbouring tensor); later reads fault them in again from the file. Then tell the hooks."""
     start = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
     stop = end // mmap.PAGESIZE * mmap.PAGESIZE
-    if stop > start:
+    if hasattr(mmap, "MADV_DONTNEED") and not mapping.closed and stop > start:
         mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    for hook in hooks:
+        hook(begin, end)
+
+
+def cached_fraction(fd: int, begin: int, end: int) -> float | None:
+    """The fraction of the file's pages in [begin, end) that are in the page cache, or None where
+    the system cannot tell (no mincore; Linux answers only for files this user may write)."""
+    if _mincore is None or end <= begin:
+        return None
+    start = begin // mmap.PAGESIZE * mmap.PAGESIZE
+    try:
+        with mmap.mmap(fd, end - start, access=mmap.ACCESS_READ, offset=start) as m:
+            resident = np.empty(-(-(end - start) // mmap.PAGESIZE), dtype=np.uint8)
+            ok = _mincore(np.frombuffer(m, dtype=np.uint8).ctypes.data, end - start, resident.ctypes.data) == 0
+    except (OSError, ValueError, BufferError):
+        return None
+    return float((resident & 1).mean()) if ok else None
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:

@@ -161,3 +161,25 @@ def test_t5_reads_vocab_from_the_tied_copy_when_shared_is_absent():
     renamed = {("encoder.embed_tokens.weight" if n == "shared.weight" else n): s for n, s in shapes.items()}
     layout, base = get_layout("hf_t5"), t5xxl("").config
     assert layout.config_from_original(renamed, base) == layout.config_from_original(shapes, base)
+
+
+CLIP_CASES = {  # id: (class, config): every CLIP config of the tiny fixtures and the released families
+    f"{fx.name}-{c.name}": (c.diffusers_class, fx.config(c.name))
+    for fx in FIXTURES.values() for c in fx.components if c.diffusers_class.startswith("CLIPTextModel")
+}
+CLIP_CASES.update({f"released-{fam}-{c.name}": (cls, dict(c.config))
+                   for fam in ("sd1", "sd2", "sdxl", "sd3") for c in get_family(fam).components
+                   for cls in ("CLIPTextModel", "CLIPTextModelWithProjection")
+                   if c.diffusers_class.startswith("CLIPTextModel")})
+
+
+@pytest.mark.parametrize("class_name,config", CLIP_CASES.values(), ids=CLIP_CASES.keys())
+def test_clip_shapes_without_transformers_equal_the_real_class(class_name, config):
+    from ckptkit.convert.layouts.hf_text import clip_original_name, clip_state_shapes
+    from ckptkit.convert.models import meta_model
+
+    real = {clip_original_name(n): tuple(t.shape)
+            for n, t in meta_model(class_name, config).state_dict().items()}
+    ours = clip_state_shapes(config, class_name.endswith("WithProjection"))
+    assert list(ours.items()) == list(real.items())  # the same names in the same order (the write order)
+    assert list(diffusers_shapes(class_name, config)) == list(real)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ckptkit import pipeline
+from ckptkit.convert.manifest import SourceHasher
 from ckptkit.convert.split import SplitOptions
 from ckptkit.fixtures import factory
 from ckptkit.formats import hashing
@@ -25,6 +26,9 @@ def hashed(monkeypatch, tmp_path):
     calls: list[str] = []
     real = hashing.file_sha256
     monkeypatch.setattr(hashing, "file_sha256", lambda p: calls.append(Path(p).name) or real(p))
+    trailing = SourceHasher._hash_trailing
+    monkeypatch.setattr(SourceHasher, "_hash_trailing",
+                        lambda self, p, *a: calls.append(Path(p).name) or trailing(self, p, *a))
     return calls
 
 

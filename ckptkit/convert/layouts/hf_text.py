@@ -83,6 +83,29 @@ def clip_config(shapes: dict[str, tuple[int, ...]], base: dict, dims: dict[str, 
     return {**base, **config}
 
 
+def clip_state_shapes(config: dict, with_projection: bool) -> dict[str, tuple[int, ...]]:
+    """The state-dict names (`text_model.` form), in order, and shapes of transformers' CLIPTextModel
+    (`with_projection`: CLIPTextModelWithProjection) at `config`, without importing transformers or
+    building the model: importing it and building a meta model costs ~2.5 s, most of a comfy split
+    of SDXL's planning. tests/convert/test_config_text_mmdit.py checks these against the real class."""
+    h, inner = config["hidden_size"], config["intermediate_size"]
+    t = "text_model."
+    out = {t + "embeddings.token_embedding.weight": (config["vocab_size"], h),
+           t + "embeddings.position_embedding.weight": (config["max_position_embeddings"], h)}
+    for i in range(config["num_hidden_layers"]):
+        layer = f"{t}encoder.layers.{i}."
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            out[f"{layer}self_attn.{proj}.weight"], out[f"{layer}self_attn.{proj}.bias"] = (h, h), (h,)
+        out[f"{layer}layer_norm1.weight"], out[f"{layer}layer_norm1.bias"] = (h,), (h,)
+        out[f"{layer}mlp.fc1.weight"], out[f"{layer}mlp.fc1.bias"] = (inner, h), (inner,)
+        out[f"{layer}mlp.fc2.weight"], out[f"{layer}mlp.fc2.bias"] = (h, inner), (h,)
+        out[f"{layer}layer_norm2.weight"], out[f"{layer}layer_norm2.bias"] = (h,), (h,)
+    out[t + "final_layer_norm.weight"], out[t + "final_layer_norm.bias"] = (h,), (h,)
+    if with_projection:
+        out["text_projection.weight"] = (config["projection_dim"], h)
+    return out
+
+
 class HFClip:
     kind = "hf_clip"
 
