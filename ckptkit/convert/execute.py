@@ -168,6 +168,17 @@ def describe_file(out: OutputFile, path: Path, digest: str) -> WrittenFile:
                        sum(t.numel for t in out.tensors), dtypes)
 
 
+def in_source_order(outputs: list[OutputFile], source: Checkpoint) -> list[OutputFile]:
+    """The output files in the order their data sits in the source (a bundle stores its components
+    one after another, sorted by name; the family spec lists them another way): one sequential pass
+    over the source, the disk's best order, and the source hasher can trail it (manifest.py)."""
+    def first(out: OutputFile) -> tuple:
+        where = [source.position(n) for op in out.tensors for n in op.expr.sources()]
+        return min(where, default=())
+
+    return sorted(outputs, key=first)
+
+
 def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 1,
             progress: Callable[[int], None] | None = None, allow_overflow: bool = False) -> list[WrittenFile]:
     """Run a plan against its source checkpoint; returns what was written, with hashes."""
@@ -180,7 +191,7 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
     # lives until the end anyway: freeze it out of the collector's walks.
     gc.freeze()
     try:
-        for out in plan.outputs:
+        for out in in_source_order(plan.outputs, source):
             target = out_dir / out.path
             if out.format == "safetensors":
                 digest, _ = _write_safetensors(out, target, source, pool, max(2, workers), progress, allow_overflow)
@@ -189,6 +200,7 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
 
                 digest, _ = write_gguf(out, target, source, pool, max(2, workers), progress)
             written.append(describe_file(out, target, digest))
+        written.sort(key=lambda w: [o.path for o in plan.outputs].index(w.path))  # the plan's order
         for rel, text in plan.sidecars.items():
             from ckptkit.formats.atomic import atomic_write
 

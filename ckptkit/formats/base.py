@@ -58,6 +58,11 @@ class Checkpoint:
     def _load(self, name: str) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def position(self, name: str) -> tuple[int, ...]:
+        """Where a tensor's data sits (sortable: file, offset), so a reader of many tensors can
+        go through the file(s) in order; () where the format does not say."""
+        return ()
+
     @property
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())

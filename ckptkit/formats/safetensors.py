@@ -137,6 +137,9 @@ class SafetensorsCheckpoint(Checkpoint):
         begin, end = self._spans[name]
         return self._data_start + begin, self._data_start + end
 
+    def position(self, name: str) -> tuple[int, ...]:
+        return (self.raw_span(name)[0],)
+
     def _load(self, name: str) -> torch.Tensor:
         info = self.tensors[name]
         dtype = DTYPES[info.dtype][0]

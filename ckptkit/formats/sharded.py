@@ -38,6 +38,10 @@ class CompositeCheckpoint(Checkpoint):
         member, inner = self._route[name]
         return member.load(inner)
 
+    def position(self, name: str) -> tuple[int, ...]:
+        member, inner = self._route[name]
+        return (list(self.members.values()).index(member), *member.position(inner))
+
     def close(self) -> None:
         for member in self.members.values():
             member.close()

@@ -93,3 +93,16 @@ def test_cached_fraction_sees_a_file_just_read(source):
     with open(source, "rb") as fh:
         frac = cached_fraction(fh.fileno(), 0, source.stat().st_size)
     assert frac is None or frac == 1.0  # None only where the system cannot tell
+
+
+def test_outputs_run_in_source_order_and_are_reported_in_plan_order(source, tmp_path):
+    from ckptkit.convert.execute import execute, in_source_order
+
+    ckpt = SafetensorsCheckpoint(source)
+    late = OutputFile("b.safetensors", "b", "original", [TensorOp("w", src("b.weight"), (4096,), "F32", "F32")])
+    early = OutputFile("a.safetensors", "a", "original", [TensorOp("w", src("a.weight"), (4096,), "F32", "F32")])
+    plan = Plan("split", "bundle", [late, early])
+    assert [o.path for o in in_source_order(plan.outputs, ckpt)] == ["a.safetensors", "b.safetensors"]
+    written = execute(plan, ckpt, tmp_path)
+    assert [w.path for w in written] == ["b.safetensors", "a.safetensors"]
+    ckpt.close()
