@@ -760,6 +760,9 @@ def main() -> None:
         specs = bundle_specs(model, with_t5)
         size = data_bytes(specs)
         free = shutil.disk_usage(args.workdir).free
+        kept = args.workdir / f"bench_split_{model}.safetensors"
+        if kept.exists():  # a bundle kept from an earlier run (--keep) is reused or replaced: its space counts
+            free += kept.stat().st_size
         need = 2 * size + GB // 2  # the bundle + one route's output (about the bundle) + headers, manifests
         headroom = args.disk_headroom_gb * GB
         if model == "flux" and with_t5 and (need > args.disk_budget_gb * GB or need > free - headroom):
