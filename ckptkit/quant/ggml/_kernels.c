@@ -442,6 +442,20 @@ static inline int needs_scalar(uint32_t amax_bits, float id) {
     return amax_bits >= UINT32_C(0x7F800000) || fabsf(id) > FLT_MAX;
 }
 
+/* The scalar part of a Q8_0 block, as the reference does it: d from the block's max, id = 1/d, the
+ * fp16 scale stored. Returns 0 when the block went to the scalar reference instead (see needs_scalar). */
+static inline int q8_0_block_scale(uint32_t amax_bits, const float * xb, block_q8_0 * yb, float * id_out) {
+    const float d = fp32_from_bits(amax_bits) / ((1 << 7) - 1);
+    const float id = d ? 1.0f/d : 0.0f;
+    if (needs_scalar(amax_bits, id)) {
+        quantize_row_q8_0_ref(xb, yb, QK8_0);
+        return 0;
+    }
+    yb->d = GGML_FP32_TO_FP16(d);
+    *id_out = id;
+    return 1;
+}
+
 /* The helpers below work on one 32-value block as four (AVX2) or two (AVX-512) vectors, written out
  * rather than as arrays and loops: GCC -O2 does not unroll those and round-trips them through the
  * stack, which halved the speed. */
@@ -493,13 +507,10 @@ static void quantize_row_q8_0_avx2(const float * restrict x, block_q8_0 * restri
         const __m256i m23 = _mm256_max_epi32(abs_bits_avx2(v2), abs_bits_avx2(v3));
         const uint32_t amax_bits = hmax_epi32_avx2(_mm256_max_epi32(m01, m23));
 
-        const float d = fp32_from_bits(amax_bits) / ((1 << 7) - 1);
-        const float id = d ? 1.0f/d : 0.0f;
-        if (needs_scalar(amax_bits, id)) {
-            quantize_row_q8_0_ref(xb, y + i, QK8_0);
+        float id;
+        if (!q8_0_block_scale(amax_bits, xb, y + i, &id)) {
             continue;
         }
-        y[i].d = GGML_FP32_TO_FP16(d);
 
         const __m256 vid = _mm256_set1_ps(id);
         const __m256i q = pack_bytes_avx2(q8_0_round_avx2(v0, vid), q8_0_round_avx2(v1, vid),
@@ -533,13 +544,10 @@ static void quantize_row_q8_0_avx512(const float * restrict x, block_q8_0 * rest
         const __m512i a1 = _mm512_and_si512(_mm512_castps_si512(v1), abs_mask);
         const uint32_t amax_bits = (uint32_t) _mm512_reduce_max_epi32(_mm512_max_epi32(a0, a1));
 
-        const float d = fp32_from_bits(amax_bits) / ((1 << 7) - 1);
-        const float id = d ? 1.0f/d : 0.0f;
-        if (needs_scalar(amax_bits, id)) {
-            quantize_row_q8_0_ref(xb, y + i, QK8_0);
+        float id;
+        if (!q8_0_block_scale(amax_bits, xb, y + i, &id)) {
             continue;
         }
-        y[i].d = GGML_FP32_TO_FP16(d);
 
         const __m512 vid = _mm512_set1_ps(id);
         _mm_storeu_si128((__m128i *) y[i].qs, q8_0_round_avx512(v0, vid));
