@@ -177,6 +177,46 @@ def test_safetensors_reader_gives_pages_back_when_tensors_are_freed(tmp_path):
         assert ckpt.load("w").sum().item() == 2**24  # still readable afterwards
 
 
+def mapped_kb(path: Path) -> int:
+    """RSS of this process's mappings of `path` (/proc/self/smaps)."""
+    total, current = 0, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and all(c in "0123456789abcdef-" for c in head[0]):
+            current = head[5] if len(head) > 5 else None
+        elif line.startswith("Rss:") and current == str(path):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_out_of_order_loads_do_not_leave_neighbours_mapped(tmp_path):
+    """The page cache maps large folios whole, so a load maps its neighbours' bytes too; a pass in
+    any order (a diffusers-layout UNet is written out of file order) must still end with nothing
+    mapped, and never drop the pages of a tensor still in use (its in-place change survives)."""
+    import random
+
+    path = tmp_path / "many.safetensors"
+    sizes = [1000 + 7919 * i % 60000 for i in range(600)]  # 4-240 KB, unaligned: neighbours share pages
+    save_safetensors(path, {f"t{i:03d}": torch.full((n,), float(i)) for i, n in enumerate(sizes)})
+    names = [f"t{i:03d}" for i in range(len(sizes))]
+    random.Random(0).shuffle(names)
+    with open_checkpoint(path) as ckpt:
+        keep = ckpt.load("t300")
+        keep.add_(1000)  # an in-place change in a live tensor, in pages it shares with t299 and t301
+        for name in names:
+            if name != "t300":
+                t = ckpt.load(name)
+                assert t[0].item() == int(name[1:])
+                del t
+        gc.collect()
+        assert keep.eq(1300).all()
+        assert mapped_kb(path) < 1024 + keep.numel() * 4 // 1024  # only `keep`'s pages and their folio
+        del keep
+        gc.collect()
+        assert mapped_kb(path) < 64
+
+
 def test_safetensors_loads_of_one_tensor_stay_aliased(tmp_path):
     path = tmp_path / "a.safetensors"
     save_safetensors(path, {"w": torch.zeros(4096)})
