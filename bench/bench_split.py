@@ -592,7 +592,10 @@ NOTES = """\
 Routes: **cp + sync** = `cp BUNDLE DST && sync DST`, the disk's limit. **ckptkit split** = the CLI,
 `ckptkit split BUNDLE -o OUT --layout comfy|diffusers --workers N`: it writes every component file
 atomically (fsync + rename), hashes every output (sha256, a thread) and the source (sha256, another
-thread, manifest.py SourceHasher) for `ckptkit.json`; `comfy` converts clip_g from OpenCLIP to
+thread, manifest.py SourceHasher) for `ckptkit.json`. Every split route gets an empty hash cache
+(`CKPTKIT_CACHE_DIR` set to a fresh folder), as a first split of a download has; the `-cached`
+routes get one that already holds the source's hash (filled untimed before the route), as a second
+split or a quantization of the same file has; `comfy` converts clip_g from OpenCLIP to
 transformers names, `diffusers` converts every component and writes the config files. **naive** =
 `safetensors.torch.load_file(BUNDLE)` then `save_file` of each component's tensors with the prefix
 stripped, then fsync: no conversion, no hashes, no manifest, no atomic rename. safetensors 0.8
@@ -624,81 +627,6 @@ before every route (posix_fadvise DONTNEED), because a bundle the size of RAM ca
 and a warm state would not be the same for every route. The machine is shared (other engineers'
 tests run on its 2 CPUs): wall times move with the load, CPU seconds much less; routes run in
 rounds so that a change of load hits all of them.
-"""
-
-
-ANALYSIS = """\
-### What limits `ckptkit split`, and the fix
-
-**Where the time goes** (the py-spy profiles above; perf by hand): the copy itself is cp's work:
-the main thread spends 30-50 % of its samples in write(2) (`_HashingFile.write`), i.e. the kernel
-copying into the page cache, the largest kernel symbol in perf (`copy_folio_from_iter_atomic`), and
-the `bare` rows (the bundle copied mmap -> write(2) with no ckptkit) run at cp's speed once the
-pages are mapped. On top of it split does, on 2 CPUs:
-- **two sha256 passes**: the output, hashed while it is written (execute.py `_Hasher` thread), and
-  the source, re-read and hashed by manifest.py `SourceHasher` (a thread). sha256 runs at about
-  1.9 GB/s per core here, so that is about 7 CPU s for SDXL and 25 for FLUX, as much CPU as cp's
-  whole run. With both off (diagnostic rows) split's CPU falls from 22 to 14 s (SDXL) and from 59 to
-  25 s (FLUX).
-- **a fixed start-up** of about 3.5 s at load 2.5 (by hand: imports 1.2 s, planning 2.4 s),
-  most of it importing diffusers and torch._dynamo: `convert/layouts/__init__.py` `_load_all()`
-  imports every layout module, and `layouts/mmdit.py` imports `diffusers.loaders.single_file_utils`
-  at module level, for every family and layout. Under load it was 31 % of the main thread's samples
-  on SDXL, 3 % on FLUX.
-- **thread hand-offs**: 3-4 threads share the GIL. The main thread's samples in `tensor_bytes`
-  (6-9 %) are GIL waits (the call takes 3 us on its own); `_release_pages` calls `mmap.madvise
-  (MADV_DONTNEED)`, which holds the GIL (4 % of the main thread with hashing off).
-
-The other engineers' test runs keep the 2 CPUs busy (load average 3-7 during these runs), so CPU
-seconds turn into wall seconds: split needs about 3.5x cp's CPU on SDXL (22 vs 6 s) and 2.5x on
-FLUX (59 vs 24 s), which is what keeps it at 0.3-0.65x cp here. On a quieter moment (load 1-2,
-by hand: `--models sdxl --cache warm --routes cp,comfy-w1,comfy-w2,comfy-w2-noprefault,comfy-w2-nohash,diffusers-w2,diffusers-own --repeat 3 --no-doc`)
-SDXL split took 16.4 s (median; w1 16.6 s) against cp's 6.7 s (5.0-16.1 s), with hashing off 15.0 s:
-the start-up and the per-tensor Python work (2,641 output tensors) weigh as much as the hashing
-on a 6.9 GB bundle. `--workers 2` vs `--workers 1`: no consistent difference for plain copies
-(the pool only loads the next tensors); in the FLUX single round -w2 was 16 % faster for comfy and
-equal for diffusers, each at a different load.
-
-**diffusers' own route** is as fast as `split --layout diffusers` here, not 3x slower: with
-safetensors 0.8, load_file maps the file lazily and save_file writes straight from the tensors'
-memory, so a from_single_file + save_pretrained that keeps the dtype is I/O-bound too, and it hashes
-nothing. Its cost is memory: it maps the whole bundle (peak RSS 7.7 GB for SDXL, 18.3 GB for FLUX of
-which 7.5 GB anonymous) against 0.6-0.8 GB for split. The 3x holds against diffusers' call without
-torch_dtype, which builds float32 models: stopped by the watchdog at 12 GB of anonymous memory;
-measured once by hand with the limit at 16 GB (load about 7): 59.3 s, peak RSS 17.4 GB (14.4 GB
-anonymous), 13.9 GB written (float32), while `split --layout diffusers --workers 2` took 37.1 s and
-0.8 GB in the same hour (1.6x faster, 1/21 of the memory).
-
-**Fix made** (ckptkit/formats/safetensors.py, `_populate`): the reader maps a loaded tensor's
-pages with one `madvise(MADV_POPULATE_READ)` (libc through ctypes: `mmap.madvise` holds the GIL)
-when they are all in the page cache (`mincore`). Before, write(2) was given a buffer whose pages
-were not mapped yet: ext4's `generic_perform_write` copies with page faults disabled, so each copy
-stopped at the first missing page, zeroed the rest of the new block (`folio_zero_new_buffers`:
-2.4 % of all CPU samples in perf), faulted the page in (`fault_in_readable`) and retried. Bare copy
-of the bundle (rows above): 6.1/10.9/6.7 s with the populate against 13.1/13.6/7.9 s without.
-`ckptkit split --layout comfy` of the warm SDXL bundle, paired rounds, with / without:
--w1 28.5/23.8/23.9 vs 33.1/31.1/29.2 s and -w2 28.2/23.0/24.3 vs 34.9/28.1/27.6 s (the main run above,
-load 4-7); by hand at load about 4: -w1 15.9/17.7/20.2 vs 17.3/19.1/15.3 s, -w2 18.1/12.9/15.6 vs
-18.1/15.7/16.6 s; at load 1-2: -w2 16.9/16.4/16.4 vs 17.5/15.9/15.2 s. So it helps when the CPUs are
-contended (up to a fifth of the wall time) and is neutral on an idle machine; peak RSS is unchanged
-(the pages are those of the tensors in flight, given back as before). A first version populated
-every tensor, cached or not: on a cold cache that made the read synchronous and measured slower
-(SDXL `--cache cold`, -w2: 26.9/18.1/28.2 vs 25.1/18.6/21.7 s; with MADV_WILLNEED for uncached
-pages instead, -w2 29.0/18.9/26.9 vs 24.8/16.9/22.4 s), hence the mincore test: pages not all
-cached are left to fault as before. The FLUX rows (cold cache) were measured with that first
-version; with the final one a cold run does what the `without MADV_POPULATE_READ` row does.
-
-**Tried, not kept** (the `bare` rows): larger write pieces (64 MB instead of 16 MB) were no faster;
-`os.copy_file_range` for pure-copy tensors costs about what populate + write costs, and the output
-hash must still read every byte in user space, so it would not lower split's CPU.
-
-**Left for the owners of those files** (not changed here): import diffusers lazily in
-`layouts/mmdit.py` (inside the function that calls `convert_sd3_transformer_checkpoint_to_diffusers`):
-about 3 s of every split; `formats/hashing.py` `file_sha256` (SourceHasher) reads into a fresh 16 MB
-bytes per piece, a copy plus page faults on new memory (hashing through a mapping or `readinto` one
-buffer saves about 1 CPU s per 7 GB); `_release_pages` could use the same ctypes madvise so that
-MADV_DONTNEED runs without the GIL. Only dropping or overlapping the two sha256 passes would bring
-split near cp on 2 busy CPUs (e.g. skipping the source hash when the caller already has it).
 """
 
 
@@ -854,9 +782,17 @@ def render(stored: dict, workdir: Path) -> str:
                      + "".join(f"- {n}\n" for n in rec["notes"]) + "\n" + table(rows) + "\n\nTargets:\n\n"
                      + "".join(f"- {v}\n" for v in verdicts(rows))
                      + (f"\nProfile (`--profile`):\n\n```\n{rec['profile']}\n```\n" if rec.get("profile") else ""))
-    parts.append("### How it was measured\n\n" + NOTES)
-    parts.append(ANALYSIS)
+    parts.append(kept_prose())
     return "\n".join(parts)
+
+
+def kept_prose() -> str:
+    """The hand-written part of the section (how it was measured, what limits split and what was
+    done about it) as it stands in docs/BENCHMARKS.md: a re-run replaces the tables, not the analysis;
+    NOTES when the document has none yet."""
+    text = DOC.read_text() if DOC.exists() else ""
+    m = re.search(rf"^{re.escape(SECTION)}\n.*?(^### How it was measured\n.*?)(?=^## |\Z)", text, re.S | re.M)
+    return m.group(1).rstrip("\n") + "\n" if m else "### How it was measured\n\n" + NOTES
 
 
 if __name__ == "__main__":
