@@ -44,10 +44,9 @@ def planned_bytes(plan: Plan) -> int:
 
 def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress | None,
              allow_overflow: bool = False, manifest_extra: dict | None = None, store: str | None = None) -> RunResult:
-    hasher = SourceHasher(list(ckpt.paths), ckpt, plan)
     extra = dict(manifest_extra or {})
     reused: list[WrittenFile] = []
-    with staged(out_dir) as stage:
+    with SourceHasher(list(ckpt.paths), ckpt, plan) as hasher, staged(out_dir) as stage:
         if store:
             plan, reused, extra["store"] = _reuse_from_store(plan, ckpt, stage, Path(store), workers)
         update = progress(planned_bytes(plan), plan.kind) if progress else None
@@ -262,10 +261,10 @@ def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *
         if dry_run or not plan.outputs:
             return RunResult(plan)
         _prepare_out_dir(out_dir, force)
-        hasher = SourceHasher(list(ckpt.paths), ckpt, plan)
-        update = progress(planned_bytes(plan), plan.kind) if progress else None
-        written = execute(plan, ckpt, out_dir, workers=workers, progress=update)
-        sources = hasher.join()
+        with SourceHasher(list(ckpt.paths), ckpt, plan) as hasher:
+            update = progress(planned_bytes(plan), plan.kind) if progress else None
+            written = execute(plan, ckpt, out_dir, workers=workers, progress=update)
+            sources = hasher.join()
         manifest = build_manifest(plan, written, sources, {"trigflow": transform_record(plan, sources)})
         write_manifest(out_dir, manifest)
         remember_outputs(out_dir, written)

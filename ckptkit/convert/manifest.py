@@ -15,7 +15,7 @@ from ckptkit.convert.execute import WrittenFile
 from ckptkit.convert.plan import Plan
 from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
-from ckptkit.formats.hashing import cached_sha256, remember_sha256, source_sha256, stat_key
+from ckptkit.formats.hashing import cached_sha256, remember_sha256, stat_key
 from ckptkit.formats.safetensors import cached_fraction
 
 MANIFEST = "ckptkit.json"
@@ -40,6 +40,7 @@ class SourceHasher:
         self.paths = [p for p in paths if p.is_file()]
         self.result: dict[str, dict] = {}
         self._error: CkptError | None = None
+        self._cancelled = False
         self._finished = threading.Event()  # the executor is done: read whatever is left
         self._released = threading.Condition()
         self._trail: dict[str, tuple[list[tuple[int, int]], set[int]]] = {}  # path -> (planned spans, released begins)
@@ -90,7 +91,8 @@ class SourceHasher:
                 if not self._finished.is_set():
                     self._released.wait(self.POLL)
 
-    def _hash_trailing(self, path: Path, spans, released) -> str:
+    def _hash_file(self, path: Path, spans, released) -> str | None:
+        """sha256 of the file, piece by piece as the pieces become ready; None when cancelled."""
         h = hashlib.sha256()
         buf = memoryview(bytearray(self.CHUNK))
         first = 0  # index of the first planned span that ends after `offset`
@@ -101,6 +103,8 @@ class SourceHasher:
                 while first < len(spans) and spans[first][1] <= offset:
                     first += 1
                 self._wait_until_ready(fd, offset, end, spans, released, first)
+                if self._cancelled:
+                    return None
                 n = os.preadv(fd, [buf[:end - offset]], offset)
                 if n != end - offset:
                     raise OSError(f"{path}: the file shrank while it was read")
@@ -116,24 +120,40 @@ class SourceHasher:
 
     def _hash_all(self):
         for path in self.paths:
-            trail = self._trail.get(str(path))
-            st, started = path.stat(), time.time()
-            if trail is None:
-                digest = source_sha256(path)
-            else:
-                digest = self._hash_trailing(path, *trail)
-                if stat_key(path.stat()) == stat_key(st):
+            digest = cached_sha256(path)
+            if digest is None:
+                st, started = path.stat(), time.time()
+                digest = self._hash_file(path, *self._trail.get(str(path), ([], set())))
+                if digest is None:
+                    return
+                if stat_key(path.stat()) == stat_key(st):  # unchanged while it was read
                     remember_sha256(path, digest, st, hashed_at=started)
-            self.result[str(path)] = {"size": st.st_size, "sha256": digest}
+            self.result[str(path)] = {"size": path.stat().st_size, "sha256": digest}
 
     def join(self) -> dict[str, dict]:
+        """The hashes, once the executor is done (whatever it left unread is read now)."""
+        self._stop_waiting()
+        if self._error is not None:
+            raise self._error
+        return self.result
+
+    def cancel(self) -> None:
+        """Stop hashing (the run failed): the thread ends at its next piece."""
+        self._cancelled = True
+        self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
         self._finished.set()
         with self._released:
             self._released.notify_all()
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self.result
+
+    def __enter__(self) -> "SourceHasher":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.cancel()
 
 
 def build_manifest(plan: Plan, written: list[WrittenFile], sources: dict[str, dict], extra: dict | None = None) -> dict:

@@ -26,9 +26,9 @@ def hashed(monkeypatch, tmp_path):
     calls: list[str] = []
     real = hashing.file_sha256
     monkeypatch.setattr(hashing, "file_sha256", lambda p: calls.append(Path(p).name) or real(p))
-    trailing = SourceHasher._hash_trailing
-    monkeypatch.setattr(SourceHasher, "_hash_trailing",
-                        lambda self, p, *a: calls.append(Path(p).name) or trailing(self, p, *a))
+    hash_file = SourceHasher._hash_file
+    monkeypatch.setattr(SourceHasher, "_hash_file",
+                        lambda self, p, *a: calls.append(Path(p).name) or hash_file(self, p, *a))
     return calls
 
 

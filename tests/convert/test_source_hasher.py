@@ -106,3 +106,17 @@ def test_outputs_run_in_source_order_and_are_reported_in_plan_order(source, tmp_
     written = execute(plan, ckpt, tmp_path)
     assert [w.path for w in written] == ["b.safetensors", "a.safetensors"]
     ckpt.close()
+
+
+def test_a_failed_run_stops_the_hasher(source, monkeypatch):
+    """A run that fails mid-way (the hasher still waiting for the executor) leaves no thread behind
+    reading the source."""
+    monkeypatch.setattr(manifest, "cached_fraction", lambda *a: None)
+    ckpt = SafetensorsCheckpoint(source)
+    with pytest.raises(RuntimeError, match="executor failed"):
+        with SourceHasher([source], ckpt, plan_reading("a.weight", "b.weight")) as hasher:
+            time.sleep(0.05)
+            assert hasher._thread.is_alive()  # waiting for a.weight
+            raise RuntimeError("executor failed")
+    assert not hasher._thread.is_alive() and hasher.result == {}
+    ckpt.close()
