@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptkit.errors import CkptError
+from ckptkit.errors import CkptError, ResourceError
 from ckptkit.verify.coverage import check_coverage, dominant_quant_type
 from ckptkit.verify.integrity import check_integrity
 from ckptkit.verify.layout import check_layout
@@ -135,6 +135,8 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
                 try:
                     step, onestep, images = check_onestep(cand, ref, limits, opts, e2e_limits)
                     findings.extend(step)
+                except ResourceError:  # this machine cannot run it: exit 2, not a verdict on the files
+                    raise
                 except CkptError as exc:  # the candidate cannot be built into a model (e.g. a missing tensor)
                     findings.add("onestep", None, "run", None, None, False, f"could not run: {exc}")
                 timings["onestep"] = round(time.perf_counter() - t0, 3)

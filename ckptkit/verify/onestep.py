@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ckptkit.errors import CkptError
+from ckptkit.errors import CkptError, ResourceError
 from ckptkit.convert.components import shipped_config
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
@@ -272,6 +272,37 @@ class _TimedCheckpoint:
         return getattr(self._ckpt, key)
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a model may still take on `device` (MemAvailable on the CPU, free memory on a GPU),
+    or None where the system does not say."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+MEMORY_HEADROOM = 0.85  # of what is available: the load also holds one source tensor and its cast
+
+
+def _check_memory(name: str, ckpt: Checkpoint, prefix: str, exclude, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, with a clear line, a model that cannot fit: a 12B FLUX.1 transformer in float32 is
+    48 GB, and an out-of-memory kill is no error message."""
+    skip = set(exclude)
+    numel = sum(info.numel for n, info in ckpt.tensors.items() if n.startswith(prefix) and n not in skip)
+    need = numel * (torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4)
+    avail = available_bytes(device)
+    if avail is not None and need > MEMORY_HEADROOM * avail:
+        raise ResourceError(f"1-step check: {name} needs {need / 1e9:.1f} GB as {str(dtype).removeprefix('torch.')} on "
+                        f"{device.type}, {avail / 1e9:.1f} GB available; use --dtype bfloat16, --device cuda, "
+                        "or --no-onestep")
+
+
 def _own_storage(model) -> None:
     """Copy tensors that still view the file's mmap into fresh (aligned) memory: CPU kernels pick
     their paths by alignment, and a tensor's offset in a file must not change the result."""
@@ -316,6 +347,7 @@ class _Run:
 
             config = source_config(mset.spec(name), local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names,
                                    None)
+        _check_memory(name, src.ckpt, src.prefix, src.exclude, dtype or self.dtype, self.device)
         model = load_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
                                dtype or self.dtype)
         if self.device.type == "cpu":

@@ -217,6 +217,30 @@ def test_unreadable_reference_or_missing_input_exits_2(sets, tmp_path):
     assert ckptkit("verify", sets("sd1")["q8"], "--against", tmp_path / "nothing").exit_code == 2
 
 
+def test_a_model_too_big_for_memory_is_refused_with_one_line(sets, monkeypatch):
+    """A 12B FLUX.1 in float32 is 48 GB: with too little memory the 1-step check refuses before
+    loading (exit 2, one line naming the way out) instead of being killed; --no-onestep still runs."""
+    from ckptkit.verify import onestep
+
+    monkeypatch.setattr(onestep, "available_bytes", lambda device: 10_000)  # 10 kB left
+    result = ckptkit("verify", sets("sd1")["q8"], "--against", sets("sd1")["bundle"], "--device", "cpu")
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckptkit: error: 1-step check: ")
+    assert "GB available" in lines[0] and "--no-onestep" in lines[0] and "Traceback" not in result.output
+    ok = ckptkit("verify", sets("sd1")["q8"], "--against", sets("sd1")["bundle"], "--no-onestep")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_available_memory_is_read():
+    import torch
+
+    from ckptkit.verify.onestep import available_bytes
+
+    avail = available_bytes(torch.device("cpu"))
+    assert avail is None or avail > 0
+
+
 def test_missing_tensor_fails_layout(sets):
     folder = sets.copy("sd3", "split", "missing")
     path = folder / "diffusion_model.safetensors"
