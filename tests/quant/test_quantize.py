@@ -234,7 +234,8 @@ def test_sdxl_conv_reshape_with_orig_shape(forms, quantized):
     assert first.tensor_type.name == "F16" and reader.get_field("comfy.gguf.orig_shape.input_blocks.0.0.weight") is None
     ck = open_checkpoint(path)
     assert ck.tensors[name].shape == (64, 64, 3, 3)
-    src = open_checkpoint(forms["sdxl"]["bundle"]).load("model.diffusion_model." + name).float()
+    with open_checkpoint(forms["sdxl"]["bundle"]) as bundle:
+        src = bundle.load("model.diffusion_model." + name).float()
     want = ggml.dequantize(ggml.quantize(src.reshape(144, 256), "Q4_K"), "Q4_K", (144, 256)).reshape(64, 64, 3, 3)
     assert torch.equal(ck.load(name), torch.from_numpy(want))
     # flux / sd3: no reshape

@@ -55,8 +55,19 @@ def bundles(tmp_path_factory):
     return get
 
 
+OPENED: list = []  # checkpoints the tests open; closed after each test (close_opened)
+
+
+@pytest.fixture(autouse=True)
+def close_opened():
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def _open(path):
     ck = open_checkpoint(path)
+    OPENED.append(ck)
     return ck, detect(ck)
 
 
@@ -188,7 +199,7 @@ def test_quantized_gguf_diffusion_model_borrows_the_rest_of_the_chain(bundles, t
 
 def test_dict_component_sets(bundles):
     path, _, det = bundles("flux_schnell")
-    ck = open_checkpoint(path)
+    ck, _ = _open(path)
     sources = {name: (ck, prefix, "original", None, frozenset(det.junk)) for name, prefix in det.components.items()}
     ref = model_set(sources, family="flux", variant="schnell")
     assert set(ref.sources) == set(det.components) and isinstance(ref.sources["vae"], ModelSource)
@@ -217,10 +228,10 @@ def test_flow_sana_against_its_trigflow_form(tmp_path):
     sprint_cfg = dict(flow_cfg, guidance_embeds=True, guidance_embeds_scale=0.1, timestep_scale=1000.0)
     save_safetensors(tmp_path / "flow.safetensors", state)
     save_safetensors(tmp_path / "sprint.safetensors", sprint)
-    ref = ModelSet("sana", "sana", {"diffusion_model": ModelSource(open_checkpoint(tmp_path / "flow.safetensors"),
+    ref = ModelSet("sana", "sana", {"diffusion_model": ModelSource(_open(tmp_path / "flow.safetensors")[0],
                                                                    names="diffusers", config=flow_cfg)})
     cand = ModelSet("sana", "sana-sprint",
-                    {"diffusion_model": ModelSource(open_checkpoint(tmp_path / "sprint.safetensors"), names="diffusers",
+                    {"diffusion_model": ModelSource(_open(tmp_path / "sprint.safetensors")[0], names="diffusers",
                                                     config=sprint_cfg)})
     result = run_onestep(ref, cand, device="cpu")
     assert (result.sampler, result.candidate_sampler) == ("flow", "trigflow")
