@@ -200,7 +200,8 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
 
                 digest, _ = write_gguf(out, target, source, pool, max(2, workers), progress)
             written.append(describe_file(out, target, digest))
-        written.sort(key=lambda w: [o.path for o in plan.outputs].index(w.path))  # the plan's order
+        order = {o.path: i for i, o in enumerate(plan.outputs)}
+        written.sort(key=lambda w: order[w.path])  # reported in the plan's order
         for rel, text in plan.sidecars.items():
             from ckptkit.formats.atomic import atomic_write
 

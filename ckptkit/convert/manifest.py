@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 from ckptkit import __version__
@@ -15,7 +14,7 @@ from ckptkit.convert.execute import WrittenFile
 from ckptkit.convert.plan import Plan
 from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
-from ckptkit.formats.hashing import cached_sha256, remember_sha256, stat_key
+from ckptkit.formats.hashing import cached_sha256, source_sha256
 from ckptkit.formats.safetensors import cached_fraction
 
 MANIFEST = "ckptkit.json"
@@ -120,14 +119,10 @@ class SourceHasher:
 
     def _hash_all(self):
         for path in self.paths:
-            digest = cached_sha256(path)
-            if digest is None:
-                st, started = path.stat(), time.time()
-                digest = self._hash_file(path, *self._trail.get(str(path), ([], set())))
-                if digest is None:
-                    return
-                if stat_key(path.stat()) == stat_key(st):  # unchanged while it was read
-                    remember_sha256(path, digest, st, hashed_at=started)
+            trail = self._trail.get(str(path), ([], set()))
+            digest = source_sha256(path, lambda p: self._hash_file(p, *trail))
+            if digest is None:  # cancelled
+                return
             self.result[str(path)] = {"size": path.stat().st_size, "sha256": digest}
 
     def join(self) -> dict[str, dict]:

@@ -90,13 +90,15 @@ def remember_sha256(path: str | os.PathLike, digest: str, st: os.stat_result | N
         return
 
 
-def source_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a source file, served from the cache when the file is unchanged since it was hashed."""
+def source_sha256(path: str | os.PathLike, hash_file=None) -> str | None:
+    """sha256 of a source file, served from the cache when the file is unchanged since it was hashed;
+    else computed by `hash_file(path)` (default `file_sha256`) and remembered if the file did not
+    change while it was read. None when `hash_file` gave up (returned None)."""
     digest = cached_sha256(path)
     if digest is not None:
         return digest
     st, started = os.stat(path), time.time()
-    digest = file_sha256(path)
-    if stat_key(os.stat(path)) == stat_key(st):  # unchanged while we read it
+    digest = (hash_file or file_sha256)(path)
+    if digest is not None and stat_key(os.stat(path)) == stat_key(st):  # unchanged while we read it
         remember_sha256(path, digest, st, hashed_at=started)
     return digest

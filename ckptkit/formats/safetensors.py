@@ -206,18 +206,25 @@ def _libc(name: str, third):
 _madvise, _mincore = _libc("madvise", ctypes.c_int), _libc("mincore", ctypes.c_void_p)
 
 
+def _resident(addr: int, length: int) -> tuple[int, int, np.ndarray] | None:
+    """mincore over the pages of [addr, addr + length): (page-aligned start, length from it, one
+    byte per page, bit 0 set when the page is in the page cache), or None where mincore fails."""
+    if _mincore is None or length <= 0:
+        return None
+    start = addr // mmap.PAGESIZE * mmap.PAGESIZE
+    length += addr - start
+    pages = np.empty(-(-length // mmap.PAGESIZE), dtype=np.uint8)
+    return (start, length, pages) if _mincore(start, length, pages.ctypes.data) == 0 else None
+
+
 def _populate(window: np.ndarray) -> None:
     global _madvise
-    if _madvise is None or _mincore is None or not window.nbytes:
+    if _madvise is None:
         return
-    addr = window.ctypes.data
-    start = addr // mmap.PAGESIZE * mmap.PAGESIZE
-    length = addr + window.nbytes - start
-    resident = np.empty(-(-length // mmap.PAGESIZE), dtype=np.uint8)
-    if _mincore(start, length, resident.ctypes.data) != 0:
+    found = _resident(window.ctypes.data, window.nbytes)
+    if found is None or not (found[2] & 1).all():
         return
-    if not (resident & 1).all():
-        return
+    start, length, _ = found
     if _madvise(start, length, MADV_POPULATE_READ) != 0:
         if ctypes.get_errno() == errno.EINVAL:  # kernel < 5.14: reads fault page by page, as before
             _madvise = None
@@ -260,11 +267,10 @@ def cached_fraction(fd: int, begin: int, end: int) -> float | None:
     start = begin // mmap.PAGESIZE * mmap.PAGESIZE
     try:
         with mmap.mmap(fd, end - start, access=mmap.ACCESS_READ, offset=start) as m:
-            resident = np.empty(-(-(end - start) // mmap.PAGESIZE), dtype=np.uint8)
-            ok = _mincore(np.frombuffer(m, dtype=np.uint8).ctypes.data, end - start, resident.ctypes.data) == 0
+            found = _resident(np.frombuffer(m, dtype=np.uint8).ctypes.data, end - start)
     except (OSError, ValueError, BufferError):
         return None
-    return float((resident & 1).mean()) if ok else None
+    return float((found[2] & 1).mean()) if found is not None else None
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:

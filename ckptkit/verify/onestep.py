@@ -31,6 +31,7 @@ GGUF dequantization), forward. The per-family conventions are `recipes.RECIPES`.
 from __future__ import annotations
 
 import gc
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from pathlib import Path
 import torch
 
 from ckptkit.errors import CkptError, ResourceError
-from ckptkit.convert.components import shipped_config
+from ckptkit.convert.components import local_shapes, shipped_config
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.verify.conditioning import (assemble, encode, generator, missing_encoders, random_conditioning,
@@ -293,8 +294,7 @@ MEMORY_HEADROOM = 0.85  # of what is available: the load also holds one source t
 def _check_memory(name: str, ckpt: Checkpoint, prefix: str, exclude, dtype: torch.dtype, device: torch.device) -> None:
     """Refuse, with a clear line, a model that cannot fit: a 12B FLUX.1 transformer in float32 is
     48 GB, and an out-of-memory kill is no error message."""
-    skip = set(exclude)
-    numel = sum(info.numel for n, info in ckpt.tensors.items() if n.startswith(prefix) and n not in skip)
+    numel = sum(math.prod(shape) for shape in local_shapes(ckpt, prefix, set(exclude)).values())
     need = numel * (torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4)
     avail = available_bytes(device)
     if avail is not None and need > MEMORY_HEADROOM * avail:
