@@ -27,9 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchdoc import DOC, write_section  # bench/ is on sys.path when this runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Copy through reader -> writer: peak memory"
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 MB = 1e6
 GIB = 2**30
 HIDDEN = 4096
@@ -204,17 +205,6 @@ holds every tensor at once (`load_file` returns the whole dict), so its peak is 
 OLD_FIGURE = "peak RSS 4,584 MB for the 4,351 MB file, 1,361 MB for the 1,129 MB one"
 
 
-def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
@@ -270,7 +260,7 @@ def main() -> None:
                f"{tbl}\n\n{NOTES.format(old=OLD_FIGURE)}")
     print("\n" + tbl)
     if not args.no_doc:
-        write_doc(section)
+        write_section(SECTION, section)
         print(f"\nwrote {DOC.relative_to(ROOT)}")
 
 

@@ -52,10 +52,11 @@ import threading
 import time
 from pathlib import Path
 
+from benchdoc import DOC, write_section  # bench/ is on sys.path when this runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT.parent / "shared" / "manifests"
 SECTION = "## Split: real-shape SDXL and FLUX.1 bundles"
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 GB = 1e9
 MB = 1e6
 ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "I64": 8}
@@ -630,16 +631,6 @@ rounds so that a change of load hits all of them.
 """
 
 
-def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
@@ -766,7 +757,7 @@ def main() -> None:
                 src.unlink(missing_ok=True)
 
     if not args.no_doc and stored:
-        write_doc(render(stored, args.workdir))
+        write_section(SECTION, render(stored, args.workdir))
         print(f"wrote {DOC.relative_to(ROOT)} ({', '.join(stored)})")
 
 

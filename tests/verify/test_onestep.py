@@ -27,15 +27,6 @@ ALL = list(FIXTURES)
 WITH_TEXT = ["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux_schnell"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run as fast on one thread, and a busy machine does not make OpenMP spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     """fixture -> (path, state) of an F32 bundle; written on first use."""

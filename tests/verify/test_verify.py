@@ -33,15 +33,6 @@ ALL = list(FIXTURES)
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "verify-report.schema.json").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run as fast on one thread, and a busy machine does not make OpenMP spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Sets:
     """Per family, built on first use: the fp32 bundle, its `split` comfy set and a set with the
     diffusion model and text encoders quantized to Q8_0."""
@@ -233,8 +224,6 @@ def test_a_model_too_big_for_memory_is_refused_with_one_line(sets, monkeypatch):
 
 
 def test_available_memory_is_read():
-    import torch
-
     from ckptkit.verify.onestep import available_bytes
 
     avail = available_bytes(torch.device("cpu"))
