@@ -5,6 +5,7 @@ User errors (CkptError) become one line on stderr and exit code 2; no tracebacks
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -14,17 +15,54 @@ from ckptkit import __version__
 from ckptkit.errors import CkptError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup (staging folders, partial files) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _error_line(text: object) -> str:
+    """One line, whatever the message holds (names read from files may contain line breaks)."""
+    from ckptkit.formats.files import printable
+
+    return f"ckptkit: error: {printable(text)}"
+
+
 class Group(click.Group):
     def invoke(self, ctx):
+        import signal
+
+        import os
+        import warnings
+
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        if not os.environ.get("PYTHONWARNINGS"):  # libraries' warnings must not precede or bury our one line
+            warnings.simplefilter("ignore")
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option or argument: one line too
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(_error_line(f"{exc.format_message()}{hint}"), err=True)
+            ctx.exit(2)
         except CkptError as exc:
-            click.echo(f"ckptkit: error: {exc}", err=True)
+            click.echo(_error_line(exc), err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:  # disk full, permission denied, ...: the environment, not a bug
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"ckptkit: error: {where}{exc.strerror or exc}", err=True)
+            click.echo(_error_line(f"{where}{exc.strerror or exc}"), err=True)
             ctx.exit(2)
+        except RecursionError:  # a structure nested beyond what any reader checks (a bug, but never a traceback)
+            click.echo(_error_line("input nested too deeply to process"), err=True)
+            ctx.exit(2)
+        except MemoryError:
+            click.echo(_error_line("out of memory"), err=True)
+            ctx.exit(2)
+        except Terminated:
+            click.echo("ckptkit: terminated", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("ckptkit: interrupted", err=True)
             ctx.exit(130)
@@ -83,6 +121,10 @@ def _render_run(result, as_json: bool) -> None:
     if not result.written:
         click.echo(result.plan.describe())
         return
+    from ckptkit.formats.files import printable
+
+    for note in getattr(result, "notes", []):
+        click.echo(f"ckptkit: {printable(note)}", err=True)
     for w in result.written:
         click.echo(f"wrote {w.path}  {w.tensors} tensors, {human_bytes(w.bytes)}  sha256 {w.sha256[:16]}")
     dropped = len(result.plan.dropped)
@@ -90,9 +132,9 @@ def _render_run(result, as_json: bool) -> None:
         click.echo(f"dropped {dropped} tensors (listed in the manifest)" if result.manifest else f"dropped {dropped} tensors")
     for note in result.plan.notes:
         if note.startswith("warning:"):
-            click.echo(f"ckptkit: {note}", err=True)
+            click.echo(f"ckptkit: {printable(note)}", err=True)
         else:
-            click.echo(f"note: {note}")
+            click.echo(f"note: {printable(note)}")
     if result.manifest and result.manifest.get("store"):
         store = result.manifest["store"]
         click.echo(f"store: {store['reused']} component(s) already stored, {human_bytes(store['bytes_saved'])} saved")
@@ -148,11 +190,13 @@ def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_em
 
 def _prefixes(values) -> dict[str, str]:
     out = {}
+    from ckptkit.outputs import plain_name
+
     for value in values:
         name, sep, prefix = value.partition("=")
         if not sep or not name:
             raise CkptError(f"--prefix takes NAME=PREFIX, got {value!r}")
-        out[name] = prefix
+        out[plain_name(name, "--prefix: component name")] = prefix
     return out
 
 
@@ -257,15 +301,17 @@ def render_type_plan(plan) -> str:
         lines.append(f"{out.path}  [{out.component}, {out.format}]")
         width = max((len(t.name) for t in out.tensors), default=0)
         for t in out.tensors:
+            from ckptkit.formats.files import printable
+
             shape = "x".join(map(str, t.shape)) or "scalar"
-            lines.append(f"  {t.name:<{width}}  {shape:>16}  {t.dtype:<5} {human_bytes(t.nbytes):>9}"
+            lines.append(f"  {printable(t.name):<{width}}  {shape:>16}  {t.dtype:<5} {human_bytes(t.nbytes):>9}"
                          f"{'  ' + t.note if t.note else ''}")
     return "\n".join(lines)
 
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("--against", type=click.Path(exists=True, path_type=str),
+@click.option("--against", type=click.Path(path_type=str),
               help="The unquantized reference (bundle or component set) for the numeric and 1-step checks.")
 @click.option("--json", "as_json", is_flag=True, help="Every figure, machine-readable.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=str),
@@ -294,11 +340,28 @@ def verify(path, against, as_json, report_dir, device, compute_dtype, resolution
     opts = VerifyOptions(against=against, scan=not no_scan, onestep=not no_onestep, device=device,
                          dtype=compute_dtype, resolution=resolution, seed=seed,
                          overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim, max_rel_rms))
+    if report_dir:
+        from ckptkit.outputs import check_output
+
+        check_output(report_dir, [p for p in (path, against) if p], "dir")
     report = run_verify(path, opts)
     if report_dir:
         write_report_dir(report, report_dir)
     click.echo(json.dumps(report.to_json(), indent=2, default=str) if as_json else render(report))
+    if report.exit_code:
+        click.echo(f"ckptkit: verify: {verify_summary(report)}", err=True)
     sys.exit(report.exit_code)
+
+
+def verify_summary(report) -> str:
+    """The verdict in one line for logs (stderr): how many checks failed and the first of them."""
+    from ckptkit.formats.files import printable
+
+    failed = [r for r in report.results if r.passed is False]
+    first = failed[0] if failed else None
+    what = (f"; first: {first.check} {first.component or '-'} {first.metric}"
+            + (f" ({first.detail[:120]})" if first.detail else "")) if first else ""
+    return printable(f"FAIL: {len(failed)} of {len(report.results)} checks failed{what}")
 
 
 @cli.command()

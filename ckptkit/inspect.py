@@ -98,6 +98,11 @@ def _position_id_problems(ckpt: Checkpoint, det: Detection) -> list[Problem]:
             if det.form == "bundle":
                 problems.append(Problem("missing_position_ids", f"{comp}: position_ids absent (loaders rebuild them as arange)"))
             continue
+        info = ckpt.tensors[name]
+        if len(info.shape) not in (1, 2) or (len(info.shape) == 2 and info.shape[0] != 1) or info.numel > 1 << 20:
+            problems.append(Problem("broken_position_ids", f"{comp}: position_ids have shape {list(info.shape)}, "
+                                                           "not [N] or [1, N]", [name]))
+            continue
         ids = ckpt.load(name)
         expected = torch.arange(ids.shape[-1])
         as_loaded = ids.to(torch.int64).reshape(-1)  # what an int cast (truncation) gives loaders
@@ -124,6 +129,14 @@ def _problems(ckpt: Checkpoint, det: Detection, comps: list[ComponentReport]) ->
         problems.append(Problem("unknown_prefix", f"{len(det.unclaimed)} tensors under no known component prefix",
                                 det.unclaimed[:10]))
     problems.extend(_position_id_problems(ckpt, det))
+    empty = [n for n, t in ckpt.tensors.items() if 0 in t.shape]
+    if empty:
+        problems.append(Problem("zero_size", f"{len(empty)} tensors have a zero-sized dimension (no values)", empty[:10]))
+    integer = [n for n, t in ckpt.tensors.items() if n.endswith(".weight") and len(t.shape) >= 2
+               and t.dtype not in FLOAT_CODES and not t.dtype.startswith(("Q", "IQ", "TQ"))]
+    if integer:
+        problems.append(Problem("integer_weights", f"{len(integer)} weight tensors are stored as integers "
+                                                   f"({ckpt.tensors[integer[0]].dtype}), not floating point", integer[:10]))
     fp32 = [n for n, t in ckpt.tensors.items() if t.dtype in ("F32", "F64") and len(t.shape) >= 2
             and n not in det.ema]
     if fp32:

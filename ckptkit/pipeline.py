@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,6 +16,7 @@ from ckptkit.errors import CkptError
 from ckptkit.families.detect import detect
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.hashing import remember_sha256
+from ckptkit.outputs import output_dir, output_file
 
 Progress = Callable[[int, str], Callable[[int], None]]  # (total bytes, label) -> update(n)
 
@@ -28,25 +27,31 @@ class RunResult:
     written: list[WrittenFile] = field(default_factory=list)
     manifest: dict | None = None
     out_dir: str | None = None
-
-
-def _prepare_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CkptError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise CkptError(f"{out_dir}: output directory is not empty (use --force to write into it)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = field(default_factory=list)  # what the run did besides the plan (stale files removed)
 
 
 def planned_bytes(plan: Plan) -> int:
     return sum(t.nbytes for o in plan.outputs for t in o.tensors)
 
 
+def inputs_of(ckpt, *extra) -> list[Path]:
+    """Every path a run reads (the checkpoint's files and folders, plus extra ones given): no
+    output may be, contain or lie inside one of them (outputs.check_output)."""
+    return [Path(p) for p in [*ckpt.paths, *extra] if p]
+
+
 def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress | None,
-             allow_overflow: bool = False, manifest_extra: dict | None = None, store: str | None = None) -> RunResult:
+             allow_overflow: bool = False, manifest_extra: dict | None = None, store: str | None = None, *,
+             force: bool = False, inputs: list[Path] = (), before_manifest: Callable[[Path, dict], dict] | None = None
+             ) -> RunResult:
+    """Execute a plan into a folder through the staging path (outputs.output_dir): the component
+    files, then `before_manifest(stage, source hashes)` (extra files and manifest fields), then the
+    manifest; everything appears under its final name at the end or not at all."""
     extra = dict(manifest_extra or {})
     reused: list[WrittenFile] = []
-    with SourceHasher(list(ckpt.paths), ckpt, plan) as hasher, staged(out_dir) as stage:
+    notes: list[str] = []
+    with SourceHasher(list(ckpt.paths), ckpt, plan) as hasher, \
+            output_dir(out_dir, inputs or inputs_of(ckpt), force, notes) as stage:
         if store:
             plan, reused, extra["store"] = _reuse_from_store(plan, ckpt, stage, Path(store), workers)
         update = progress(planned_bytes(plan), plan.kind) if progress else None
@@ -55,10 +60,25 @@ def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress |
             for w in written:
                 _link(stage / w.path, _store_path(Path(store), w.sha256), into_store=True)
         written = reused + written
-        manifest = build_manifest(plan, written, hasher.join(), extra)
+        sources = hasher.join()
+        if before_manifest is not None:
+            extra.update(before_manifest(stage, sources))
+        manifest = build_manifest(plan, written, sources, extra)
         write_manifest(stage, manifest)
     remember_outputs(out_dir, written)
-    return RunResult(plan, written, manifest, str(out_dir))
+    return RunResult(plan, written, manifest, str(out_dir), notes)
+
+
+def run_plan_to_file(plan: Plan, ckpt, out: Path, workers: int, progress: Progress | None, *, force: bool = False,
+                     allow_overflow: bool = False, inputs: list[Path] = ()) -> RunResult:
+    """Execute a plan whose one output is the file `out` (merge, convert to original, quantize to
+    one file): checked and written atomically (outputs.output_file)."""
+    notes: list[str] = []
+    with output_file(out, inputs or inputs_of(ckpt), force, notes) as folder:
+        update = progress(planned_bytes(plan), plan.kind) if progress else None
+        written = execute(plan, ckpt, folder, workers=workers, progress=update, allow_overflow=allow_overflow)
+    remember_outputs(folder, written)
+    return RunResult(plan, written, None, str(folder), notes)
 
 
 def remember_outputs(out_dir: Path, written: list[WrittenFile]) -> None:
@@ -68,23 +88,6 @@ def remember_outputs(out_dir: Path, written: list[WrittenFile]) -> None:
         path = out_dir / w.path
         if path.is_file():
             remember_sha256(path, w.sha256)
-
-
-@contextlib.contextmanager
-def staged(out_dir: Path):
-    """Write a whole component set into a hidden folder inside `out_dir`, then move every file into
-    place; if anything fails, remove the folder, so a failed run leaves nothing behind (not even
-    the components that were complete)."""
-    stage = Path(tempfile.mkdtemp(prefix=".ckptkit-staging-", dir=out_dir))
-    try:
-        yield stage
-        files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: (p.name == "ckptkit.json", p))
-        for path in files:  # the manifest last: it only ever describes files already in place
-            target = out_dir / path.relative_to(stage)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _store_path(store: Path, digest: str) -> Path:
@@ -140,44 +143,60 @@ def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOpti
     with open_checkpoint(source) as ckpt:
         det = detect(ckpt)
         plan = plan_split(ckpt, det, opts)
+        folders = _tokenizer_folders(plan, tokenizer_from)
         if dry_run:
             return RunResult(plan)
-        _prepare_out_dir(out_dir, force)
-        extra = {"tokenizer": _tokenizers(plan, out_dir, tokenizer_from)}
-        return run_plan(plan, ckpt, out_dir, workers, progress, allow_overflow, extra, store)
+
+        def tokenizers(stage: Path, _sources) -> dict:
+            return {"tokenizer": _copy_tokenizers(plan, stage, tokenizer_from, folders)}
+
+        return run_plan(plan, ckpt, out_dir, workers, progress, allow_overflow, None, store, force=force,
+                        inputs=inputs_of(ckpt, tokenizer_from, source), before_manifest=tokenizers)
 
 
-def _tokenizers(plan: Plan, out_dir: Path, tokenizer_from: str | None) -> str:
-    """Tokenizer files cannot be derived from weights: copy `tokenizer*` folders when given."""
-    if plan.info.get("layout") != "diffusers":
-        return "not applicable"
-    if not tokenizer_from:
-        return "absent: pass --tokenizer-from DIR (a diffusers pipeline folder) to copy tokenizer files"
+def _tokenizer_folders(plan: Plan, tokenizer_from: str | None) -> list[Path]:
+    if plan.info.get("layout") != "diffusers" or not tokenizer_from:
+        return []
     src = Path(tokenizer_from)
     folders = sorted(p for p in src.glob("tokenizer*") if p.is_dir()) if src.is_dir() else []
     if not folders:
         raise CkptError(f"{src}: no tokenizer*/ folders to copy")
+    return folders
+
+
+def _copy_tokenizers(plan: Plan, stage: Path, tokenizer_from: str | None, folders: list[Path]) -> str:
+    """Tokenizer files cannot be derived from weights: copy `tokenizer*` folders (into the staging
+    folder, like everything a run writes) when given. Only regular files are copied."""
+    if plan.info.get("layout") != "diffusers":
+        return "not applicable"
+    if not tokenizer_from:
+        return "absent: pass --tokenizer-from DIR (a diffusers pipeline folder) to copy tokenizer files"
     for folder in folders:
-        shutil.copytree(folder, out_dir / folder.name, dirs_exist_ok=True)
-    return f"copied from {src}: {', '.join(p.name for p in folders)}"
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                target = stage / folder.name / path.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+    return f"copied from {tokenizer_from}: {', '.join(p.name for p in folders)}"
 
 
 def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool = False, dry_run: bool = False,
           workers: int = 1, progress: Progress | None = None) -> RunResult:
     from ckptkit.convert.merge import plan_merge
 
+    from ckptkit.outputs import check_output
+
     folder, output = Path(folder), Path(output)
     if not folder.is_dir():
         raise CkptError(f"{folder}: not a directory")
+    check_output(output, [folder], "file")
     if output.exists() and not force:
         raise CkptError(f"{output}: exists (use --force to replace it)")
     plan, ckpt = plan_merge(folder, output.name)
     with ckpt:
         if dry_run:
             return RunResult(plan)
-        update = progress(planned_bytes(plan), "merge") if progress else None
-        written = execute(plan, ckpt, output.parent, workers=workers, progress=update)
-    return RunResult(plan, written, None, str(output.parent))
+        return run_plan_to_file(plan, ckpt, output, workers, progress, force=force, inputs=inputs_of(ckpt, folder))
 
 
 def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, dtype: str = "keep",
@@ -200,16 +219,16 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
         plan = plan_convert_component(ckpt, det, layout, dtype, dest.name)
         if dry_run:
             return RunResult(plan)
+        inputs = inputs_of(ckpt, source)
         if layout == "diffusers":
-            _prepare_out_dir(dest, force)
-            out_dir = dest
-        else:
-            if dest.exists() and not force:
-                raise CkptError(f"{dest}: exists (use --force to replace it)")
-            out_dir = dest.parent
-        update = progress(planned_bytes(plan), "convert") if progress else None
-        written = execute(plan, ckpt, out_dir, workers=workers, progress=update, allow_overflow=allow_overflow)
-        return RunResult(plan, written, None, str(out_dir))
+            notes: list[str] = []
+            with output_dir(dest, inputs, force, notes) as stage:
+                update = progress(planned_bytes(plan), "convert") if progress else None
+                written = execute(plan, ckpt, stage, workers=workers, progress=update, allow_overflow=allow_overflow)
+            remember_outputs(dest, written)
+            return RunResult(plan, written, None, str(dest), notes)
+        return run_plan_to_file(plan, ckpt, dest, workers, progress, force=force, allow_overflow=allow_overflow,
+                                inputs=inputs)
 
 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
@@ -236,17 +255,10 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
         plan = plan_quantize(ckpt, src, policy, out.name if single else None, scan=scan, progress=scan_bar)
         if dry_run:
             return RunResult(plan)
+        inputs = inputs_of(ckpt, source)
         if single:
-            if out.exists() and not force:
-                raise CkptError(f"{out}: exists (use --force to replace it)")
-            if out.is_dir():
-                raise CkptError(f"{out}: is a directory")
-            update = progress(planned_bytes(plan), "quantize") if progress else None
-            written = execute(plan, ckpt, out.parent, workers=workers, progress=update)
-            remember_outputs(out.parent, written)
-            return RunResult(plan, written, None, str(out.parent))
-        _prepare_out_dir(out, force)
-        return run_plan(plan, ckpt, out, workers, progress)
+            return run_plan_to_file(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
+        return run_plan(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
 
 
 def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *, force: bool = False,
@@ -260,12 +272,5 @@ def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *
         plan = plan_trigflow(ckpt, detect(ckpt), opts or TrigFlowOptions())
         if dry_run or not plan.outputs:
             return RunResult(plan)
-        _prepare_out_dir(out_dir, force)
-        with SourceHasher(list(ckpt.paths), ckpt, plan) as hasher:
-            update = progress(planned_bytes(plan), plan.kind) if progress else None
-            written = execute(plan, ckpt, out_dir, workers=workers, progress=update)
-            sources = hasher.join()
-        manifest = build_manifest(plan, written, sources, {"trigflow": transform_record(plan, sources)})
-        write_manifest(out_dir, manifest)
-        remember_outputs(out_dir, written)
-        return RunResult(plan, written, manifest, str(out_dir))
+        return run_plan(plan, ckpt, out_dir, workers, progress, force=force, inputs=inputs_of(ckpt, source),
+                        before_manifest=lambda _stage, sources: {"trigflow": transform_record(plan, sources)})

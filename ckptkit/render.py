@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from ckptkit.formats.files import printable
 from ckptkit.inspect import InspectReport, human_bytes, human_count
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
+    """Aligned columns; cells are escaped (a name read from a file never breaks a line)."""
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
@@ -14,7 +17,7 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def inspect_report(r: InspectReport) -> str:
-    out = [f"{r.path}  [{r.format}]  {r.tensor_count} tensors, {human_bytes(r.total_bytes)}"]
+    out = [f"{printable(r.path)}  [{r.format}]  {r.tensor_count} tensors, {human_bytes(r.total_bytes)}"]
     if r.family:
         variant = f", variant {r.variant}" if r.variant else ""
         out.append(f"family: {r.family} ({r.family_title}){variant}; {r.form}; confidence {r.confidence:.2f}")
@@ -30,13 +33,13 @@ def inspect_report(r: InspectReport) -> str:
         out.append(table(rows, ["component", "role", "prefix", "tensors", "params", "bytes", "dtypes"]))
     for label, group in (("junk", r.junk), ("ema", r.ema), ("unclaimed", r.unclaimed)):
         if group["tensors"]:
-            names = ", ".join(group["names"][:4]) + (", ..." if group["tensors"] > 4 else "")
+            names = ", ".join(printable(n) for n in group["names"][:4]) + (", ..." if group["tensors"] > 4 else "")
             out.append(f"{label}: {group['tensors']} tensors, {human_bytes(group['bytes'])} ({names})")
     if r.nonfinite is not None and not r.nonfinite:
         out.append("scan: no NaN/Inf values")
     if r.problems:
         out.append("problems:")
-        out += [f"  - [{p.code}] {p.message}" for p in r.problems]
+        out += [f"  - [{p.code}] {printable(p.message)}" for p in r.problems]
     else:
         out.append("problems: none")
     return "\n".join(out)

@@ -35,7 +35,10 @@ def shipped_config(ckpt: Checkpoint, names: str, prefix: str) -> dict | None:
     derived from the shapes instead."""
     if names != "diffusers":
         return None
-    return getattr(ckpt, "members", {})[prefix.rstrip("/")].config if prefix else ckpt.config
+    if not prefix:
+        return ckpt.config
+    member = getattr(ckpt, "members", {}).get(prefix.rstrip("/"))
+    return member.config if member is not None else None  # diffusers names in one file: no config shipped
 
 
 def local_shapes(ckpt: Checkpoint, prefix: str, exclude: set[str]) -> dict[str, tuple[int, ...]]:
@@ -50,7 +53,11 @@ def _identity(shapes, prefix: str) -> dict[str, Expr]:
 def source_config(comp: ComponentSpec, shapes: dict, names: str, given: dict | None) -> dict:
     """The component's config: the one shipped with a diffusers folder, else derived from shapes."""
     if given is not None:
-        return {k: v for k, v in given.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+        from ckptkit.convert.models import check_config
+
+        where = f"{comp.diffusers_folder or comp.name}/config.json"
+        return check_config(comp.diffusers_class, {k: v for k, v in given.items()
+                                                   if k not in ("architectures", "transformers_version")}, where)
     layout = get_layout(comp.layout)
     if names == "diffusers" and comp.diffusers_class.startswith("CLIPTextModel"):
         layout = get_layout("hf_clip")  # transformers' CLIP names are hf_clip's original names
@@ -67,6 +74,8 @@ def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str
     if not shapes:
         raise CkptError(f"{comp.name}: no tensors under {prefix!r}")
     if names == target:
+        if names == "diffusers" and config is not None:
+            source_config(comp, shapes, names, config)  # a shipped config is checked even when copied as is
         return ComponentMap(_identity(shapes, prefix), config if names == "diffusers" else None)
     layout = get_layout(comp.layout)
     cfg = source_config(comp, shapes, names, config)

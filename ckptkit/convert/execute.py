@@ -25,6 +25,7 @@ from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import DTYPES
+from ckptkit.formats.files import inside
 from ckptkit.formats.safetensors import SafetensorsWriter, tensor_bytes
 
 FP16_MAX = 65504.0
@@ -192,7 +193,7 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
     gc.freeze()
     try:
         for out in in_source_order(plan.outputs, source):
-            target = out_dir / out.path
+            target = inside(out_dir, out.path, "output plan", "output file")  # the one gate from names to paths
             if out.format == "safetensors":
                 digest, _ = _write_safetensors(out, target, source, pool, max(2, workers), progress, allow_overflow)
             else:
@@ -205,7 +206,7 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
         for rel, text in plan.sidecars.items():
             from ckptkit.formats.atomic import atomic_write
 
-            with atomic_write(out_dir / rel) as fh:
+            with atomic_write(inside(out_dir, rel, "output plan", "output file")) as fh:
                 fh.write(text.encode("utf-8"))
     finally:
         gc.unfreeze()

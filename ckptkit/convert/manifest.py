@@ -186,14 +186,35 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     return path
 
 
+def _manifest_schema():
+    from ckptkit.formats.schema import AnyValue, Int, List, Map, Null, Num, Obj, OneOf, Str
+
+    text = OneOf((Str(), Null()))
+    component = Obj({"file": Str(), "sha256": text, "role": text, "layout": text, "naming": text,
+                     "diffusers_class": text, "dtypes": Map(Int(0)), "tensor_count": Int(0), "param_count": Int(0),
+                     "bytes": Int(0), "policy": Map(AnyValue())}, required=("file",))
+    return Obj({"format": Str(), "tool": Str(), "kind": text, "family": text, "variant": text, "layout": text,
+                "components": Map(component),
+                "source": Obj({"path": text, "files": Map(Obj({"size": Int(0), "sha256": Str()}))}),
+                "dropped": Map(Obj({"count": Int(0), "names": List(Str())})), "notes": List(Str()),
+                "trigflow": Obj({"time_scale": Num(), "sigma_data": Num()})},
+               required=("components",))
+
+
 def read_manifest(folder: Path) -> dict | None:
+    """The folder's ckptkit.json, checked field by field (None when the folder has none). Every
+    component's `file` is a relative name inside the folder: `component_file` resolves it."""
+    from ckptkit.formats.files import inside, read_json_file
+
     path = Path(folder) / MANIFEST
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CkptError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("components"), dict):
-        raise CkptError(f"{path}: not a ckptkit component-set manifest")
+    data = read_json_file(path, _manifest_schema(), "manifest")
+    for name, info in data["components"].items():
+        inside(folder, info["file"], str(path), f"component {name!r}: file")
     return data
+
+
+def component_file(folder: Path, manifest: dict, name: str) -> Path:
+    """Where a manifest's component lives (its `file`, already checked to stay inside `folder`)."""
+    return Path(folder) / manifest["components"][name]["file"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptkit.convert.components import HF_NATIVE, map_component
-from ckptkit.convert.manifest import read_manifest
+from ckptkit.convert.manifest import component_file, read_manifest
 from ckptkit.convert.plan import OutputFile, Plan
 from ckptkit.convert.split import tensor_ops
 from ckptkit.errors import CkptError
@@ -44,7 +44,7 @@ def open_component_set(folder: Path) -> tuple[CompositeCheckpoint, str, dict[str
     if manifest:
         family = manifest.get("family")
         for name, info in manifest["components"].items():
-            files[name] = folder / info["file"]
+            files[name] = component_file(folder, manifest, name)
     else:
         family = None
         for path in sorted(folder.iterdir()):

@@ -18,10 +18,100 @@ def model_class(name: str):
     return getattr(transformers, name), getattr(transformers, TRANSFORMERS_CONFIGS[name])
 
 
-def instantiate(class_name: str, config: dict):
+def _init_parameters(class_name: str) -> dict:
+    import inspect
+
     cls, config_cls = model_class(class_name)
-    clean = {k: v for k, v in config.items() if not k.startswith("_")}
-    return cls(**clean) if config_cls is None else cls(config_cls(**clean))
+    return dict(inspect.signature((config_cls or cls).__init__).parameters)
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "seq"
+    if isinstance(value, dict):
+        return "dict"
+    return "other"
+
+
+# What a JSON value may be for a constructor default of each kind. Loose on purpose: diffusers
+# takes `Union[int, Tuple[int]]` per-block values and None for many fields; what it catches is a
+# value of the wrong kind altogether (a string for a width, a number for a block type).
+ACCEPTS = {"number": {"number", "seq"}, "bool": {"bool"}, "str": {"str", "seq"}, "seq": {"seq", "number", "str", "bool"},
+           "dict": {"dict"}}
+
+
+def _fits(value, default) -> bool:
+    """Does a JSON value fit a constructor default's kind (numbers also bounded to +-2^31)?"""
+    if value is None:
+        return True
+    want, got = _kind(default), _kind(value)
+    if want not in ACCEPTS:
+        return True
+    if got not in ACCEPTS[want]:
+        return False
+    stack = [value]
+    while stack:  # no number anywhere in it beyond what any real model uses
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (int, float)) and not isinstance(item, bool) and not abs(item) <= 2**31:
+            return False
+    return True
+
+
+def check_config(class_name: str, config: dict, where: str) -> dict:
+    """The config a model is built from, checked against its class's constructor: every field the
+    class takes must have the type of its default (a field `in_channels: "four"` is refused with one
+    line naming `where` and the field); fields a diffusers class does not take are left out, as
+    diffusers' own from_config does (e.g. `auto_map`, `_name_or_path`)."""
+    from ckptkit.errors import CkptError
+    from ckptkit.formats.files import printable
+    from ckptkit.formats.schema import describe
+
+    if not isinstance(config, dict):
+        raise CkptError(f"{where}: the config is not a JSON object")
+    params = _init_parameters(class_name)
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    _, config_cls = model_class(class_name)
+    clean = {}
+    for key, value in config.items():
+        if not isinstance(key, str) or key.startswith("_") or key in ("self", "auto_map"):
+            continue
+        param = params.get(key)
+        if param is None:
+            if config_cls is not None and takes_any:  # transformers configs keep extra fields
+                clean[key] = value
+            continue
+        default = param.default
+        if default is not param.empty and default is not None and not _fits(value, default):
+            raise CkptError(f"{where}: field {printable(key)!r} of {class_name} must be like {default!r}, "
+                            f"got {describe(value)}")
+        clean[key] = value
+    return clean
+
+
+def instantiate(class_name: str, config: dict, where: str | None = None):
+    """A model of `class_name` built from `config` (checked first: check_config)."""
+    from ckptkit.errors import CkptError
+
+    cls, config_cls = model_class(class_name)
+    clean = check_config(class_name, config, where or f"{class_name} config")
+    try:
+        return cls(**clean) if config_cls is None else cls(config_cls(**clean))
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError, ZeroDivisionError, AttributeError,
+            OverflowError, RuntimeError) as exc:  # a config whose values do not make a model
+        from ckptkit.formats.files import printable
+
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CkptError(f"{where or class_name}: cannot build {class_name} from this config: {printable(text)}") from None
 
 
 def meta_model(class_name: str, config: dict):
@@ -58,6 +148,25 @@ def random_model(class_name: str, config: dict, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+def _check_state(comp, model, state: dict) -> None:
+    """Every tensor fits the parameter it replaces: same shape, and floating-point where the model
+    computes in floating point (an integer `weight` would load and compute garbage, or crash)."""
+    from ckptkit.errors import CkptError
+    from ckptkit.formats.files import printable
+
+    expected = model.state_dict()
+    for name, t in state.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tuple(t.shape) != tuple(want.shape):
+            raise CkptError(f"{comp.name}: tensor {printable(name)} has shape {list(t.shape)}, "
+                            f"{comp.diffusers_class} at this config needs {list(want.shape)}")
+        if want.is_floating_point() and not t.is_floating_point():
+            raise CkptError(f"{comp.name}: tensor {printable(name)} is stored as {str(t.dtype).removeprefix('torch.')}; "
+                            f"{comp.diffusers_class} needs floating-point weights")
+
+
 def load_component(ckpt, comp, prefix: str = "", names: str = "original", config: dict | None = None,
                    exclude: frozenset[str] = frozenset(), dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A diffusers/transformers model built from a component's tensors in any checkpoint and any
@@ -77,6 +186,7 @@ def load_component(ckpt, comp, prefix: str = "", names: str = "original", config
     if comp.diffusers_class.startswith("CLIPTextModel"):
         expected = set(model.state_dict())
         state = {n if n in expected else n.removeprefix("text_model."): t for n, t in state.items()}
+    _check_state(comp, model, state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"encoder.embed_tokens.weight"}
     missing = [m for m in missing if m not in tied]

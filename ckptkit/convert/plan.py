@@ -99,4 +99,6 @@ class Plan:
             reasons = Counter(self.dropped.values())
             lines.append("  dropped: " + "; ".join(f"{n} x {r}" for r, n in reasons.most_common()))
         lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        from ckptkit.formats.files import printable
+
+        return "\n".join(printable(line) for line in lines)

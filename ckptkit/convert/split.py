@@ -72,6 +72,12 @@ def tensor_ops(ckpt: Checkpoint, ops: dict[str, expr.Expr], cast: str | None, fi
             e, note = expr.arange(n), "position_ids rebuilt as arange int64"
             notes.append(f"{label}: {name} rebuilt as arange({n}) int64")
         sdt = source_dtype(ckpt, e)
+        shape = expr.shape_of(e, src_shapes)
+        if 0 in shape:
+            from ckptkit.formats.files import printable
+
+            raise CkptError(f"{label}: tensor {printable(name)} has shape {list(shape)}: a zero-sized dimension "
+                            "(no values) in a model component; the file is damaged")
         dtype = cast if cast and sdt in FLOAT_CODES and not name.endswith(POSITION_IDS) else sdt
         out.append(TensorOp(name, e, expr.shape_of(e, src_shapes), sdt, dtype, note))
     return out

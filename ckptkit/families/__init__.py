@@ -11,12 +11,12 @@ BY_NAME = {f.name: f for f in FAMILIES}
 
 
 def get_family(name: str) -> FamilySpec:
-    try:
+    if isinstance(name, str) and name in BY_NAME:
         return BY_NAME[name]
-    except KeyError:
-        from ckptkit.errors import CkptError
+    from ckptkit.errors import CkptError
+    from ckptkit.formats.files import printable
 
-        raise CkptError(f"unknown family {name!r}; known: {', '.join(BY_NAME)}") from None
+    raise CkptError(f"unknown family {printable(repr(name))}; known: {', '.join(BY_NAME)}")
 
 
 __all__ = ["FAMILIES", "BY_NAME", "ComponentSpec", "FamilySpec", "get_family"]

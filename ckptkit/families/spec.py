@@ -88,7 +88,14 @@ class FamilySpec:
         for comp in self.components:
             if comp.name == name:
                 return comp
-        raise KeyError(f"{self.name} has no component {name!r}")
+        from ckptkit.errors import CkptError
+        from ckptkit.formats.files import printable
+
+        class UnknownComponent(CkptError, KeyError):
+            def __str__(self):
+                return self.args[0]
+
+        raise UnknownComponent(f"{self.name} has no component {printable(repr(name))}")
 
     @property
     def diffusion_model(self) -> ComponentSpec:

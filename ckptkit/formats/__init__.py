@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint, TensorInfo
+from ckptkit.formats.files import open_regular, printable, require_regular
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
-__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
+__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint", "sniff"]
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
+def sniff(head: bytes, size: int) -> str | None:
+    """What a file is, from what it is, never from one byte: "gguf" (magic), "safetensors" (an
+    8-byte little-endian header length that fits the file, then a JSON object), "pickle" (a torch
+    zip archive, or a raw pickle stream: PROTO opcode and a known protocol), or None."""
     if head[:4] == b"GGUF":
         return "gguf"
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= min(size - 8, SAFETENSORS_MAX_HEADER) and head[8:9] == b"{":
+            return "safetensors"
+    if head[:4] == b"PK\x03\x04":
         return "pickle"
-    return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open any supported source lazily. Raises CkptError with a one-line reason on bad input."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # a symlink loop, a name too long
+        raise CkptError(f"{path}: cannot read ({exc.strerror})") from None
+    if not exists:
+        if os.path.lexists(path):
+            raise CkptError(f"{path}: a symbolic link that cannot be resolved (dangling, or a loop)")
         raise CkptError(f"{path}: no such file or directory")
-    if path.is_dir():
+    if is_dir:
         from ckptkit.formats.diffusers_dir import open_diffusers_dir
 
         index = sorted(path.glob("*.safetensors.index.json"))
@@ -41,17 +57,28 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         from ckptkit.formats.sharded import open_sharded_safetensors
 
         return open_sharded_safetensors(path)
-    try:
-        kind = _sniff(path)
-    except OSError as exc:
-        raise CkptError(f"{path}: cannot read ({exc.strerror})") from None
-    if path.stat().st_size == 0:
+    st = require_regular(path)
+    if st.st_size == 0:
         raise CkptError(f"{path}: empty file")
-    if kind == "gguf" or path.suffix == ".gguf":
+    with open_regular(path) as fh:
+        try:
+            head = fh.read(16)
+        except OSError as exc:
+            raise CkptError(f"{path}: cannot read ({exc.strerror})") from None
+    kind = sniff(head, st.st_size)
+    if kind is None:  # unrecognised content: the reader its name asks for says precisely what is wrong
+        suffix = path.suffix.lower()
+        kind = {".gguf": "gguf", ".safetensors": "safetensors"}.get(suffix)
+        if kind is None and suffix in PICKLE_SUFFIXES:
+            kind = "pickle"
+        if kind is None:
+            raise CkptError(f"{path}: not a safetensors, GGUF or torch checkpoint (starts with "
+                            f"{printable(repr(head[:8]))})")
+    if kind == "gguf":
         from ckptkit.formats.gguf import GGUFCheckpoint
 
         return GGUFCheckpoint(path)
-    if kind == "pickle" or path.suffix in PICKLE_SUFFIXES:
+    if kind == "pickle":
         from ckptkit.formats.pickle import PickleCheckpoint
 
         return PickleCheckpoint(path)

@@ -28,17 +28,12 @@ from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
 from ckptkit.formats.base import Checkpoint, TensorInfo
 from ckptkit.formats.dtypes import DTYPES, code_of
+from ckptkit.formats.files import open_regular, parse_json, printable
+from ckptkit.formats.schema import describe
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
+MAX_DIMS = 64
+INT64_MAX = 2**63 - 1
 
 
 def parse_header(path: Path, file_size: int, head: bytes) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, tuple[int, int]], int]:
@@ -54,13 +49,7 @@ def parse_header(path: Path, file_size: int, head: bytes) -> tuple[dict[str, Ten
         raise bad(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
     if 8 + n > file_size:
         raise bad(f"header length {n} runs past the end of the {file_size}-byte file (truncated?)")
-    raw = head[8 : 8 + n]
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except UnicodeDecodeError:
-        raise bad("header is not valid UTF-8") from None
-    except ValueError as exc:
-        raise bad(f"header is not valid JSON ({exc})") from None
+    header = parse_json(head[8 : 8 + n], f"{path}: not a valid safetensors file", "header", duplicates=False)
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -71,31 +60,36 @@ def parse_header(path: Path, file_size: int, head: bytes) -> tuple[dict[str, Ten
     infos: dict[str, TensorInfo] = {}
     spans: dict[str, tuple[int, int]] = {}
     for name, entry in header.items():
+        pname = printable(repr(name))
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise bad(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
+            raise bad(f"tensor {pname}: entry must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise bad(f"tensor {name!r}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise bad(f"tensor {pname}: unknown dtype {describe(dtype)}")
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= INT64_MAX for d in shape)):
+            raise bad(f"tensor {pname}: shape {describe(shape) if not isinstance(shape, list) else printable(shape)[:80]} "
+                      f"is not a list of at most {MAX_DIMS} integers in [0, 2^63)")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-            raise bad(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+            raise bad(f"tensor {pname}: data_offsets {printable(offsets)[:80]} is not [begin, end]")
         begin, end = offsets
         if not 0 <= begin <= end:
-            raise bad(f"tensor {name!r}: data_offsets {offsets} are not ordered")
+            raise bad(f"tensor {pname}: data_offsets {offsets} are not ordered")
         if end > data_size:
-            raise bad(f"tensor {name!r}: data ends at {end} but the data area has {data_size} bytes (truncated?)")
+            raise bad(f"tensor {pname}: data ends at {end} but the data area has {data_size} bytes (truncated?)")
+        if math.prod(d for d in shape if d) * DTYPES[dtype][1] > INT64_MAX:
+            raise bad(f"tensor {pname}: shape {printable(shape)[:80]} has strides beyond 2^63 bytes")
         nbytes = math.prod(shape) * DTYPES[dtype][1]
         if nbytes != end - begin:
-            raise bad(f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, offsets give {end - begin}")
+            raise bad(f"tensor {pname}: shape {shape} of {dtype} needs {nbytes} bytes, offsets give {end - begin}")
         infos[name] = TensorInfo(name, tuple(shape), dtype, nbytes)
         spans[name] = (begin, end)
     cursor = 0
     for name, (begin, end) in sorted(spans.items(), key=lambda kv: kv[1]):
         if begin != cursor:
             what = "overlaps the previous tensor" if begin < cursor else f"leaves a gap of {begin - cursor} bytes"
-            raise bad(f"tensor {name!r} at offset {begin} {what}")
+            raise bad(f"tensor {printable(repr(name))} at offset {begin} {what}")
         cursor = end
     if cursor != data_size:
         raise bad(f"{data_size - cursor} bytes after the last tensor are not covered by the header")
@@ -106,10 +100,7 @@ class SafetensorsCheckpoint(Checkpoint):
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
         super().__init__(paths=[path], format="safetensors")
-        try:
-            self._file = open(path, "rb")
-        except OSError as exc:
-            raise CkptError(f"{path}: cannot open ({exc.strerror})") from None
+        self._file = open_regular(path)
         try:
             size = os.fstat(self._file.fileno()).st_size
             head = self._file.read(8)

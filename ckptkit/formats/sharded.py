@@ -3,13 +3,17 @@ diffusers folders (one sub-checkpoint per component, names joined as `folder/nam
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint, TensorInfo
+from ckptkit.formats.files import inside, printable, read_json_file
+from ckptkit.formats.schema import AnyValue, Map, Obj, Str
+
+# `*.safetensors.index.json` as transformers/diffusers write it.
+INDEX_SCHEMA = Obj({"weight_map": Map(Str()), "metadata": Map(AnyValue())}, required=("weight_map",))
 
 
 class CompositeCheckpoint(Checkpoint):
@@ -27,7 +31,7 @@ class CompositeCheckpoint(Checkpoint):
                 continue
             full = prefix + name
             if full in self.tensors:
-                raise CkptError(f"{member.path}: tensor {name!r} is also in another shard")
+                raise CkptError(f"{member.path}: tensor {printable(repr(name))} is also in another shard")
             self.tensors[full] = TensorInfo(full, info.shape, info.dtype, info.nbytes)
             self._route[full] = (member, name)
 
@@ -50,25 +54,28 @@ class CompositeCheckpoint(Checkpoint):
 def open_sharded_safetensors(index_path: Path) -> CompositeCheckpoint:
     from ckptkit.formats.safetensors import SafetensorsCheckpoint
 
-    try:
-        index = json.loads(index_path.read_text("utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise CkptError(f"{index_path}: not a valid safetensors index (needs a JSON object with 'weight_map')") from None
+    index = read_json_file(index_path, INDEX_SCHEMA, "safetensors index")
+    weight_map = index["weight_map"]
     shards = sorted(set(weight_map.values()))
     ckpt = CompositeCheckpoint([index_path], "safetensors-sharded")
-    for shard in shards:
-        shard_path = index_path.parent / shard
-        if not shard_path.is_file():
-            raise CkptError(f"{index_path}: shard {shard} is missing")
-        member = SafetensorsCheckpoint(shard_path)
-        listed = {n for n, f in weight_map.items() if f == shard}
-        missing = listed - set(member.tensors)
-        if missing:
-            raise CkptError(f"{shard_path}: index lists {len(missing)} tensors the shard lacks, e.g. {sorted(missing)[0]!r}")
-        ckpt.paths.append(shard_path)
-        ckpt.add(shard, member, only=listed)
-    ckpt.metadata = dict(index.get("metadata") or {})
+    try:
+        for shard in shards:
+            shard_path = inside(index_path.parent, shard, str(index_path), "shard")
+            if not shard_path.exists():
+                raise CkptError(f"{index_path}: shard {printable(shard)} is missing")
+            if not shard_path.is_file():
+                raise CkptError(f"{index_path}: shard {printable(shard)} is not a regular file")
+            member = SafetensorsCheckpoint(shard_path)
+            listed = {n for n, f in weight_map.items() if f == shard}
+            missing = listed - set(member.tensors)
+            if missing:
+                member.close()
+                raise CkptError(f"{shard_path}: index lists {len(missing)} tensors the shard lacks, "
+                                f"e.g. {printable(repr(sorted(missing)[0]))}")
+            ckpt.paths.append(shard_path)
+            ckpt.add(shard, member, only=listed)
+    except BaseException:
+        ckpt.close()
+        raise
+    ckpt.metadata = {str(k): v if isinstance(v, str) else str(v) for k, v in (index.get("metadata") or {}).items()}
     return ckpt

@@ -16,7 +16,6 @@ Order of the per-tensor decision:
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,10 +77,12 @@ class Policy:
 def load_policy_file(path: str | Path, base: Policy | None = None) -> Policy:
     """A TOML policy: `type = "q4_k_m"`, `[components] clip_l = "q8_0"`,
     `[[rule]] pattern = "..." type = "f16"`. Command-line options given too take precedence."""
-    try:
-        data = tomllib.loads(Path(path).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CkptError(f"{path}: not a readable TOML policy ({exc})") from None
+    from ckptkit.formats.files import read_toml_file
+    from ckptkit.formats.schema import Bool, List, Map, Obj, Str
+
+    schema = Obj({"type": Str(), "components": Map(Str()), "force_vae": Bool(),
+                  "rule": List(Obj({"pattern": Str(), "type": Str()}, required=("pattern", "type"), closed=True))})
+    data = read_toml_file(path, schema, "TOML policy")
     policy = base or Policy()
     unknown = set(data) - {"type", "components", "rule", "force_vae"}
     if unknown:

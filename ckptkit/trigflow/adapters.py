@@ -44,7 +44,10 @@ class Adapter:
 
 
 def _sana_time_scale(cfg: dict) -> float:
-    return float(cfg.get("timestep_scale", 1.0)) * (1.0 if cfg.get("guidance_embeds") else 1000.0)
+    from ckptkit.trigflow.loader import parse_time_scale
+
+    scale = parse_time_scale(cfg.get("timestep_scale", 1.0), "transformer config: timestep_scale") or 1.0
+    return scale * (1.0 if cfg.get("guidance_embeds") else 1000.0)
 
 
 def _sana_call(model, x, timestep, cond):

@@ -10,7 +10,6 @@ models: an original-layout output has no config to carry it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,19 +40,47 @@ def _from_pretrained(library: str, cls_name: str, folder: Path, dtype: torch.dty
     cls = getattr(module, cls_name, None)
     if cls is None:
         raise CkptError(f"{folder}: unknown class {library}.{cls_name}")
-    if "Tokenizer" in cls_name:
-        return cls.from_pretrained(folder, local_files_only=True)
-    return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    try:
+        if "Tokenizer" in cls_name:
+            return cls.from_pretrained(folder, local_files_only=True)
+        return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except CkptError:
+        raise
+    except Exception as exc:  # the library's own loader refused the folder's files: the input's fault
+        from ckptkit.formats.files import printable
+
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CkptError(f"{folder}: {library} cannot load it as {cls_name}: {printable(first)}") from None
+
+
+def parse_time_scale(value, where: str) -> float | None:
+    """A recorded time scale (metadata string or manifest number): a positive finite float, or None."""
+    import math
+
+    if value is None or value == "":
+        return None
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if isinstance(value, bool) or not math.isfinite(scale) or scale <= 0:
+        from ckptkit.formats.files import printable
+
+        raise CkptError(f"{where}: time scale {printable(repr(value))[:40]} is not a positive number")
+    return scale
 
 
 def _diffusers_folder(root: Path, dtype: torch.dtype) -> dict:
-    index = json.loads((root / "model_index.json").read_text("utf-8"))
+    from ckptkit.formats.diffusers_dir import MODEL_INDEX_SCHEMA, model_index_components
+    from ckptkit.formats.files import read_json_file
+
+    index = read_json_file(root / "model_index.json", MODEL_INDEX_SCHEMA, "model_index.json")
     parts = {}
-    for name, entry in index.items():
-        if name.startswith("_") or name == "scheduler" or not isinstance(entry, list) or None in entry:
+    for name, (library, cls_name) in model_index_components(root, index).items():
+        if name == "scheduler" or library is None or cls_name is None:
             continue
         if (root / name).is_dir():
-            parts[name] = _from_pretrained(entry[0], entry[1], root / name, dtype)
+            parts[name] = _from_pretrained(library, cls_name, root / name, dtype)
     return parts
 
 
@@ -64,11 +91,13 @@ def _component_set(root: Path, manifest: dict, dtype: torch.dtype) -> dict:
 
     if not manifest.get("family"):
         raise CkptError(f"{root}: the manifest names no family; cannot tell how to load its components")
+    from ckptkit.convert.manifest import component_file
+
     spec = get_family(manifest["family"])
     parts = {}
     for name, info in manifest["components"].items():
         comp = spec.component(name)
-        with open_checkpoint(root / info["file"]) as ckpt:
+        with open_checkpoint(component_file(root, manifest, name)) as ckpt:
             model = load_component(ckpt, comp, "", info.get("naming") or "original", dtype=dtype)
         parts[_role_key(comp)] = model
     return parts
@@ -91,8 +120,8 @@ def _single(path: Path, dtype: torch.dtype) -> tuple[dict, float | None]:
             config = shipped_config(ckpt, det.names, prefix)
             parts[_role_key(comp)] = load_component(ckpt, comp, prefix, det.names, config=config,
                                                     exclude=frozenset(det.junk + det.ema + det.unclaimed), dtype=dtype)
-        scale = ckpt.metadata.get(TIME_SCALE_KEY)
-    return parts, float(scale) if scale else None
+        scale = parse_time_scale(ckpt.metadata.get(TIME_SCALE_KEY), f"{path}: metadata {TIME_SCALE_KEY}")
+    return parts, scale
 
 
 def _role_key(comp) -> str:
@@ -104,8 +133,7 @@ def _recorded_time_scale(root: Path) -> float | None:
     from ckptkit.convert.manifest import read_manifest
 
     manifest = read_manifest(root)
-    scale = (manifest or {}).get("trigflow", {}).get("time_scale")
-    return float(scale) if scale is not None else None
+    return parse_time_scale((manifest or {}).get("trigflow", {}).get("time_scale"), f"{root}/ckptkit.json: trigflow.time_scale")
 
 
 def load_model_set(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ModelSet:

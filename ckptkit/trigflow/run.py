@@ -68,7 +68,10 @@ def sample_image(model: str | Path, out: str | Path, *, steps: int = 1, seed: in
                  schedule: str | Sequence[float] = "auto", prompt: str = "", height: int | None = None,
                  width: int | None = None, device: str = "auto", dtype: str = "fp32", guidance_scale: float = 4.5,
                  time_scale: float | None = None, force: bool = False) -> SampleResult:
+    from ckptkit.outputs import check_output, output_file
+
     out = Path(out)
+    check_output(out, [Path(model)], "file")  # refused before any work; the folder is made only to write
     if out.exists() and not force:
         raise CkptError(f"{out}: exists (use --force to replace it)")
     if dtype not in DTYPES:
@@ -90,6 +93,7 @@ def sample_image(model: str | Path, out: str | Path, *, steps: int = 1, seed: in
         pixels, output = image.decode(ms.vae, latents), "decoded by the VAE"
     else:
         pixels, output = image.visualise(latents), "latent visualisation (no VAE)"
-    image.save_png(pixels, out)
+    with output_file(out, [Path(model)], force):
+        image.save_png(pixels, out)
     return SampleResult(str(out), shape, angles, scale, how, output, dev, round(time.perf_counter() - started, 3),
                         latents.cpu())

@@ -4,9 +4,6 @@ but padding."""
 
 from __future__ import annotations
 
-
-import numpy as np
-
 from ckptkit.formats.hashing import file_sha256
 from ckptkit.inspect import scan_nonfinite
 from ckptkit.verify.result import Findings
@@ -14,24 +11,26 @@ from ckptkit.verify.sets import ComponentSet
 
 
 def gguf_structure(ckpt) -> list[str]:
-    """Problems in a GGUF file's data section (empty when sound)."""
+    """Problems in a GGUF file's data section (empty when sound). The reader refuses most of them
+    at open already (block lengths, overlaps, gaps, bytes past the padding); what it lets through is
+    padding that is not zero."""
     import gguf
 
-    reader = ckpt.reader
     problems = []
-    spans = sorted((t.data_offset, t.n_bytes, t.name, t.tensor_type, int(t.n_elements)) for t in reader.tensors)
-    end = reader.data_offset
-    for offset, nbytes, name, qtype, numel in spans:
-        block, size = gguf.GGML_QUANT_SIZES[qtype]
-        if numel % block or nbytes != numel // block * size:
-            problems.append(f"{name}: {nbytes} bytes do not hold {numel} {qtype.name} values")
-        if offset < end:
-            problems.append(f"{name}: overlaps the previous tensor")
-        end = offset + nbytes
-    tail = np.asarray(reader.data[end:])
-    if len(tail) >= reader.alignment:
-        problems.append(f"{len(tail)} bytes after the last tensor (more than alignment padding)")
-    elif tail.any():
+    end = ckpt.data_offset
+    for t in sorted(ckpt.layout, key=lambda t: t.offset):
+        block, size = gguf.GGML_QUANT_SIZES[t.type]
+        if t.numel % block or t.nbytes != t.numel // block * size:
+            problems.append(f"{t.name}: {t.nbytes} bytes do not hold {t.numel} {t.type.name} values")
+        if t.offset < end:
+            problems.append(f"{t.name}: overlaps the previous tensor")
+        elif t.offset > end and any(ckpt.read_span(end, t.offset)):
+            problems.append(f"{t.name}: non-zero padding bytes before it")
+        end = max(end, t.end)
+    tail = ckpt.file_size - end
+    if tail >= ckpt.alignment:
+        problems.append(f"{tail} bytes after the last tensor (more than alignment padding)")
+    elif tail > 0 and any(ckpt.read_span(end, ckpt.file_size)):
         problems.append("non-zero bytes after the last tensor")
     return problems
 

@@ -12,6 +12,7 @@ from ckptkit.errors import CkptError
 from ckptkit.verify.result import Findings
 from ckptkit.verify.sets import Component, ComponentSet
 
+INTEGER_CODES = frozenset({"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"})
 # Present in real files but not part of the model (tolerated, never required).
 TOLERATED = ("position_ids", "logit_scale", "encoder.embed_tokens.weight", "text_projection")
 
@@ -44,6 +45,12 @@ def check_layout(cset: ComponentSet) -> Findings:
         except CkptError as exc:
             out.add("layout", name, "config", None, None, False, str(exc))
             continue
+        integer = sorted(n for n in shapes if not n.endswith(TOLERATED)
+                         and comp.ckpt.tensors[comp.prefix + n].dtype in INTEGER_CODES)
+        if integer:
+            out.add("layout", name, "integer_weights", len(integer), 0, False,
+                    f"{', '.join(integer[:3])}{' ...' if len(integer) > 3 else ''} stored as integers; "
+                    f"a {comp.spec.diffusers_class} computes with floating-point weights")
         missing = sorted(set(expected) - set(shapes))
         unexpected = sorted(n for n in set(shapes) - set(expected) if not n.endswith(TOLERATED))
         wrong = sorted(n for n in set(expected) & set(shapes) if tuple(expected[n]) != tuple(shapes[n]))

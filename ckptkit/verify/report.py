@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from ckptkit.formats.atomic import atomic_write
+from ckptkit.formats.files import printable
 from ckptkit.render import table
 
 
@@ -34,7 +35,7 @@ def render(report) -> str:
     worst = report.tables.get("worst_tensors") or []
     if worst:
         lines.append("worst tensors (relative RMS error):")
-        lines += [f"  {w['component']}:{w['tensor']}  rel_rms {w['rel_rms']:.4g}  cosine {w['cosine']:.6f}  "
+        lines += [f"  {w['component']}:{printable(w['tensor'])}  rel_rms {w['rel_rms']:.4g}  cosine {w['cosine']:.6f}  "
                   f"max_abs {w['max_abs']:.4g}" for w in worst[:5]]
     failed = sum(1 for r in report.results if r.passed is False)
     lines.append(f"{'PASS' if report.passed else 'FAIL'}: {len(report.results)} checks, {failed} failed, "

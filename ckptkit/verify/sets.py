@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.convert.components import HF_NATIVE, shipped_config
-from ckptkit.convert.manifest import read_manifest
+from ckptkit.convert.manifest import component_file, read_manifest
 from ckptkit.errors import CkptError
 from ckptkit.families import BY_NAME
 from ckptkit.families.detect import Detection, detect
@@ -103,7 +103,7 @@ def open_set(path: str | Path) -> ComponentSet:
 def _open_folder(folder: Path) -> ComponentSet:
     manifest = read_manifest(folder)
     if manifest:
-        files = {name: folder / info["file"] for name, info in manifest["components"].items()}
+        files = {name: component_file(folder, manifest, name) for name in manifest["components"]}
     else:
         files = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
     if not files:

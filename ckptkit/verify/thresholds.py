@@ -20,7 +20,6 @@ is for. Override with --min-cosine / --min-psnr / --min-ssim / --max-rel-rms or 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,10 +76,9 @@ def load_overrides(path: str | Path | None, min_cosine: float | None, min_psnr: 
                    min_ssim: float | None, max_rel_rms: float | None = None) -> dict:
     data: dict = {}
     if path:
-        try:
-            data = tomllib.loads(Path(path).read_text("utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise CkptError(f"{path}: not a readable thresholds file ({exc})") from None
+        from ckptkit.formats.files import read_toml_file
+
+        data = read_toml_file(path, None, "thresholds file")
         for section, values in data.items():
             if not isinstance(values, dict):
                 raise CkptError(f"{path}: {section} = ... outside a section; put it under [default] or [<type>]")

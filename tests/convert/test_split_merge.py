@@ -698,13 +698,15 @@ def test_interrupt_leaves_nothing_half_written(work, tmp_path, monkeypatch):
     (("split", "{bundle}", "-o", "{tmp}/o", "--components", "clip_h"), "clip_h"),
     (("split", "{bundle}", "-o", "{tmp}/o", "--extract-ema", "--components", "vae", "--layout", "diffusers",
       "--prefix", "x"), "NAME=PREFIX"),
-    (("split", "{bundle}", "-o", "{bundle}"), "not a directory"),
+    (("split", "{bundle}", "-o", "{bundle}"), "is the input"),
     (("merge", "{bundle}", "-o", "{tmp}/m.safetensors"), "not a directory"),
-    (("merge", "{tmp}", "-o", "{tmp}/m.safetensors"), "no component files"),
+    (("merge", "{tmp}", "-o", "{tmp}/m.safetensors"), "lies inside the input"),
+    (("merge", "{tmp}/empty", "-o", "{tmp}/m.safetensors"), "no component files"),
     (("convert", "{bundle}", "-o", "{tmp}/c.safetensors", "--layout", "original"), "already"),
 ])
 def test_cli_errors_exit_2_one_line(work, tmp_path, args, text):
     bundle = work.bundle("sd1")
+    (tmp_path / "empty").mkdir()
     fmt = dict(missing=tmp_path / "no-such.safetensors", tmp=tmp_path, bundle=bundle)
     fails(*(a.format(**fmt) for a in args), contains=(text,))
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob("*.safetensors"))
