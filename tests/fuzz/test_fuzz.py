@@ -38,7 +38,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.fuzz.mutators import FORMATS, name_tables, run_case, save_reproducer, scratch_dir  # noqa: E402
+from tests.fuzz.mutators import FORMATS, build_case, name_tables, run_case, save_reproducer, scratch_dir  # noqa: E402
 
 SCALE = float(os.environ.get("CKPTKIT_FUZZ_SCALE", "1"))
 # examples per format: about 12 s each on a 2-core machine
@@ -55,7 +55,7 @@ def fuzz_settings(fmt: str):
 @st.composite
 def cases(draw, fmt: str):
     r = draw(st.randoms(use_true_random=False, note_method_calls=False))
-    return FORMATS[fmt](r)
+    return build_case(fmt, r)
 
 
 @pytest.fixture(scope="module")
