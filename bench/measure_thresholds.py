@@ -11,8 +11,8 @@ checks it:
             fixtures' short rows, so a q4_k_m set holds Q5_0/Q8_0/... too): worst cosine, worst
             relative RMS error
   1-step    per stage output (text encoder hidden/pooled, diffusion latent, e2e latent) cosine and
-            relative RMS, keyed by the threshold type `verify` applies (the component's dominant
-            quantized type by bytes; e2e: the least precise of the set), and e2e image PSNR / SSIM
+            relative RMS, keyed by the threshold type `verify` applies (the component's least precise
+            quantized type it holds; e2e: the least precise of the set), and e2e image PSNR / SSIM
 
 and the tables print min / median over families (worst-case direction: min for cosine, PSNR and
 SSIM, max for relative RMS). With --tiny-timings the 1-step check's phases on the q8_0 sets are
@@ -69,7 +69,7 @@ def make_set(bundle: Path, out: Path, config: str) -> Path:
 
 def measure(bundle: Path, qdir: Path) -> dict:
     from ckptkit.quant.types import PLAIN
-    from ckptkit.verify.coverage import dominant_quant_type, type_summary
+    from ckptkit.verify.coverage import component_quant_type, type_summary
     from ckptkit.verify.numeric import _canonical, tensor_errors
     from ckptkit.verify.onestep import run_onestep
     from ckptkit.verify.sets import open_set
@@ -79,7 +79,7 @@ def measure(bundle: Path, qdir: Path) -> dict:
         keys, used = {}, Counter()
         for name, comp in cand.components.items():
             summary = type_summary(comp)
-            keys[name] = dominant_quant_type(summary) or "plain"
+            keys[name] = component_quant_type(summary) or "plain"
             if comp.spec.role != "vae":
                 for t, v in summary.items():
                     used[t] += v["bytes"]
@@ -213,7 +213,7 @@ def tables(data: dict) -> str:
 
     # B: by threshold key, correct vs broken
     lines += ["", "By the type a threshold is keyed on (numeric: the stored type of each tensor; 1-step: the "
-              "component's dominant type, e2e: the least precise in the set). Correct quantizers:", ""]
+              "component's least precise type, e2e: the least precise in the set). Correct quantizers:", ""]
     lines += _by_key(data, families, [c for c in configs if c not in BROKEN])
     lines += ["", "Broken quantizers (scales x2), judged by the same keys; each figure: BEST (closest to passing) / "
               "median over the sets; numeric: only the damaged type's tensors:", ""]

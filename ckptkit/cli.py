@@ -159,6 +159,13 @@ def _components(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
+def config_option(func):
+    """--config FILE|DIR: what the weights cannot tell (head counts, activations, latent scaling)."""
+    return click.option("--config", "config", type=click.Path(path_type=str), default=None,
+                        help="A config.json, or a folder of <component>/config.json (a diffusers folder): the "
+                             "values the weights cannot decide (head counts, activations, latent scale).")(func)
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=str), help="Output directory.")
@@ -173,9 +180,10 @@ def _components(value: str | None) -> tuple[str, ...]:
 @click.option("--store", type=click.Path(path_type=str), help="Content-addressed store: identical components are stored once.")
 @click.option("--prefix", "prefixes", multiple=True, metavar="NAME=PREFIX",
               help="Split an unknown file by explicit prefixes (with --layout original).")
+@config_option
 @run_options
 def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_ema, fix_position_ids,
-          tokenizer_from, store, prefixes, dry_run, as_json, force, workers):
+          tokenizer_from, store, prefixes, config, dry_run, as_json, force, workers):
     """Split a bundled checkpoint into one file per component, plus ckptkit.json."""
     from ckptkit import pipeline
     from ckptkit.convert.split import SplitOptions
@@ -184,7 +192,7 @@ def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_em
                         fix_position_ids=fix_position_ids, prefixes=_prefixes(prefixes))
     result = pipeline.split(bundle, out_dir, opts, force=force, dry_run=dry_run, workers=workers,
                             progress=_bar_factory(sys.stderr.isatty() and not as_json),
-                            allow_overflow=allow_overflow, tokenizer_from=tokenizer_from, store=store)
+                            allow_overflow=allow_overflow, tokenizer_from=tokenizer_from, store=store, config=config)
     _render_run(result, as_json)
 
 
@@ -219,14 +227,16 @@ def merge(folder, output, dry_run, as_json, force, workers):
 @click.option("--layout", type=click.Choice(["original", "diffusers"]), required=True)
 @click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True)
 @click.option("--allow-overflow", is_flag=True)
+@config_option
 @run_options
-def convert(source, dest, layout, dtype, allow_overflow, dry_run, as_json, force, workers):
+def convert(source, dest, layout, dtype, allow_overflow, config, dry_run, as_json, force, workers):
     """Convert one component file <-> a diffusers component folder, a bundle -> a diffusers
     folder, or a diffusers pipeline folder -> a bundle."""
     from ckptkit import pipeline
 
     result = pipeline.convert(source, dest, layout, dtype=dtype, force=force, dry_run=dry_run, workers=workers,
-                              progress=_bar_factory(sys.stderr.isatty() and not as_json), allow_overflow=allow_overflow)
+                              progress=_bar_factory(sys.stderr.isatty() and not as_json), allow_overflow=allow_overflow,
+                              config=config)
     _render_run(result, as_json)
 
 
@@ -243,8 +253,9 @@ def convert(source, dest, layout, dtype, allow_overflow, dry_run, as_json, force
 @click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=str), help="A TOML policy file.")
 @click.option("--force-vae", is_flag=True, help="Allow an fp32/bf16 VAE to be stored as fp16.")
 @click.option("--no-scan", is_flag=True, help="Skip the pre-pass that keeps non-finite tensors unquantized.")
+@config_option
 @run_options
-def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan,
+def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, config,
              dry_run, as_json, force, workers):
     """Quantize each component with its own policy (GGUF, K-quants included)."""
     from ckptkit import pipeline
@@ -255,7 +266,8 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
     if policy_file:
         policy = load_policy_file(policy_file, policy)
     result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,
-                               progress=_bar_factory(sys.stderr.isatty() and not as_json), scan=not no_scan)
+                               progress=_bar_factory(sys.stderr.isatty() and not as_json), scan=not no_scan,
+                               config=config)
     if dry_run and not as_json:
         click.echo(result.plan.describe())
         click.echo(render_type_plan(result.plan))
@@ -329,8 +341,9 @@ def render_type_plan(plan) -> str:
 @click.option("--max-rel-rms", type=float, help="Override every type's maximum per-tensor relative RMS error.")
 @click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, path_type=str),
               help="A TOML file of thresholds by type.")
+@config_option
 def verify(path, against, as_json, report_dir, device, compute_dtype, resolution, seed, no_scan, no_onestep,
-           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file):
+           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file, config):
     """Check a file or component set: integrity, layout, quantization coverage, and (with
     --against) per-tensor error and a 1-step inference check. Exit 0 pass, 1 fail, 2 unreadable."""
     from ckptkit.verify import VerifyOptions, run_verify
@@ -338,7 +351,7 @@ def verify(path, against, as_json, report_dir, device, compute_dtype, resolution
     from ckptkit.verify.thresholds import load_overrides
 
     opts = VerifyOptions(against=against, scan=not no_scan, onestep=not no_onestep, device=device,
-                         dtype=compute_dtype, resolution=resolution, seed=seed,
+                         dtype=compute_dtype, resolution=resolution, seed=seed, config=config,
                          overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim, max_rel_rms))
     if report_dir:
         from ckptkit.outputs import check_output

@@ -136,11 +136,22 @@ def _reuse_from_store(plan: Plan, ckpt, out_dir: Path, store: Path, workers: int
     return replace(plan, outputs=left), reused, summary
 
 
+def given_config(ckpt, config: str | os.PathLike | None):
+    """Attach `--config FILE|DIR` to an opened checkpoint: every config resolution on it sees it
+    (convert/configs.py)."""
+    if config is not None:
+        from ckptkit.convert.configs import UserConfig
+
+        ckpt.user_config = UserConfig.load(config)
+    return ckpt
+
+
 def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOptions, *, force: bool = False,
           dry_run: bool = False, workers: int = 1, progress: Progress | None = None, allow_overflow: bool = False,
-          tokenizer_from: str | None = None, store: str | None = None) -> RunResult:
+          tokenizer_from: str | None = None, store: str | None = None, config: str | None = None) -> RunResult:
     out_dir = Path(out_dir)
     with open_checkpoint(source) as ckpt:
+        given_config(ckpt, config)
         det = detect(ckpt)
         plan = plan_split(ckpt, det, opts)
         folders = _tokenizer_folders(plan, tokenizer_from)
@@ -201,18 +212,20 @@ def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool =
 
 def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, dtype: str = "keep",
             force: bool = False, dry_run: bool = False, workers: int = 1, progress: Progress | None = None,
-            allow_overflow: bool = False) -> RunResult:
+            allow_overflow: bool = False, config: str | None = None) -> RunResult:
     """Bundle -> diffusers folder (split), diffusers pipeline -> bundle (merge), or one component
     file <-> diffusers component folder."""
     from ckptkit.convert.convert import plan_convert_component
 
     dest = Path(dest)
     with open_checkpoint(source) as ckpt:
+        given_config(ckpt, config)
         det = detect(ckpt)
         if det.form in ("bundle", "diffusers"):
             if layout == "diffusers" and det.form == "bundle":
                 return split(source, dest, SplitOptions(layout="diffusers", dtype=dtype), force=force,
-                             dry_run=dry_run, workers=workers, progress=progress, allow_overflow=allow_overflow)
+                             dry_run=dry_run, workers=workers, progress=progress, allow_overflow=allow_overflow,
+                             config=config)
             if layout == "original" and det.form == "diffusers":
                 return merge(source, dest, force=force, dry_run=dry_run, workers=workers, progress=progress)
             raise CkptError(f"{source}: is already a {det.form} in {det.names} names")
@@ -232,7 +245,8 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
 
 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
-             dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True) -> RunResult:
+             dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True,
+             config: str | None = None) -> RunResult:
     """Quantize each component by its own policy. SOURCE is a bundle, a component set (any layout,
     with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
     a directory (component set + manifest), or a file when the source is a single component and
@@ -251,6 +265,7 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
             ckpt.close()
             raise
     with ckpt:
+        given_config(ckpt, config)
         scan_bar = progress(ckpt.total_bytes, "scan") if progress and scan else None
         plan = plan_quantize(ckpt, src, policy, out.name if single else None, scan=scan, progress=scan_bar)
         if dry_run:
@@ -262,13 +277,15 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
 
 
 def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *, force: bool = False,
-             dry_run: bool = False, workers: int = 1, progress: Progress | None = None) -> RunResult:
+             dry_run: bool = False, workers: int = 1, progress: Progress | None = None,
+             config: str | None = None) -> RunResult:
     """A Sana flow model -> its TrigFlow form (convert/trigflow.py); the manifest's `trigflow` section
     records the transform. A source already in TrigFlow form gives a plan with no outputs (nothing written)."""
     from ckptkit.convert.trigflow import TrigFlowOptions, plan_trigflow, transform_record
 
     out_dir = Path(out_dir)
     with open_checkpoint(source) as ckpt:
+        given_config(ckpt, config)
         plan = plan_trigflow(ckpt, detect(ckpt), opts or TrigFlowOptions())
         if dry_run or not plan.outputs:
             return RunResult(plan)

@@ -50,35 +50,73 @@ def _identity(shapes, prefix: str) -> dict[str, Expr]:
     return {n: expr.src(prefix + n) for n in shapes}
 
 
-def source_config(comp: ComponentSpec, shapes: dict, names: str, given: dict | None) -> dict:
-    """The component's config: the one shipped with a diffusers folder, else derived from shapes."""
-    if given is not None:
-        from ckptkit.convert.models import check_config
+def resolve_component_config(comp: ComponentSpec, shapes: dict, names: str, shipped: dict | None,
+                             ckpt: Checkpoint | None = None, strict: bool = True):
+    """The component's config with the source of every value (convert/configs.py): `shipped` (a
+    diffusers folder's config.json), else the `ckptkit.config` metadata of `ckpt`; `--config` (the
+    UserConfig attached to `ckpt`); the shapes; a released config where every size matches."""
+    from ckptkit.convert.configs import METADATA_KEY, metadata_configs, resolve
 
-        where = f"{comp.diffusers_folder or comp.name}/config.json"
-        return check_config(comp.diffusers_class, {k: v for k, v in given.items()
-                                                   if k not in ("architectures", "transformers_version")}, where)
-    layout = get_layout(comp.layout)
-    if names == "diffusers" and comp.diffusers_class.startswith("CLIPTextModel"):
-        layout = get_layout("hf_clip")  # transformers' CLIP names are hf_clip's original names
-    elif names != "original" or not hasattr(layout, "config_from_original"):
-        raise CkptError(f"{comp.name}: cannot derive a {comp.diffusers_class} config from these weights "
-                        "(a diffusers folder needs its config.json)")
-    return layout.config_from_original(shapes, dict(comp.config))
+    shipped_from = None
+    if shipped is None and ckpt is not None:
+        shipped = metadata_configs(ckpt).get(comp.name)
+        shipped_from = f"{ckpt.path}: metadata {METADATA_KEY} of {comp.name}"
+    user = getattr(ckpt, "user_config", None) if ckpt is not None else None
+    given = given_from = None
+    if user is not None:
+        given = user.for_component(comp, only_component=_single_component(ckpt))
+        given_from = user.describe(comp)
+    return resolve(comp, shapes, names, shipped, given, given_from or "--config", strict, shipped_from)
+
+
+def _single_component(ckpt) -> bool:
+    """Does the input hold one component alone (a component file, not a bundle or pipeline)?"""
+    from ckptkit.families.detect import detect
+
+    return len(detect(ckpt).components) <= 1
+
+
+def source_config(comp: ComponentSpec, shapes: dict, names: str, given: dict | None,
+                  ckpt: Checkpoint | None = None, strict: bool = True) -> dict:
+    """The component's config values (see resolve_component_config); `given`: the config shipped
+    with a diffusers source."""
+    return resolve_component_config(comp, shapes, names, given, ckpt, strict).values
+
+
+def config_to_carry(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str, cmap: "ComponentMap",
+                    exclude: set[str] = frozenset(), shipped: dict | None = None) -> dict | None:
+    """The config an output file of this component ships (`ckptkit.config` metadata), so that later
+    commands on it know what the weights cannot tell: the one the conversion resolved, else one that
+    came with the input (shipped, metadata, --config). None when nothing was given: the values then
+    come from the shapes and a released config again, as they did here."""
+    from ckptkit.convert.configs import metadata_configs
+    from ckptkit.convert.models import canonical_config
+
+    if cmap.config is not None:
+        return canonical_config(comp.diffusers_class, cmap.config)
+    user = getattr(ckpt, "user_config", None)
+    explicit = (shipped is not None or comp.name in metadata_configs(ckpt)
+                or (user is not None and user.for_component(comp, _single_component(ckpt)) is not None))
+    if not explicit:
+        return None
+    config = source_config(comp, local_shapes(ckpt, prefix, set(exclude)), names, shipped, ckpt, strict=False)
+    return canonical_config(comp.diffusers_class, config)
 
 
 def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str, target: str,
-                  exclude: set[str] = frozenset(), config: dict | None = None) -> ComponentMap:
-    """`names`: how the source names this component ("original" | "diffusers"); `target` likewise."""
+                  exclude: set[str] = frozenset(), config: dict | None = None, strict: bool = True) -> ComponentMap:
+    """`names`: how the source names this component ("original" | "diffusers"); `target` likewise.
+    `strict`: every config value must be known (a model is built or a config written); False when
+    only names and shapes matter (convert/configs.py)."""
     shapes = local_shapes(ckpt, prefix, exclude)
     if not shapes:
         raise CkptError(f"{comp.name}: no tensors under {prefix!r}")
     if names == target:
         if names == "diffusers" and config is not None:
-            source_config(comp, shapes, names, config)  # a shipped config is checked even when copied as is
+            source_config(comp, shapes, names, config, ckpt)  # a shipped config is checked even when copied as is
         return ComponentMap(_identity(shapes, prefix), config if names == "diffusers" else None)
     layout = get_layout(comp.layout)
-    cfg = source_config(comp, shapes, names, config)
+    cfg = source_config(comp, shapes, names, config, ckpt, strict)
     if names == "diffusers":  # diffusers -> original: our map, as it is
         fwd = layout.to_original(shapes, cfg)
         return ComponentMap({o: expr.rename(e, lambda n: prefix + n) for o, e in fwd.items()}, cfg)

@@ -4,7 +4,8 @@ pipeline folders through merge (-> bundle)."""
 
 from __future__ import annotations
 
-from ckptkit.convert.components import config_json, find_component_spec, map_component
+from ckptkit.convert.components import config_json, config_to_carry, find_component_spec, map_component
+from ckptkit.convert.configs import metadata_value
 from ckptkit.convert.plan import OutputFile, Plan
 from ckptkit.convert.split import CAST_TARGETS, output_path, tensor_ops
 from ckptkit.errors import CkptError
@@ -26,7 +27,8 @@ def plan_convert_component(ckpt: Checkpoint, det: Detection, layout: str, dtype:
     if layout not in ("original", "diffusers"):
         raise CkptError(f"convert --layout must be original or diffusers, not {layout!r}")
     comp = component_spec(det)
-    cmap = map_component(ckpt, comp, "", det.names, layout, config=ckpt.config if det.names == "diffusers" else None)
+    shipped = ckpt.config if det.names == "diffusers" else None
+    cmap = map_component(ckpt, comp, "", det.names, layout, config=shipped)
     plan = Plan("convert", str(ckpt.path), [], dropped=dict(cmap.dropped),
                 info={"family": det.family, "variant": det.variant, "layout": layout,
                       "components": {comp.name: {"role": comp.role, "naming": layout,
@@ -35,8 +37,11 @@ def plan_convert_component(ckpt: Checkpoint, det: Detection, layout: str, dtype:
     if layout == "diffusers":
         path = output_path(comp, "diffusers").split("/", 1)[1]  # inside the destination folder
         plan.sidecars["config.json"] = config_json(comp, cmap.config)
-    else:
+    metadata = {"ckptkit.component": comp.name}
+    if layout != "diffusers":
         path = output_name
-    plan.outputs.append(OutputFile(path, comp.name, layout, tensors, metadata={"ckptkit.component": comp.name}))
+        carried = config_to_carry(ckpt, comp, "", det.names, cmap, shipped=shipped)
+        metadata.update(metadata_value({comp.name: carried} if carried else {}))
+    plan.outputs.append(OutputFile(path, comp.name, layout, tensors, metadata=metadata))
     plan.info["components"][comp.name]["file"] = path
     return plan

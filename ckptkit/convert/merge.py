@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptkit.convert.components import HF_NATIVE, map_component
+from ckptkit.convert.configs import metadata_configs, metadata_value
 from ckptkit.convert.manifest import component_file, read_manifest
 from ckptkit.convert.plan import OutputFile, Plan
 from ckptkit.convert.split import tensor_ops
@@ -61,7 +62,8 @@ def open_component_set(folder: Path) -> tuple[CompositeCheckpoint, str, dict[str
             family = family or det.family
             name = "diffusion_model"
         composite.add(name, member, prefix=f"{name}/")
-        comps[name] = (f"{name}/", det.names, member.config)
+        # a component file ckptkit wrote ships its config in metadata (convert/configs.py)
+        comps[name] = (f"{name}/", det.names, member.config or metadata_configs(member).get(name))
     if family is None:
         raise CkptError(f"{folder}: cannot tell the family (no ckptkit.json and no recognisable diffusion model file)")
     return composite, family, comps
@@ -72,6 +74,7 @@ def plan_merge(folder: Path, output_name: str) -> tuple[Plan, CompositeCheckpoin
     spec = get_family(family)
     plan = Plan("merge", str(folder), [], info={"family": family, "layout": "original", "components": {}})
     tensors = []
+    carried: dict[str, dict] = {}
     for comp in spec.components:
         if comp.name not in comps:
             continue
@@ -79,6 +82,8 @@ def plan_merge(folder: Path, output_name: str) -> tuple[Plan, CompositeCheckpoin
         naming = _naming(comp, {n[len(prefix):] for n in ckpt.tensors if n.startswith(prefix)}, naming)
         cmap = map_component(ckpt, comp, prefix, naming, "original", config=config)
         plan.dropped.update(cmap.dropped)
+        if config is not None or cmap.config is not None:
+            carried[comp.name] = cmap.config or config
         ops = {comp.prefix + n: e for n, e in cmap.ops.items()}
         tensors += tensor_ops(ckpt, ops, None, False, plan.notes, comp.name)
         plan.info["components"][comp.name] = {"role": comp.role, "file": output_name, "naming": "original"}
@@ -89,5 +94,6 @@ def plan_merge(folder: Path, output_name: str) -> tuple[Plan, CompositeCheckpoin
     if len(set(names)) != len(names):
         raise CkptError(f"{folder}: components overlap (the same tensor name twice)")
     plan.outputs.append(OutputFile(output_name, None, "original", tensors,
-                                   metadata={"ckptkit.family": family, "ckptkit.merged_from": str(folder)}))
+                                   metadata={"ckptkit.family": family, "ckptkit.merged_from": str(folder),
+                                             **metadata_value(carried)}))
     return plan, ckpt

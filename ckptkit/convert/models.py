@@ -98,6 +98,35 @@ def check_config(class_name: str, config: dict, where: str) -> dict:
     return clean
 
 
+# constructor fields that describe the file or the run, not the network
+BOOKKEEPING = frozenset({"self", "kwargs", "architectures", "transformers_version", "dtype", "torch_dtype",
+                         "_name_or_path", "output_hidden_states", "return_dict", "output_attentions"})
+
+
+def canonical_config(class_name: str, config: dict) -> dict:
+    """The config as the fields the class takes, less those at their default: one form whatever
+    wrote it (a diffusers/transformers config.json carries every default and bookkeeping fields,
+    a derived config only what it read), so files that ship it are the same bytes from any input."""
+    import json
+
+    params = _init_parameters(class_name)
+    _, config_cls = model_class(class_name)
+    if config_cls is not None:  # transformers fills derived fields (T5's num_decoder_layers): compare filled
+        known = {k: v for k, v in config.items() if k in params and k not in BOOKKEEPING}
+        config = config_cls(**known).to_diff_dict()
+    out = {}
+    for key, value in sorted(config.items()):
+        param = params.get(key)
+        if param is None or key in BOOKKEEPING or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        default = param.default
+        norm = json.loads(json.dumps(value, default=list))
+        if default is not param.empty and json.loads(json.dumps(default, default=list)) == norm:
+            continue
+        out[key] = norm
+    return out
+
+
 def instantiate(class_name: str, config: dict, where: str | None = None):
     """A model of `class_name` built from `config` (checked first: check_config)."""
     from ckptkit.errors import CkptError

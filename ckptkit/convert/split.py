@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 
 from ckptkit.convert import expr
-from ckptkit.convert.components import HF_NATIVE, config_json, map_component, shipped_config
+from ckptkit.convert.components import HF_NATIVE, config_json, config_to_carry, map_component, shipped_config
+from ckptkit.convert.configs import metadata_value
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import Detection
@@ -152,8 +153,12 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
                 plan.dropped[n] = "live weights replaced by their EMA copy (--extract-ema)"
         path = output_path(comp, opts.layout)
         tensors = tensor_ops(ckpt, ops, cast, opts.fix_position_ids, plan.notes, comp.name)
+        metadata = {"ckptkit.component": comp.name}
+        if opts.layout != "diffusers":  # a diffusers folder ships config.json instead
+            carried = config_to_carry(ckpt, comp, prefix, det.names, cmap, exclude, config)
+            metadata.update(metadata_value({comp.name: carried} if carried else {}))
         plan.outputs.append(OutputFile(path, comp.name, naming if opts.layout != "comfy" else "comfy", tensors,
-                                       metadata={"ckptkit.component": comp.name}))
+                                       metadata=metadata))
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,
                                               "diffusers_class": comp.diffusers_class}
         if opts.layout == "diffusers":

@@ -33,6 +33,7 @@ from ckptkit.convert.components import config_json, map_component, shipped_confi
 from ckptkit.convert.expr import Expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes
+from ckptkit.convert.configs import metadata_value
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.convert.split import CAST_TARGETS
 from ckptkit.errors import CkptError
@@ -228,6 +229,8 @@ def plan_trigflow(ckpt: Checkpoint, det: Detection, opts: TrigFlowOptions) -> Pl
     tensors = _tensor_ops(ckpt, ops, notes, CAST_TARGETS[opts.dtype])
     metadata = {"ckptkit.component": comp.name, "ckptkit.trigflow.time_scale": repr(time_scale),
                 "ckptkit.trigflow.sigma_data": repr(SIGMA_DATA)}
+    if opts.layout == "original":  # the diffusers layout writes config.json instead
+        metadata.update(metadata_value({comp.name: cfg}))
     plan.outputs.append(OutputFile(path, comp.name, opts.layout, tensors, metadata=metadata))
     plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": opts.layout,
                                           "diffusers_class": comp.diffusers_class}

@@ -20,6 +20,7 @@ SPEC = FamilySpec(
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "flux",
                       "FluxTransformer2DModel", "transformer", config=FLUX_DEV_CONFIG,
+                      released=(dict(FLUX_DEV_CONFIG, guidance_embeds=False),),  # FLUX.1 [schnell]
                       alt_prefixes=("",), high_precision=FLUX_HIGH_PRECISION),
         replace(clip_l("text_encoders.clip_l.transformer."), optional=True),
         replace(t5xxl("text_encoders.t5xxl.transformer."), optional=True),

@@ -25,6 +25,7 @@ SPEC = FamilySpec(
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "mmdit",
                       "SD3Transformer2DModel", "transformer", config=SD3_MEDIUM_CONFIG,
+                      released=(SD35_LARGE_CONFIG, SD35_MEDIUM_CONFIG),
                       high_precision=MMDIT_HIGH_PRECISION),
         clip_l("text_encoders.clip_l.transformer.", ),
         ComponentSpec("clip_g", "text_encoder", "text_encoders.clip_g.transformer.", "hf_clip",

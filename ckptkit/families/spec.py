@@ -63,6 +63,7 @@ class ComponentSpec:
     diffusers_class: str  # e.g. "UNet2DConditionModel", "CLIPTextModel"
     diffusers_folder: str  # "unet", "transformer", "text_encoder", "text_encoder_2", "vae", ...
     config: dict = field(default_factory=dict)  # the released model's diffusers/transformers config
+    released: tuple[dict, ...] = ()  # other released sizes' configs (Sana 600M beside the 1600M, ...)
     alt_prefixes: tuple[str, ...] = ()  # other prefixes seen in the wild (ComfyUI repacks)
     optional: bool = False  # bundles often lack it (FLUX/Sana ship transformer-only files)
     high_precision: tuple[str, ...] = ()  # name prefixes kept out of quantization (final names)

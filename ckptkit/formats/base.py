@@ -35,6 +35,7 @@ class Checkpoint:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     config: dict | None = None  # a diffusers/transformers config.json when the source has one
+    user_config: object = None  # convert.configs.UserConfig from --config, attached by the command
 
     @property
     def path(self) -> Path:

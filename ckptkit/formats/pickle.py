@@ -55,6 +55,10 @@ def _checked_info(path: Path, name: str, t: torch.Tensor) -> TensorInfo:
     code = TORCH_TO_CODE.get(t.dtype)
     if code is None:
         raise CkptError(f"{path}: tensor {pname} has unsupported dtype {t.dtype}")
+    if any(d < 0 for d in t.shape) or any(s < 0 for s in t.stride()) or t.storage_offset() < 0:
+        # torch's rebuild accepts these when the tensor is empty; any later copy of it raises
+        raise CkptError(f"{path}: tensor {pname} has a negative size or stride "
+                        f"(shape {list(t.shape)}, strides {list(t.stride())}); refused")
     nbytes = t.numel() * t.element_size()
     stored = t.untyped_storage().nbytes()
     if nbytes > stored:

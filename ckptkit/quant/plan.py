@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 
 from ckptkit.convert import expr
-from ckptkit.convert.components import map_component, shipped_config
+from ckptkit.convert.components import config_to_carry, map_component, shipped_config
+from ckptkit.convert.configs import metadata_value
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.convert.split import POSITION_IDS, source_dtype, target_naming
 from ckptkit.errors import CkptError
@@ -153,6 +154,7 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         naming = target_naming(comp, "comfy")
         cmap = map_component(ckpt, comp, prefix, naming_in, naming, src.exclude, config)
         plan.dropped.update(cmap.dropped)
+        carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
         request = requests[comp.name]
         gguf = request is not None and (request.quantized or single_fmt == "gguf")
         path = single_file or f"{comp.name}.{'gguf' if gguf else 'safetensors'}"
@@ -168,6 +170,8 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                     ops[name] = e
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
                                policy.force_vae)
+        if carried:  # what the weights cannot tell travels with the file (convert/configs.py)
+            (out.kv if out.format == "gguf" else out.metadata).update(metadata_value({comp.name: carried}))
         plan.outputs.append(out)
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,
                                               "diffusers_class": comp.diffusers_class,

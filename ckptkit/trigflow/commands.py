@@ -40,18 +40,21 @@ TRIGFLOW_OPTIONS = [
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed of the guidance embedder's input layer (its output layer is zero, so the model's "
                       "function never depends on it)."),
+    click.option("--config", "config", type=click.Path(path_type=str), default=None,
+                 help="The transformer's config.json (or a diffusers folder): head widths the weights cannot decide."),
 ]
 
 
 def _trigflow(render_run, bar_factory):
-    def trigflow(source, out_dir, layout, time_scale, with_logvar, dtype, seed, dry_run, as_json, force, workers):
+    def trigflow(source, out_dir, layout, time_scale, with_logvar, dtype, seed, config, dry_run, as_json, force,
+                 workers):
         """Remap a Sana flow-matching transformer to the TrigFlow (SANA-Sprint) form, function-preserving."""
         from ckptkit import pipeline
         from ckptkit.convert.trigflow import TrigFlowOptions
 
         opts = TrigFlowOptions(layout=layout, time_scale=time_scale, with_logvar=with_logvar, dtype=dtype, seed=seed)
         result = pipeline.trigflow(source, out_dir, opts, force=force, dry_run=dry_run, workers=workers,
-                                   progress=bar_factory(sys.stderr.isatty() and not as_json))
+                                   progress=bar_factory(sys.stderr.isatty() and not as_json), config=config)
         for warning in result.plan.info.get("warnings", []):
             click.echo(f"ckptkit: warning: {warning}", err=True)
         if result.plan.info.get("already_trigflow"):

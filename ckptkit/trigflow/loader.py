@@ -112,6 +112,7 @@ def _single(path: Path, dtype: torch.dtype) -> tuple[dict, float | None]:
         det = detect(ckpt)
         if det.spec is None:
             raise CkptError(f"{path}: family unknown: not a model ckptkit can sample")
+        adapter_for(det.spec.diffusion_model.diffusers_class)  # a UNet is refused before anything loads
         parts = {}
         for comp in det.spec.components:
             if comp.name not in det.components:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.errors import CkptError, ResourceError
-from ckptkit.verify.coverage import check_coverage, dominant_quant_type
+from ckptkit.verify.coverage import check_coverage, component_quant_type
 from ckptkit.verify.integrity import check_integrity
 from ckptkit.verify.layout import check_layout
 from ckptkit.verify.numeric import check_numeric
@@ -31,6 +31,7 @@ class VerifyOptions:
     resolution: int | None = None
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # thresholds by type (see thresholds.py)
+    config: str | None = None  # --config FILE|DIR: for the candidate and the reference (convert/configs.py)
 
 
 @dataclass
@@ -78,10 +79,10 @@ def _strict(value):
 
 
 def component_types(cset: ComponentSet) -> dict[str, str | None]:
-    """Each readable component's dominant quantized type (None: plain)."""
+    """Each readable component's least precise quantized type (None: plain): see component_quant_type."""
     from ckptkit.verify.coverage import type_summary
 
-    return {name: dominant_quant_type(type_summary(comp)) if comp.ckpt is not None else None
+    return {name: component_quant_type(type_summary(comp)) if comp.ckpt is not None else None
             for name, comp in cset.components.items()}
 
 
@@ -108,10 +109,19 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
 
         resolve_device(opts.device)
         resolve_dtype(opts.dtype)
+    user_config = None
+    if opts.config is not None:
+        from ckptkit.convert.configs import UserConfig
+
+        user_config = UserConfig.load(opts.config)
     cand = open_set(path)
     ref = None
     try:
         ref = open_reference(opts.against) if opts.against else None
+        for cset in (cand, ref):
+            for comp in (cset.components.values() if cset is not None else ()):
+                if comp.ckpt is not None and user_config is not None:
+                    comp.ckpt.user_config = user_config
         findings = Findings()
         for label, fn in (("integrity", lambda: check_integrity(cand, opts.scan)),
                           ("layout", lambda: check_layout(cand)),

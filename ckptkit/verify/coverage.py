@@ -23,9 +23,14 @@ def type_summary(comp) -> dict[str, dict[str, int]]:
     return summary
 
 
-def dominant_quant_type(summary: dict[str, dict[str, int]]) -> str | None:
-    quant = {t: v["bytes"] for t, v in summary.items() if t not in INTEGER_OR_PLAIN}
-    return max(quant, key=quant.get) if quant else None
+def component_quant_type(summary: dict[str, dict[str, int]]) -> str | None:
+    """The type a component is judged by: the least precise quantized type it holds (None: plain).
+    Not the type holding most bytes: a Q4_K_M file whose narrow rows fell back to Q5_0 / Q8_0 (or a
+    small model where the fallbacks outweigh the rest) is still a Q4_K file, and its 1-step figures
+    carry Q4_K's error, so it is held to Q4_K's limits."""
+    from ckptkit.verify.thresholds import least_precise
+
+    return least_precise(t for t in summary if t not in INTEGER_OR_PLAIN)
 
 
 def check_coverage(cset: ComponentSet) -> Findings:

@@ -19,7 +19,8 @@ TOLERATED = ("position_ids", "logit_scale", "encoder.embed_tokens.weight", "text
 
 def expected_shapes(comp: Component, shapes: dict) -> dict[str, tuple[int, ...]]:
     spec = comp.spec
-    config = source_config(spec, shapes, comp.names, comp.config)
+    # names and shapes do not depend on the values the weights cannot decide (heads, activations)
+    config = source_config(spec, shapes, comp.names, comp.config, comp.ckpt, strict=False)
     dshapes = diffusers_shapes(spec.diffusers_class, config)
     if comp.names == "diffusers":
         return dshapes

@@ -346,7 +346,7 @@ class _Run:
             from ckptkit.convert.components import local_shapes, source_config
 
             config = source_config(mset.spec(name), local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names,
-                                   None)
+                                   None, src.ckpt)
         _check_memory(name, src.ckpt, src.prefix, src.exclude, dtype or self.dtype, self.device)
         model = load_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
                                dtype or self.dtype)
@@ -607,10 +607,7 @@ def _component_config(mset: ModelSet, name: str) -> dict:
     from ckptkit.convert.components import local_shapes, source_config
 
     src, spec = mset.sources[name], mset.spec(name)
-    try:
-        return source_config(spec, local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names, src.config)
-    except CkptError:
-        return dict(spec.config)
+    return source_config(spec, local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names, src.config, src.ckpt)
 
 
 def run_onestep(reference, candidate, *, seed: int = 0, device: str = "auto", dtype="float32",

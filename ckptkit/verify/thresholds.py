@@ -1,5 +1,6 @@
 """Pass/fail thresholds, by the quantization type a component is stored in (per tensor: the type
-it is stored in; 1-step stages: the component's dominant quantized type by bytes; end to end: the
+it is stored in; 1-step stages: the least precise quantized type
+the component holds (a Q4_K_M file with Q5_0/Q8_0 fallback rows is judged as Q4_K); end to end: the
 least precise component's type).
 
 The defaults are measured (docs/BENCHMARKS.md, "Verify: thresholds measured on the fixtures";
@@ -56,7 +57,7 @@ DEFAULTS: dict[str, Thresholds] = {
 
 
 def least_precise(types) -> str | None:
-    """Of some components' dominant types (None: plain), the least precise: DEFAULTS lists the
+    """Of some types (None: plain), the least precise: DEFAULTS lists the
     types from most to least precise, and a type it does not list (IQ4_XS, ...) counts as less
     precise than any. End to end passes through every component, so its limits are this type's."""
     order = list(DEFAULTS)

@@ -1,14 +1,16 @@
 """Flux and Sana `config_from_original`: the diffusers config read back from original-layout shapes.
 
-Tiny fixtures: the derived config (base = the family spec's released config, as the CLI uses it) builds a
-model that computes exactly what the fixture model computes, and the streaming path (invert of
+Tiny fixtures: the derived config (base = the fixture's own config, which its files ship: head widths and
+the rotary split are not in the shapes) builds a model that computes exactly what the fixture model computes, and the streaming path (invert of
 `to_original` at the derived config) gives back the fixture's diffusers tensors bit for bit.
-Real manifests: the derived config reproduces the released file's names and shapes and the spec's config."""
+Real manifests: the resolved config (convert/configs.py) reproduces the released file's names and shapes and
+the spec's config, the values the shapes cannot decide marked as the released ones; another size refuses
+them with the --config hint, and takes them from a given config."""
 
 import pytest
 import torch
 
-from ckptkit.convert import expr
+from ckptkit.convert import configs, expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes, instantiate
 from ckptkit.errors import CkptError
@@ -39,7 +41,8 @@ def derive(fixture):
     comp = FIXTURES[fixture].spec.component("diffusion_model")
     original = factory.original_state(fixture, "diffusion_model")
     layout = get_layout(comp.layout)
-    return layout, comp.diffusers_class, layout.config_from_original(shapes_of(original), comp.config), original
+    base = FIXTURES[fixture].config("diffusion_model")
+    return layout, comp.diffusers_class, layout.config_from_original(shapes_of(original), base), original
 
 
 def flux_inputs(config, gen):
@@ -96,8 +99,11 @@ def test_released_file_gives_released_config(manifest):
     comp = get_family(family).component("diffusion_model")
     layout = get_layout(comp.layout)
     original = manifest_shapes(manifest, "transformer")
-    config = layout.config_from_original(original, comp.config)
+    resolved = configs.resolve(comp, original, "original")
+    config = resolved.values
     assert {k: config[k] for k in comp.config} == {**comp.config, **differs}
+    assert resolved.released_as is not None and not resolved.undetermined
+    assert {resolved.sources[k] for k in layout.undetermined} == {configs.RELEASED}
     dshapes = diffusers_shapes(comp.diffusers_class, config)  # builds the meta model
     assert expr.shapes(layout.to_original(dshapes, config), dshapes) == original
 
@@ -110,14 +116,45 @@ def test_flux_rotary_split_must_fit_the_head_dim():
         layout.config_from_original(original, dict(base, axes_dims_rope=[8, 28, 28]))
 
 
-@pytest.mark.parametrize("width, heads", [(1152, 16), (2240, 20), (224, 2)])
-def test_sana_cross_attention_heads(width, heads):
-    base = get_family("sana").component("diffusion_model").config
+def sana_shapes(width: int, depth: int) -> dict:
+    """Sana's real names and shapes (the 1600M's manifest) at another width and depth."""
     released = manifest_shapes("sana_1600m", "transformer")
-    shapes = {k: tuple(width if d == 2240 else d for d in s) for k, s in released.items()  # one block at `width`
-              if k.startswith(("x_embedder.", "final_layer.", "y_embedder.", "blocks.0.")) or k == "pos_embed"}
-    shapes["blocks.0.mlp.inverted_conv.conv.weight"] = (5 * width, width, 1, 1)
-    config = get_layout("sana").config_from_original(shapes, base)
-    assert (config["num_cross_attention_heads"], config["cross_attention_head_dim"]) == (heads, width // heads)
-    assert (config["num_attention_heads"], config["attention_head_dim"]) == (width // 32, 32)
-    assert config["mlp_ratio"] == 2.5
+    shapes = {}
+    for k, s in released.items():
+        if k.startswith("blocks.") and not k.startswith("blocks.0."):
+            continue
+        s = tuple(width if d == 2240 else 5 * width if d == 5 * 2240 else d for d in s)
+        if k.startswith("blocks.0."):
+            for i in range(depth):
+                shapes[f"blocks.{i}." + k[len("blocks.0."):]] = s
+        else:
+            shapes[k] = s
+    return shapes
+
+
+@pytest.mark.parametrize("width, depth, heads, cross", [(1152, 28, 36, 16), (2240, 20, 70, 20), (2240, 60, 70, 20)])
+def test_sana_released_sizes_take_their_released_heads(width, depth, heads, cross):
+    """600M / Sprint 0.6B, 1600M / 1.5 / Sprint 1.6B and 1.5 4.8B: head widths from their own released config."""
+    comp = get_family("sana").component("diffusion_model")
+    resolved = configs.resolve(comp, sana_shapes(width, depth), "original")
+    config = resolved.values
+    assert (config["num_attention_heads"], config["attention_head_dim"]) == (heads, 32)
+    assert (config["num_cross_attention_heads"], config["cross_attention_head_dim"]) == (cross, width // cross)
+    assert config["mlp_ratio"] == 2.5 and config["num_layers"] == depth
+    assert resolved.sources["cross_attention_head_dim"] == configs.RELEASED
+
+
+def test_sana_of_another_size_needs_its_heads_given():
+    comp = get_family("sana").component("diffusion_model")
+    shapes = sana_shapes(224, 2)
+    with pytest.raises(configs.ConfigUndetermined, match=r"attention_head_dim is not determined.*--config"):
+        configs.resolve(comp, shapes, "original")
+    given = {"attention_head_dim": 16, "cross_attention_head_dim": 56}
+    resolved = configs.resolve(comp, shapes, "original", given=given, given_from="--config my.json")
+    config = resolved.values
+    assert (config["num_attention_heads"], config["num_cross_attention_heads"]) == (14, 4)
+    assert resolved.sources["attention_head_dim"] == "--config my.json"
+    assert resolved.sources["num_layers"] == configs.WEIGHTS
+    # not strict (names and shapes only): the released values stand in, marked undetermined
+    loose = configs.resolve(comp, sana_shapes(2240, 2), "original", strict=False)
+    assert set(loose.undetermined) == {"attention_head_dim", "cross_attention_head_dim"}

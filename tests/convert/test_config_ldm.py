@@ -7,7 +7,7 @@ fixtures must come back as the same network, the released files as their release
 import pytest
 import torch
 
-from ckptkit.convert import expr
+from ckptkit.convert import configs, expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes, meta_model
 from ckptkit.families import get_family
@@ -37,7 +37,7 @@ def derive(fixture, component):
     """(component spec, original tensors, config derived from their shapes)."""
     spec = FIXTURES[fixture].spec.component(component)
     orig = original_state(fixture, component)
-    return spec, orig, get_layout(spec.layout).config_from_original(shapes_of(orig), spec.config)
+    return spec, orig, get_layout(spec.layout).config_from_original(shapes_of(orig), FIXTURES[fixture].config(component))
 
 
 def loaded(class_name, config, state):
@@ -100,7 +100,9 @@ def test_real_manifest_gives_released_config(manifest, component, family, family
     layout = get_layout(spec.layout)
     want = manifest_shapes(manifest, component)
 
-    derived = layout.config_from_original(want, spec.config)
+    resolved = configs.resolve(spec, want, "original")  # what the commands use: released where every size matches
+    derived = resolved.values
+    assert not resolved.undetermined and resolved.released_as is not None
 
     # The spec config is the released one: the derivation must not move any key it sets.
     assert {k: derived.get(k) for k in spec.config if derived.get(k) != spec.config[k]} == {}
@@ -116,6 +118,6 @@ def test_released_unet_config_survives_its_own_original_shapes(family):
     dshapes = diffusers_shapes(spec.diffusers_class, spec.config)
     original = expr.shapes(layout.to_original(dshapes, spec.config), dshapes)
 
-    derived = layout.config_from_original(original, spec.config)
+    derived = configs.resolve(spec, original, "original").values
 
     assert {k: derived.get(k) for k in spec.config if derived.get(k) != spec.config[k]} == {}

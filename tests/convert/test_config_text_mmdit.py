@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ckptkit.convert import expr
+from ckptkit.convert import configs, expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes, instantiate
 from ckptkit.families import get_family
@@ -77,7 +77,7 @@ def derive(fixture: str, component: str):
     spec = FIXTURES[fixture].spec.component(component)
     layout = get_layout(spec.layout)
     original = factory.original_state(fixture, component)
-    return spec, layout, original, layout.config_from_original(shapes_of(original), spec.config)
+    return spec, layout, original, layout.config_from_original(shapes_of(original), FIXTURES[fixture].config(component))
 
 
 def loadable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -141,7 +141,9 @@ def test_real_manifest_gives_released_config_and_same_names_and_shapes(manifest,
     want = manifest_shapes(manifest, component)
     layout = get_layout(spec.layout)
 
-    derived = layout.config_from_original(want, spec.config)
+    resolved = configs.resolve(spec, want, "original")  # what the commands use: released where every size matches
+    derived = resolved.values
+    assert not resolved.undetermined and resolved.released_as is not None
 
     released = released or spec.config
     assert {k: derived[k] for k in released} == released
@@ -152,7 +154,7 @@ def test_real_manifest_gives_released_config_and_same_names_and_shapes(manifest,
 def test_hf_clip_reads_flattened_transformers_names():
     original = factory.original_state("sd3", "clip_g")
     flat = {n.removeprefix("text_model."): s for n, s in shapes_of(original).items()}
-    layout, base = get_layout("hf_clip"), SD3.component("clip_g").config
+    layout, base = get_layout("hf_clip"), FIXTURES["sd3"].config("clip_g")
     assert layout.config_from_original(flat, base) == layout.config_from_original(shapes_of(original), base)
 
 

@@ -476,7 +476,7 @@ def test_extract_ema(work, tmp_path):
     ema = {n: (t.float() * 0.5 + 0.25).half() for n, t in dm.items()}  # differs from the live weights
     for n, t in ema.items():
         state[EMA_PREFIX + n.replace(".", "")] = t
-    save_safetensors(tmp_path / "ema.safetensors", state)
+    save_safetensors(tmp_path / "ema.safetensors", state, factory.shipped_configs("sd1"))
     bundle = record_input(tmp_path / "ema.safetensors")
     ok("split", bundle, "-o", tmp_path / "o", "--extract-ema")
     got = load_file(tmp_path / "o" / "diffusion_model.safetensors")
@@ -495,7 +495,7 @@ def test_extract_ema(work, tmp_path):
     ok("split", bundle, "-o", tmp_path / "d", "--extract-ema", "--layout", "diffusers", "--components", "diffusion_model")
     swapped = {n: t for n, t in state.items() if not n.startswith(("model.diffusion_model.", "model_ema."))}
     swapped.update({"model.diffusion_model." + n: t for n, t in ema.items()})
-    save_safetensors(tmp_path / "swapped.safetensors", swapped)
+    save_safetensors(tmp_path / "swapped.safetensors", swapped, factory.shipped_configs("sd1"))
     ok("split", tmp_path / "swapped.safetensors", "-o", tmp_path / "s", "--layout", "diffusers",
        "--components", "diffusion_model")
     unet = "unet/diffusion_pytorch_model.safetensors"
@@ -538,7 +538,7 @@ def test_store_dedups_components(work, tmp_path):
     # a fine-tune that only changed the VAE: the diffusion model and CLIP are not written again
     state = dict(work.state(bundle))
     state["first_stage_model.decoder.conv_out.bias"] = state["first_stage_model.decoder.conv_out.bias"] + 1
-    save_safetensors(tmp_path / "tuned.safetensors", state)
+    save_safetensors(tmp_path / "tuned.safetensors", state, factory.shipped_configs("sd1"))
     tuned = record_input(tmp_path / "tuned.safetensors")
     result = ok("split", tuned, "-o", tmp_path / "b", "--store", store)
     m2 = json.loads((tmp_path / "b" / "ckptkit.json").read_text())

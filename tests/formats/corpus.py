@@ -507,6 +507,25 @@ def pth_expanded_stride0_2d(d: Path) -> Path:
     return path
 
 
+class _NegativeShape:
+    """Pickles as torch's own tensor rebuild with shape [-1, 0, 2] over a real storage: torch.load
+    builds the (empty) tensor, and any copy of it raises (found by bench/fuzz.py)."""
+
+    def __reduce__(self):
+        from collections import OrderedDict
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            storage = torch.zeros(4).storage()
+        return torch._utils._rebuild_tensor_v2, (storage, 0, (-1, 0, 2), (2, 2, 1), False, OrderedDict())
+
+
+def pth_negative_dimension(d: Path) -> Path:
+    path = Path(d) / "negative_dim.pth"
+    torch.save({"w": _NegativeShape()}, path)
+    return path
+
+
 def pth_sparse_coo(d: Path) -> Path:
     path = Path(d) / "sparse_coo.pth"
     indices = torch.tensor([[0, 1], [1, 0]])
@@ -858,12 +877,12 @@ def _make_sd1_component_set() -> dict[str, bytes]:
 
 def _make_sana_trigflow_set() -> dict[str, bytes]:
     """`ckptkit trigflow sana.safetensors --layout original` on the Sana fixture's transformer."""
-    from ckptkit.fixtures.factory import original_state
+    from ckptkit.fixtures.factory import original_state, shipped_configs
     from ckptkit.formats.safetensors import save_safetensors
 
     with tempfile.TemporaryDirectory() as tmp:
         state = {k: v.to(torch.float16) for k, v in original_state("sana", "diffusion_model").items()}
-        save_safetensors(Path(tmp) / "sana.safetensors", state)
+        save_safetensors(Path(tmp) / "sana.safetensors", state, shipped_configs("sana", ["diffusion_model"]))
         _run_cli("trigflow", Path(tmp) / "sana.safetensors", "-o", Path(tmp) / "set", "--layout", "original")
         return _tree_of(Path(tmp) / "set")
 
@@ -928,7 +947,7 @@ CORPUS: dict[str, Callable[[Path], Path]] = {
         shape_as_string, data_offsets_floats, metadata_values_not_strings, tensor_name_forges_error_line,
         int64_weights_known_layout, zero_dims_known_layout,
         # pickles
-        pth_expanded_stride0_1d, pth_expanded_stride0_2d, pth_sparse_coo, pth_sparse_csr, pth_meta_tensor,
+        pth_expanded_stride0_1d, pth_expanded_stride0_2d, pth_negative_dimension, pth_sparse_coo, pth_sparse_csr, pth_meta_tensor,
         pickle_state_dict_values_not_tensors, malicious_legacy_pickle, zip_with_garbage_data_pkl,
         starts_with_0x80_neither, pickle_holding_list,
         # JSON side files

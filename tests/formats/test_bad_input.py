@@ -86,6 +86,7 @@ EXPECTED_REASON: dict[str, str | None] = {
     # pickles
     "pth_expanded_stride0_1d": "expanded",
     "pth_expanded_stride0_2d": "expanded",
+    "pth_negative_dimension": "negative size or stride",
     "pth_sparse_coo": "sparse",
     "pth_sparse_csr": "sparse",
     "pth_meta_tensor": "meta",

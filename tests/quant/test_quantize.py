@@ -593,7 +593,8 @@ def wide_sd3(tmp_path_factory):
                                                                         "caption_projection_dim": 256}})
     try:
         dm = root / "dm.safetensors"
-        save_safetensors(dm, {k: v.half() for k, v in factory.original_state("sd3_wide", "diffusion_model").items()})
+        save_safetensors(dm, {k: v.half() for k, v in factory.original_state("sd3_wide", "diffusion_model").items()},
+                         factory.shipped_configs("sd3_wide", ["diffusion_model"]))
         folder = root / "diffusers" / "transformer"
         folder.mkdir(parents=True)
         model = factory.component_model("sd3_wide", "diffusion_model")

@@ -20,7 +20,8 @@ from ckptkit.errors import CkptError
 from ckptkit.families import get_family
 from ckptkit.families.detect import detect
 from ckptkit.formats.base import Checkpoint, TensorInfo
-from ckptkit.fixtures.factory import original_state, write_bundle, write_diffusers
+from ckptkit.convert.configs import metadata_value
+from ckptkit.fixtures.factory import FIXTURES, original_state, write_bundle, write_diffusers
 from ckptkit.formats import open_checkpoint
 from safetensors.torch import load_file as load_safetensors
 from ckptkit.formats.safetensors import save_safetensors
@@ -182,7 +183,8 @@ def test_diffusers_source_gives_the_same_output(work, tmp_path):
 def test_qk_norm_kept_only_where_the_source_has_it(tmp_path):
     state = original_state("sana_sprint", "diffusion_model")
     flow15 = {n: t for n, t in state.items() if not n.startswith("cfg_embedder.")}  # a SANA 1.5-like flow model
-    save_safetensors(tmp_path / "sana15.safetensors", flow15)
+    config = dict(FIXTURES["sana_sprint"].config("diffusion_model"), guidance_embeds=False)  # no cfg_embedder now
+    save_safetensors(tmp_path / "sana15.safetensors", flow15, metadata_value({"diffusion_model": config}))
     out = pipeline.trigflow(tmp_path / "sana15.safetensors", tmp_path / "o").out_dir
     assert loaded(out).config.qk_norm == "rms_norm_across_heads"
     assert "transformer_blocks.0.attn1.norm_q.weight" in loaded(out).state_dict()
@@ -260,8 +262,14 @@ def test_released_sizes_from_shapes(size, qk_norm, name, scale):
 
 
 def test_nvlabs_pth_source(work, tmp_path):
+    """An NVlabs .pth ships no config: the tiny model's head widths are not a released Sana's, so
+    they must be given (--config), and then it converts as the safetensors bundle does."""
     torch.save({"state_dict": load_safetensors(work.bundle), "epoch": 1}, tmp_path / "Sana_600M.pth")
-    out = pipeline.trigflow(tmp_path / "Sana_600M.pth", tmp_path / "o").out_dir
+    with pytest.raises(CkptError, match=r"attention_head_dim is not determined by the weights.*--config"):
+        pipeline.trigflow(tmp_path / "Sana_600M.pth", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    (tmp_path / "config.json").write_text(json.dumps(FIXTURES["sana"].config("diffusion_model")))
+    out = pipeline.trigflow(tmp_path / "Sana_600M.pth", tmp_path / "o", config=tmp_path / "config.json").out_dir
     a = load_safetensors(Path(out) / "transformer" / "diffusion_pytorch_model.safetensors")
     b = load_safetensors(Path(work.out) / "transformer" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)

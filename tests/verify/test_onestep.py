@@ -13,7 +13,7 @@ import torch
 from ckptkit.families import FAMILIES
 from ckptkit.families.common import DDPM_SCHEDULE, FLUX_SCHEDULER, SANA_SPRINT_SCHEDULER, SD3_SCHEDULER, SDXL_SCHEDULER
 from ckptkit.families.detect import detect
-from ckptkit.fixtures.factory import FIXTURES, component_model, write_bundle, write_gguf
+from ckptkit.fixtures.factory import FIXTURES, component_model, shipped_configs, write_bundle, write_gguf
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.safetensors import save_safetensors
 from ckptkit.verify import images as imgs
@@ -76,7 +76,7 @@ def _perturbed(bundles, name, component, tag):
     target = max(names, key=lambda n: ("token_embedding" in n or n.endswith("shared.weight"), state[n].numel(), n))
     changed = dict(state)
     changed[target] = state[target] * 2
-    save_safetensors(out, changed)
+    save_safetensors(out, changed, shipped_configs(name))  # the same configs ship as with the bundle
     return out
 
 
@@ -164,7 +164,8 @@ def _q8_gguf(fixture, path):
             arr, type_name = torch_to_plain(t.to(torch.float16) if t.ndim >= 2 else t.float())
         arrays[name] = arr
         specs.append((name, tuple(t.shape), type_name, arr.nbytes))
-    with GGUFStreamWriter(path, FIXTURES[fixture].spec.gguf_arch, specs, {"general.file_type": 7}) as writer:
+    kv = {"general.file_type": 7, **shipped_configs(fixture, ["diffusion_model"])}
+    with GGUFStreamWriter(path, FIXTURES[fixture].spec.gguf_arch, specs, kv) as writer:
         for name, *_ in specs:
             writer.write(name, arrays[name])
     return path
@@ -217,7 +218,7 @@ def test_flow_sana_against_its_trigflow_form(tmp_path):
     sprint["time_embed.guidance_embedder.linear_2.weight"] = torch.zeros(width, width)
     sprint["time_embed.guidance_embedder.linear_2.bias"] = torch.zeros(width)
     sprint_cfg = dict(flow_cfg, guidance_embeds=True, guidance_embeds_scale=0.1, timestep_scale=1000.0)
-    save_safetensors(tmp_path / "flow.safetensors", state)
+    save_safetensors(tmp_path / "flow.safetensors", state)  # diffusers names: ModelSource gets the config
     save_safetensors(tmp_path / "sprint.safetensors", sprint)
     ref = ModelSet("sana", "sana", {"diffusion_model": ModelSource(_open(tmp_path / "flow.safetensors")[0],
                                                                    names="diffusers", config=flow_cfg)})

@@ -378,3 +378,26 @@ def test_bad_thresholds_file_exits_2(sets, tmp_path, text, message):
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("ckptkit: error:") and message in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("summary, want", [
+    ({"Q8_0": 9000, "Q5_0": 500, "Q4_K": 100, "F32": 10**6}, "Q4_K"),  # fallbacks outweigh the Q4_K rows
+    ({"Q5_0": 9000, "Q4_K": 10}, "Q4_K"),
+    ({"Q6_K": 10, "Q8_0": 10**6}, "Q6_K"),
+    ({"IQ4_XS": 10, "Q4_K": 10**6}, "IQ4_XS"),  # a type the thresholds do not list counts as least precise
+    ({"F16": 10, "BF16": 10, "F8_E4M3": 10}, None),
+])
+def test_a_component_is_judged_by_its_least_precise_quantized_type(summary, want):
+    from ckptkit.verify.coverage import component_quant_type
+
+    assert component_quant_type({t: {"tensors": 1, "bytes": b} for t, b in summary.items()}) == want
+
+
+def test_q4_k_m_fallback_rows_do_not_loosen_the_limits(sets, tmp_path):
+    """A q4_k_m diffusion model (Q4_K with Q5_0/Q6_K/Q8_0 fallback rows) is held to Q4_K's limits."""
+    s = sets("sdxl")
+    pipeline.quantize(s["bundle"], tmp_path / "q4", Policy(diffusion_model="q4_k_m"))
+    code, data = verify_json(tmp_path / "q4", "--against", s["bundle"], "--no-onestep")
+    types = data["tables"]["types:diffusion_model"] if "tables" in data else None
+    assert data["thresholds"]["diffusion_model"] == DEFAULTS["Q4_K"].__dict__, types
+    assert code == 0, failing(data)

@@ -111,8 +111,12 @@ def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
 
 def _rope_axes(base: dict, head_dim: int) -> list[int]:
     """Rotary dims per position axis (ids: index, row, column); they must add up to the head dim. Not in
-    the shapes, so from `base`; a base whose axes fit another head dim cannot be adapted by guessing."""
-    axes = list(base.get("axes_dims_rope", (16, 56, 56)))
+    the shapes, so from `base` (the resolved config); axes that fit another head dim cannot be adapted
+    by guessing."""
+    axes = base.get("axes_dims_rope")
+    if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and a > 0 for a in axes):
+        raise CkptError(f"Flux axes_dims_rope must be a list of positive integers, not {axes!r}")
+    axes = list(axes)
     if sum(axes) != head_dim:
         raise CkptError(f"Flux head dim {head_dim} but the base config's axes_dims_rope {axes} add up to "
                         f"{sum(axes)}: the rotary split of this model is unknown")
@@ -134,6 +138,16 @@ def _check_consumed(mapping: dict[str, Expr], names, side: str) -> None:
 
 class Flux:
     kind = "flux"
+    shape_keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "out_channels", "num_layers",
+                  "num_single_layers", "attention_head_dim", "num_attention_heads", "guidance_embeds")
+    undetermined = {"axes_dims_rope": "the rotary split of a head over the position axes is not in the weights"}
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        head_dim = _head_dim(shapes)
+        k = head_dim // 6 * 2
+        return {"axes_dims_rope": [head_dim - 2 * k, k, k] if k else [head_dim]}
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out: dict[str, Expr] = {}
@@ -176,7 +190,7 @@ class Flux:
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
-        `base` is the family spec's released config: used only for what shapes cannot tell
+        `base` is the resolved config (convert/configs.py): used only for what shapes cannot tell
         (`patch_size`, `axes_dims_rope`)."""
         width = _size(shapes, "img_in.weight", 0)
         head_dim = _head_dim(shapes)

@@ -21,8 +21,13 @@ CLIP_TOP_LEVEL = ("text_model.", "text_projection.", "logit_scale")
 T5_TIED_COPY = "encoder.embed_tokens.weight"  # a stored duplicate of shared.weight
 
 # Configs from original-layout shapes (`config_from_original`): {config key: (tensor name, dim)}.
-# Head counts are not in the shapes: CLIP-L/G/H all use 64-wide heads, so heads = hidden // 64.
-CLIP_HEAD_DIM = 64
+# Head counts and the activation are not in the shapes (q/k/v are [hidden, hidden] whatever the
+# split): they come from the resolved config (convert/configs.py).
+CLIP_SHAPE_KEYS = ("vocab_size", "hidden_size", "max_position_embeddings", "intermediate_size", "projection_dim",
+                   "num_hidden_layers")
+CLIP_PLACEHOLDERS = {"num_attention_heads": 1, "hidden_act": "gelu"}
+CLIP_UNDETERMINED = {"num_attention_heads": "head count: q/k/v are [hidden, hidden] whatever the head split",
+                     "hidden_act": "the activation is not in the weights (quick_gelu in OpenAI CLIP, gelu in OpenCLIP)"}
 HF_CLIP_DIMS = {
     "vocab_size": ("text_model.embeddings.token_embedding.weight", 0),
     "hidden_size": ("text_model.embeddings.token_embedding.weight", 1),
@@ -67,8 +72,10 @@ def layer_indices(names: Iterable[str], pattern: re.Pattern) -> list[int]:
     return sorted({int(m.group(1)) for n in names if (m := pattern.match(n))})
 
 
-def head_count(hidden: int, head_dim: int, kind: str) -> int:
-    """Heads by the family rule (fixed head width); a width that breaks the rule is an error."""
+def head_count(hidden: int, head_dim, kind: str) -> int:
+    """Heads of a given width; a width they do not divide is an error."""
+    if not isinstance(head_dim, int) or head_dim <= 0:
+        raise CkptError(f"{kind} layout: attention_head_dim {head_dim!r} is not a positive integer")
     if hidden % head_dim:
         raise CkptError(f"{kind} layout: width {hidden} is not a whole number of {head_dim}-wide heads")
     return hidden // head_dim
@@ -79,7 +86,9 @@ def clip_config(shapes: dict[str, tuple[int, ...]], base: dict, dims: dict[str, 
     """A CLIPTextConfig from shapes, for both CLIP layouts (they differ only in names)."""
     config = read_dims(shapes, dims, kind, CLIP_OPTIONAL)
     config["num_hidden_layers"] = len(layer_indices(shapes, layer))
-    config["num_attention_heads"] = head_count(config["hidden_size"], CLIP_HEAD_DIM, kind)
+    heads = base.get("num_attention_heads")
+    if isinstance(heads, int) and heads > 0 and config["hidden_size"] % heads:
+        raise CkptError(f"{kind} layout: width {config['hidden_size']} does not split into {heads} heads")
     return {**base, **config}
 
 
@@ -108,6 +117,13 @@ def clip_state_shapes(config: dict, with_projection: bool) -> dict[str, tuple[in
 
 class HFClip:
     kind = "hf_clip"
+    shape_keys = CLIP_SHAPE_KEYS
+    undetermined = CLIP_UNDETERMINED
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        return CLIP_PLACEHOLDERS
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         return {clip_original_name(n): src(n) for n in shapes}
@@ -117,14 +133,23 @@ class HFClip:
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
-        family spec's released config: used only for what shapes cannot tell (hidden_act, token ids,
-        projection_dim when there is no text_projection)."""
+        resolved config (convert/configs.py): used only for what shapes cannot tell (heads, hidden_act,
+        token ids, projection_dim when there is no text_projection)."""
         shapes = {clip_original_name(n): s for n, s in shapes.items()}  # also transformers-5 names
         return clip_config(shapes, base, HF_CLIP_DIMS, HF_CLIP_LAYER, self.kind)
 
 
 class HFT5:
     kind = "hf_t5"
+    shape_keys = ("vocab_size", "d_model", "d_ff", "relative_attention_num_buckets", "num_heads", "d_kv", "num_layers")
+    undetermined = {"feed_forward_proj": "the feed-forward activation is not in the weights (gated-gelu in T5 v1.1)",
+                    "relative_attention_max_distance": "the relative-position range is not in the weights"}
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        gated = any(".DenseReluDense.wi_0." in n for n in shapes)
+        return {"feed_forward_proj": "gated-gelu" if gated else "relu", "relative_attention_max_distance": 128}
     tied = frozenset({T5_TIED_COPY})  # diffusers-side names that to_original leaves out on purpose
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
@@ -139,8 +164,8 @@ class HFT5:
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
-        family spec's released config: used only for what shapes cannot tell (activation, epsilon,
-        relative_attention_max_distance, ...)."""
+        resolved config (convert/configs.py): used only for what shapes cannot tell (activation,
+        epsilon, relative_attention_max_distance, ...)."""
         if "shared.weight" not in shapes and T5_TIED_COPY in shapes:
             shapes = {**shapes, "shared.weight": shapes[T5_TIED_COPY]}
         config = read_dims(shapes, T5_DIMS, self.kind)

@@ -101,7 +101,16 @@ DOWNSAMPLER = re.compile(r"input_blocks\.(\d+)\.0\.op\.weight")
 INPUT_BLOCK = re.compile(r"input_blocks\.(\d+)\.")
 TRANSFORMER_BLOCK = re.compile(r"input_blocks\.(\d+)\.1\.transformer_blocks\.(\d+)\.")
 
-HEAD_CHANNELS = 64  # SD2, SDXL and the refiner: attention heads of 64 channels at every level
+# Config keys the shapes decide (what `config_from_original` reads), and those they cannot: q/k/v
+# are [C, C] whatever the head split, and the time-id embedding width is one unknown part of
+# label_emb's input (pooled text + 6 time ids of that width). See convert/configs.py.
+SHAPE_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
+              "up_block_types", "transformer_layers_per_block", "cross_attention_dim", "use_linear_projection",
+              "num_class_embeds", "projection_class_embeddings_input_dim", "addition_embed_type")
+UNDETERMINED = {
+    "attention_head_dim": "head counts: q/k/v are [C, C] whatever the head split",
+    "addition_time_embed_dim": "the time-id embedding width is an unknown part of label_emb's input",
+}
 
 # Config keys the label_emb MLP decides; a base key of this set that the shapes do not confirm is dropped.
 EMBEDDING_KEYS = ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
@@ -136,17 +145,6 @@ def _transformer_layers_per_block(depths: list[int]) -> int | list[int]:
     return [d or 1 for d in depths]
 
 
-def _attention_heads(base: dict, channels: list[int]) -> int | list[int]:
-    """Head counts are not in the shapes (q/k/v are [C, C] whatever the split), so they follow the
-    released models' rule. diffusers' `attention_head_dim` is really a head count here: SD1 has 8
-    heads at every level and says so with an int, which we keep; SD2, SDXL and the refiner list one
-    count per level, always C // 64 (64-channel heads), which we recompute for the derived widths."""
-    heads = base.get("attention_head_dim", 8)
-    if isinstance(heads, int):
-        return heads
-    return [c // HEAD_CHANNELS for c in channels]
-
-
 def _embeddings(shapes, base: dict) -> dict:
     """The keys behind `label_emb`. The same two-layer MLP is SDXL's add_embedding (text_time) or a
     class_embedding: only a base that sets `class_embed_type` makes it the latter."""
@@ -161,7 +159,7 @@ def _embeddings(shapes, base: dict) -> dict:
     if kind == "projection":
         return {"class_embed_type": kind, "projection_class_embeddings_input_dim": in_dim}
     # addition_time_embed_dim is one part of in_dim (pooled text + n time ids of that width).
-    return {"addition_embed_type": "text_time", "addition_time_embed_dim": base.get("addition_time_embed_dim") or 256,
+    return {"addition_embed_type": "text_time", "addition_time_embed_dim": base.get("addition_time_embed_dim"),
             "projection_class_embeddings_input_dim": in_dim}
 
 
@@ -185,7 +183,7 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attn],
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn],
         transformer_layers_per_block=_transformer_layers_per_block(_transformer_depths(shapes, first_down)),
-        attention_head_dim=_attention_heads(base, channels),
+        attention_head_dim=base.get("attention_head_dim"),
         **_embeddings(shapes, base),
     )
     if to_k is not None:
@@ -197,11 +195,18 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
 
 class LdmUNet:
     kind = "ldm_unet"
+    shape_keys = SHAPE_KEYS
+    undetermined = UNDETERMINED
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        return {"attention_head_dim": 1, "addition_time_embed_dim": 1}
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
-        `base` is the family spec's released config: used only for what shapes cannot tell
-        (sample_size, norm_num_groups, addition_time_embed_dim, the head rule of `_attention_heads`)."""
+        `base` is the resolved config (convert/configs.py): its values stand for what the shapes
+        cannot tell (UNDETERMINED, and sample_size, norm_num_groups, ...)."""
         return config_from_original(shapes, base)
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:

@@ -81,11 +81,22 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
 
 class LdmVae:
     kind = "ldm_vae"
+    shape_keys = ("in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block",
+                  "down_block_types", "up_block_types", "use_quant_conv", "use_post_quant_conv",
+                  "mid_block_add_attention")
+    # not in any weight: how the pipeline scales latents for the diffusion model
+    undetermined = {"scaling_factor": "the latent scale is not in the weights",
+                    "shift_factor": "the latent shift is not in the weights"}
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        return {"scaling_factor": 1.0, "shift_factor": None}
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
-        `base` is the family spec's released config: used only for what shapes cannot tell
-        (norm_num_groups, sample_size, scaling_factor, shift_factor, ...)."""
+        `base` is the resolved config (convert/configs.py): its values stand for what the shapes
+        cannot tell (scaling_factor, shift_factor, norm_num_groups, sample_size, ...)."""
         return config_from_original(shapes, base)
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:

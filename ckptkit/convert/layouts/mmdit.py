@@ -67,9 +67,9 @@ QKV = {  # fused original: the diffusers q, k, v modules
 DIFFUSERS_BLOCK = re.compile(r"transformer_blocks\.(\d+)\.")
 ORIGINAL_BLOCK = re.compile(r"joint_blocks\.(\d+)\.")
 
-# `config_from_original`. Heads are not in the shapes: SD3 / SD3.5 use 64-wide heads, so
-# num_attention_heads = hidden // 64 (sd3_impls: heads = depth, hidden = 64 * depth).
-HEAD_DIM = 64
+# `config_from_original`. Heads are not in the shapes (fused qkv is [3 * hidden, hidden] whatever the
+# split): the head width comes from the resolved config (convert/configs.py; 64 in every released
+# SD3 / SD3.5, sd3_impls: heads = depth, hidden = 64 * depth), heads = hidden // it.
 CONFIG_DIMS = {  # SD3Transformer2DModel key: (original name, dim)
     "in_channels": ("x_embedder.proj.weight", 1),
     "patch_size": ("x_embedder.proj.weight", 2),
@@ -87,6 +87,14 @@ QK_NORM = "joint_blocks.0.x_block.attn.ln_q.weight"  # present: qk_norm="rms_nor
 
 class MMDiT:
     kind = "mmdit"
+    shape_keys = ("in_channels", "patch_size", "caption_projection_dim", "joint_attention_dim", "pooled_projection_dim",
+                  "num_layers", "out_channels", "pos_embed_max_size", "qk_norm", "dual_attention_layers")
+    undetermined = {"attention_head_dim": "head width: the fused qkv is [3 * hidden, hidden] whatever the split"}
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        return {"attention_head_dim": read_dims(shapes, MEASURES, self.kind)["hidden"]}
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out = {orig: src(name) for orig, name in TOP_LEVEL.items()}
@@ -123,15 +131,15 @@ class MMDiT:
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
-        family spec's released config: used only for what shapes cannot tell (sample_size)."""
+        resolved config (convert/configs.py): used only for what shapes cannot tell (head width, sample_size)."""
         config = read_dims(shapes, CONFIG_DIMS, self.kind)
         m = read_dims(shapes, MEASURES, self.kind)
         blocks = layer_indices(shapes, ORIGINAL_BLOCK)
         return {
             **base, **config,
             "num_layers": len(blocks),
-            "attention_head_dim": HEAD_DIM,
-            "num_attention_heads": head_count(m["hidden"], HEAD_DIM, self.kind),
+            "attention_head_dim": base.get("attention_head_dim"),
+            "num_attention_heads": head_count(m["hidden"], base.get("attention_head_dim"), self.kind),
             "out_channels": m["out_features"] // config["patch_size"] ** 2,
             "pos_embed_max_size": _square_side(m["positions"]),
             "qk_norm": "rms_norm" if QK_NORM in shapes else None,

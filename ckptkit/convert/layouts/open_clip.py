@@ -35,7 +35,7 @@ import torch
 
 from ckptkit.convert.expr import Expr, cat, src, transpose
 from ckptkit.convert.layouts import register
-from ckptkit.convert.layouts.hf_text import clip_config, clip_original_name
+from ckptkit.convert.layouts.hf_text import CLIP_PLACEHOLDERS, CLIP_SHAPE_KEYS, CLIP_UNDETERMINED, clip_config, clip_original_name
 from ckptkit.errors import CkptError
 
 TOP_LEVEL = {  # open_clip name: HF name
@@ -63,7 +63,7 @@ JUNK = {"logit_scale"}
 
 HF_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.")
 OPEN_CLIP_LAYER = re.compile(r"transformer\.resblocks\.(\d+)\.")
-CONFIG_DIMS = {  # CLIPTextConfig key: (open_clip name, dim); heads: see hf_text.CLIP_HEAD_DIM
+CONFIG_DIMS = {  # CLIPTextConfig key: (open_clip name, dim); heads: see hf_text.CLIP_UNDETERMINED
     "vocab_size": ("token_embedding.weight", 0),
     "hidden_size": ("token_embedding.weight", 1),
     "max_position_embeddings": ("positional_embedding", 0),
@@ -77,6 +77,13 @@ CONVERT_PREFIX = "conditioner.embedders.1.model."
 
 class OpenClip:
     kind = "open_clip"
+    shape_keys = CLIP_SHAPE_KEYS
+    undetermined = CLIP_UNDETERMINED
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        return CLIP_PLACEHOLDERS
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         hf = {clip_original_name(n): n for n in shapes}  # `text_model.` form -> name as given
@@ -114,7 +121,7 @@ class OpenClip:
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The config of a component from its original-layout (prefix-stripped) shapes. `base` is the
-        family spec's released config: used only for what shapes cannot tell (hidden_act, token ids,
+        resolved config (convert/configs.py): used only for what shapes cannot tell (heads, hidden_act, token ids,
         projection_dim when there is no text_projection). Every stored resblock counts: see the
         module doc for SD2's 24th."""
         return clip_config(shapes, base, CONFIG_DIMS, OPEN_CLIP_LAYER, self.kind)

@@ -14,11 +14,10 @@ pops from its input, and extends it for what it ignores (SANA 1.5 / Sprint): `at
 `cross_attn.q_norm/k_norm`, `cfg_embedder.*`, and Sprint's `time_embed.timestep_embedder.*` name (diffusers
 always writes flow Sana's `time_embed.emb.timestep_embedder.*`). `logvar_linear.*` (training only) is dropped.
 
-`config_from_original` reads the diffusers config back from original-layout shapes. Head counts are not in
-the shapes (fused qkv / kv are width x width whatever the heads), so they follow NVlabs' rules:
-  * self-attention (linear attention): head dim 32 in every Sana (`linear_head_dim`), heads = width // 32;
-  * cross-attention: heads by released width (`CROSS_HEADS`); any other width keeps the base config's
-    cross-attention head dim (heads = width // it), an error if that does not divide the width.
+`config_from_original` reads the diffusers config back from original-layout shapes. Head widths are not in
+the shapes (fused qkv / kv are width x width whatever the heads): the self-attention head dim (32 in every
+released Sana, NVlabs' `linear_head_dim`) and the cross-attention head dim (72 in the 600M and Sprint 0.6B,
+112 in the 1600M, 1.5 and Sprint 1.6B) come from the resolved config (convert/configs.py), heads = width // it.
 """
 
 from __future__ import annotations
@@ -74,9 +73,6 @@ MODEL_MAX_LENGTH = 300  # caption tokens: the rows of y_embedding in every relea
 
 PARAMS = ("weight", "bias")
 
-SELF_HEAD_DIM = 32  # NVlabs' linear_head_dim, the same in every released Sana
-# released width -> cross-attention heads: 600M / Sprint 0.6B (16 x 72); 1600M / 1.5 / Sprint 1.6B (20 x 112)
-CROSS_HEADS = {1152: 16, 2240: 20}
 # what shapes cannot tell: copied from the base config when it sets them (else diffusers' defaults);
 # guidance_embeds_scale (Sprint's cfg input scale) and timestep_scale are read by the pipelines
 FROM_BASE = ("dropout", "norm_elementwise_affine", "norm_eps", "interpolation_scale", "guidance_embeds_scale",
@@ -109,13 +105,12 @@ def _size(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> int:
     return _shape(shapes, name)[dim]
 
 
-def _cross_heads(width: int, base: dict) -> int:
-    if width in CROSS_HEADS:
-        return CROSS_HEADS[width]
-    head_dim = base.get("cross_attention_head_dim", 112)  # the 1600M's when the base has none
+def _heads(width: int, base: dict, key: str) -> int:
+    head_dim = base.get(key)
+    if not isinstance(head_dim, int) or head_dim <= 0:
+        raise CkptError(f"Sana {key} {head_dim!r} is not a positive integer")
     if width % head_dim:
-        raise CkptError(f"Sana width {width} is not a released one ({sorted(CROSS_HEADS)}) and not a multiple "
-                        f"of the base config's cross-attention head dim {head_dim}: cross-attention heads unknown")
+        raise CkptError(f"Sana width {width} is not a whole number of {key} {head_dim}")
     return width // head_dim
 
 
@@ -148,6 +143,18 @@ def _qk_norm(shapes: dict[str, tuple[int, ...]], width: int) -> str | None:
 
 class Sana:
     kind = "sana"
+    shape_keys = ("in_channels", "out_channels", "num_layers", "cross_attention_dim", "caption_channels", "mlp_ratio",
+                  "attention_bias", "patch_size", "qk_norm", "guidance_embeds")
+    undetermined = {
+        "attention_head_dim": "self-attention head width: the fused qkv is [3 * width, width] whatever the split",
+        "cross_attention_head_dim": "cross-attention head width: q and the fused kv are width wide whatever the split",
+    }
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
+        are (one head): only for reading names and shapes (convert/configs.py, not strict)."""
+        width = _size(shapes, "x_embedder.proj.weight", 0)
+        return {"attention_head_dim": width, "cross_attention_head_dim": width}
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out: dict[str, Expr] = {}
@@ -199,20 +206,17 @@ class Sana:
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
-        `base` is the family spec's released config: used only for what shapes cannot tell (`FROM_BASE`,
-        the cross-attention head dim of an unreleased width, sample_size without pos_embed)."""
+        `base` is the resolved config (convert/configs.py): used only for what shapes cannot tell (head
+        widths, `FROM_BASE`, sample_size without pos_embed)."""
         width, in_channels, patch, _ = _shape(shapes, "x_embedder.proj.weight")  # a p x p conv
-        if width % SELF_HEAD_DIM:
-            raise CkptError(f"Sana width {width} is not a whole number of {SELF_HEAD_DIM}-wide heads")
-        cross_heads = _cross_heads(width, base)
         return {
             "in_channels": in_channels,
             "out_channels": _size(shapes, "final_layer.linear.weight", 0) // (patch * patch),
-            "num_attention_heads": width // SELF_HEAD_DIM,
-            "attention_head_dim": SELF_HEAD_DIM,
+            "num_attention_heads": _heads(width, base, "attention_head_dim"),
+            "attention_head_dim": base.get("attention_head_dim"),
             "num_layers": num_blocks(shapes, "blocks."),
-            "num_cross_attention_heads": cross_heads,
-            "cross_attention_head_dim": width // cross_heads,
+            "num_cross_attention_heads": _heads(width, base, "cross_attention_head_dim"),
+            "cross_attention_head_dim": base.get("cross_attention_head_dim"),
             "cross_attention_dim": _size(shapes, "blocks.0.cross_attn.kv_linear.weight", 1),
             "caption_channels": _size(shapes, "y_embedder.y_proj.fc1.weight", 1),
             "mlp_ratio": _mlp_ratio(shapes, width),
