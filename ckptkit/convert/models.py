@@ -104,27 +104,26 @@ BOOKKEEPING = frozenset({"self", "kwargs", "architectures", "transformers_versio
 
 
 def canonical_config(class_name: str, config: dict) -> dict:
-    """The config as the fields the class takes, less those at their default: one form whatever
-    wrote it (a diffusers/transformers config.json carries every default and bookkeeping fields,
-    a derived config only what it read), so files that ship it are the same bytes from any input."""
+    """The config as every field the class takes, defaults filled in: one form whatever wrote it (a
+    diffusers/transformers config.json carries bookkeeping fields, a derived config only the keys it
+    read), so files that ship it are the same bytes from any input, and a reader needs no defaults."""
     import json
 
     params = _init_parameters(class_name)
     _, config_cls = model_class(class_name)
-    if config_cls is not None:  # transformers fills derived fields (T5's num_decoder_layers): compare filled
-        known = {k: v for k, v in config.items() if k in params and k not in BOOKKEEPING}
-        config = config_cls(**known).to_diff_dict()
+    known = {k: v for k, v in config.items() if k in params and k not in BOOKKEEPING}
+    if config_cls is not None:  # transformers fills derived fields (T5's num_decoder_layers)
+        filled = config_cls(**known).to_dict()
+        known = {k: filled[k] for k in params if k in filled and k not in BOOKKEEPING}
     out = {}
-    for key, value in sorted(config.items()):
-        param = params.get(key)
-        if param is None or key in BOOKKEEPING or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+    for key, param in sorted(params.items()):
+        if key in BOOKKEEPING or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
-        default = param.default
-        norm = json.loads(json.dumps(value, default=list))
-        if default is not param.empty and json.loads(json.dumps(default, default=list)) == norm:
-            continue
-        out[key] = norm
-    return out
+        if key in known:
+            out[key] = known[key]
+        elif param.default is not param.empty:
+            out[key] = param.default
+    return json.loads(json.dumps(out, default=list))
 
 
 def instantiate(class_name: str, config: dict, where: str | None = None):
