@@ -196,6 +196,15 @@ def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_em
     _render_run(result, as_json)
 
 
+def _arch(value: str | None) -> str | None:
+    """general.architecture: a short plain name (letters, digits, . _ -), as gguf-py writes them."""
+    import re
+
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise CkptError(f"--arch {value!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    return value
+
+
 def _prefixes(values) -> dict[str, str]:
     out = {}
     from ckptkit.outputs import plain_name
@@ -253,16 +262,19 @@ def convert(source, dest, layout, dtype, allow_overflow, config, dry_run, as_jso
 @click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=str), help="A TOML policy file.")
 @click.option("--force-vae", is_flag=True, help="Allow an fp32/bf16 VAE to be stored as fp16.")
 @click.option("--no-scan", is_flag=True, help="Skip the pre-pass that keeps non-finite tensors unquantized.")
+@click.option("--arch", help="general.architecture of the GGUF files (default: the family's; 'unknown' for a "
+                             "model no family spec knows, which ComfyUI-GGUF will not load).")
 @config_option
 @run_options
-def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, config,
+def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, arch, config,
              dry_run, as_json, force, workers):
     """Quantize each component with its own policy (GGUF, K-quants included)."""
     from ckptkit import pipeline
     from ckptkit.quant.policy import Policy, load_policy_file
 
     policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
-                    rules=list(_pairs(rules, "--rule", "REGEX=TYPE", split_last=True).items()), force_vae=force_vae)
+                    rules=list(_pairs(rules, "--rule", "REGEX=TYPE", split_last=True).items()), force_vae=force_vae,
+                    arch=_arch(arch))
     if policy_file:
         policy = load_policy_file(policy_file, policy)
     result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,

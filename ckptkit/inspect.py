@@ -29,6 +29,24 @@ class ComponentReport:
     params: int
     bytes: int
     dtypes: dict[str, int]  # dtype -> bytes
+    # the component's config as commands would resolve it: key -> {"value", "source"} (convert/configs.py)
+    config: dict[str, dict] | None = None
+    config_error: str | None = None  # why none can be resolved (a shipped config that contradicts the weights)
+    # the sizes the weights decide that differ from the family's released model: key -> [this, released]
+    not_released: dict[str, list] | None = None
+    note: str | None = None  # "pruned/distilled: ..." when only depths differ
+
+
+@dataclass
+class TensorGroup:
+    """Tensors of an unknown model under one common prefix, with a role where evidence is strong."""
+
+    prefix: str
+    tensors: int
+    params: int
+    bytes: int
+    dtypes: dict[str, int]
+    guess: str | None = None  # "VAE (guess: ...)", always marked as a guess
 
 
 @dataclass
@@ -58,6 +76,7 @@ class InspectReport:
     unclaimed: dict
     problems: list[Problem]
     nonfinite: dict[str, dict[str, int]] | None = None  # with scan: tensor -> {"nan": n, "inf": m}
+    groups: list[TensorGroup] | None = None  # an unknown model, described by common prefix
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -80,10 +99,103 @@ def _component_reports(ckpt: Checkpoint, det: Detection) -> list[ComponentReport
         for n in names:
             dtypes[ckpt.tensors[n].dtype] += ckpt.tensors[n].nbytes
         role = spec.component(comp).role if spec else "text_encoder" if comp != "vae" else "vae"
+        config, error, differs, note = _config_of(ckpt, det, comp, det.components[comp])
         reports.append(ComponentReport(comp, role, det.components[comp], len(names),
                                        sum(ckpt.tensors[n].numel for n in names),
-                                       sum(ckpt.tensors[n].nbytes for n in names), dict(dtypes)))
+                                       sum(ckpt.tensors[n].nbytes for n in names), dict(dtypes), config, error,
+                                       differs, note))
     return reports
+
+
+# config keys that count layers or blocks: a model differing from its release only in these is pruned
+DEPTH_KEYS = frozenset({"layers_per_block", "transformer_layers_per_block", "num_layers", "num_single_layers",
+                        "num_hidden_layers", "mid_block_type", "down_block_types", "up_block_types"})
+
+
+def _released_difference(spec, resolved) -> tuple[dict | None, str | None]:
+    """Sizes the weights decide that differ from the family's (first) released model."""
+    from ckptkit.convert.configs import WEIGHTS, _norm
+
+    if resolved.released_as is not None:
+        return None, None
+    released = spec.config
+    differs = {k: [v, released[k]] for k, v in resolved.values.items()
+               if resolved.sources.get(k) == WEIGHTS and k in released and _norm(v) != _norm(released[k])}
+    if not differs:
+        return None, None
+    if set(differs) <= DEPTH_KEYS:
+        return differs, "pruned/distilled: " + ", ".join(f"{k} {v[0]} (released {v[1]})" for k, v in differs.items())
+    return differs, None
+
+
+def _config_of(ckpt: Checkpoint, det: Detection, comp_name: str, prefix: str) -> tuple:
+    """The config a command would use, with each value's source; undetermined values are marked."""
+    from ckptkit.convert.components import local_shapes, resolve_component_config, shipped_config
+    from ckptkit.convert.convert import component_spec
+    from ckptkit.errors import CkptError
+
+    try:
+        spec = det.spec.component(comp_name) if det.spec else component_spec(det)
+        if not spec.diffusers_class:
+            return None, None, None, None
+        exclude = set(det.junk) | set(det.ema) | set(det.unclaimed)
+        resolved = resolve_component_config(spec, local_shapes(ckpt, prefix, exclude), det.names,
+                                            shipped_config(ckpt, det.names, prefix), ckpt, strict=False)
+    except CkptError as exc:
+        return None, str(exc), None, None
+    from ckptkit.convert.configs import UNDETERMINED
+
+    config = {k: {"value": None if resolved.sources[k] == UNDETERMINED else v, "source": resolved.sources[k]}
+              for k, v in sorted(resolved.values.items()) if k in resolved.sources}
+    return config, None, *_released_difference(spec, resolved)
+
+
+# Roles an unknown model's tensor groups may be given, each only on strong evidence: (role, patterns
+# that must all occur among the group's names).
+ROLE_EVIDENCE = (
+    ("VAE (guess: encoder/decoder convolutions)", (r"(^|\.)decoder\.", r"(^|\.)encoder\.", r"conv_in\.weight$")),
+    ("CLIP text encoder (guess)", (r"(text_model\.encoder\.layers|transformer\.resblocks)\.\d+\.", r"(token_embedding|embed_tokens)")),
+    ("T5 encoder (guess)", (r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.", r"(shared|embed_tokens)\.weight$")),
+    ("LLM text encoder (guess: decoder layers with embeddings)",
+     (r"layers\.\d+\.self_attn\.(q_proj|o_proj)\.weight$", r"embed_tokens\.weight$")),
+    ("transformer blocks (guess: a diffusion model)", (r"(blocks|layers)\.\d+\..*(attn|attention)",)),
+)
+
+
+def prefix_groups(ckpt: Checkpoint, names: list[str]) -> list[TensorGroup]:
+    """Group names by their leading components (numbered blocks stay in their parent), descending a
+    level while one group holds everything."""
+    import re
+
+    def key(name: str, depth: int) -> str:
+        parts = []
+        for part in name.split(".")[:-1]:
+            if part.isdigit() or len(parts) == depth:
+                break
+            parts.append(part)
+        return ".".join(parts) + "." if parts else ""
+
+    depth, groups = 1, {}
+    while True:
+        groups = {}
+        for n in names:
+            groups.setdefault(key(n, depth), []).append(n)
+        if len(groups) > 1 or depth >= 4 or not names:
+            break
+        deeper = {key(n, depth + 1) for n in names}
+        if deeper == set(groups):
+            break
+        depth += 1
+    out = []
+    for prefix, members in sorted(groups.items(), key=lambda kv: -sum(ckpt.tensors[n].nbytes for n in kv[1])):
+        dtypes: Counter = Counter()
+        for n in members:
+            dtypes[ckpt.tensors[n].dtype] += ckpt.tensors[n].nbytes
+        guess = next((role for role, patterns in ROLE_EVIDENCE
+                      if all(any(re.search(p, n) for n in members) for p in patterns)), None)
+        out.append(TensorGroup(prefix or "(top level)", len(members), sum(ckpt.tensors[n].numel for n in members),
+                               sum(ckpt.tensors[n].nbytes for n in members), dict(dtypes), guess))
+    return out
 
 
 def _position_id_problems(ckpt: Checkpoint, det: Detection) -> list[Problem]:
@@ -118,7 +230,9 @@ def _position_id_problems(ckpt: Checkpoint, det: Detection) -> list[Problem]:
 def _problems(ckpt: Checkpoint, det: Detection, comps: list[ComponentReport]) -> list[Problem]:
     problems: list[Problem] = []
     if det.family is None and det.standalone is None:
-        problems.append(Problem("unknown_family", "no family spec matches this file"))
+        problems.append(Problem("unknown_family", "no family spec matches this file: described by prefix below; "
+                                                  "`quantize` (generic policy, --arch), `verify` and `split --prefix` "
+                                                  "still work"))
     if det.missing:
         problems.append(Problem("missing_components", f"missing components: {', '.join(det.missing)}"))
     if det.ema:
@@ -129,6 +243,14 @@ def _problems(ckpt: Checkpoint, det: Detection, comps: list[ComponentReport]) ->
         problems.append(Problem("unknown_prefix", f"{len(det.unclaimed)} tensors under no known component prefix",
                                 det.unclaimed[:10]))
     problems.extend(_position_id_problems(ckpt, det))
+    for c in comps:
+        undetermined = [k for k, info in (c.config or {}).items() if "UNDETERMINED" in info["source"]]
+        if undetermined:
+            problems.append(Problem("config_undetermined", f"{c.name}: the weights do not decide "
+                                    f"{', '.join(undetermined)} and the sizes are not a released model's: converting "
+                                    "to diffusers or running it needs --config"))
+        if c.config_error:
+            problems.append(Problem("config_error", f"{c.name}: {c.config_error}"))
     empty = [n for n, t in ckpt.tensors.items() if 0 in t.shape]
     if empty:
         problems.append(Problem("zero_size", f"{len(empty)} tensors have a zero-sized dimension (no values)", empty[:10]))
@@ -181,6 +303,7 @@ def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None) -> I
             confidence=det.confidence, standalone=det.standalone, used_by=list(det.used_by), components=comps,
             missing_components=det.missing, junk=_group(ckpt, det.junk), ema=_group(ckpt, det.ema),
             unclaimed=_group(ckpt, det.unclaimed), problems=problems, nonfinite=nonfinite,
+            groups=prefix_groups(ckpt, list(ckpt.tensors)) if det.family is None and not det.standalone else None,
         )
 
 

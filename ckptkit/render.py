@@ -31,6 +31,27 @@ def inspect_report(r: InspectReport) -> str:
                  " ".join(f"{d}:{human_bytes(b)}" for d, b in sorted(c.dtypes.items(), key=lambda kv: -kv[1]))]
                 for c in r.components]
         out.append(table(rows, ["component", "role", "prefix", "tensors", "params", "bytes", "dtypes"]))
+    for c in r.components:
+        if c.config_error:
+            out.append(f"config of {c.name}: {printable(c.config_error)}")
+        elif c.config:
+            by_source: dict[str, list[str]] = {}
+            for key, info in c.config.items():
+                by_source.setdefault(info["source"], []).append(key)
+            out.append(f"config of {c.name}: " + "; ".join(
+                f"{len(keys)} from {source}" + (f" ({', '.join(keys)})" if "UNDETERMINED" in source or
+                                                 "--config" in source or len(keys) <= 3 else "")
+                for source, keys in sorted(by_source.items())))
+        if c.note:
+            out.append(f"{c.name}: {printable(c.note)}")
+        elif c.not_released:
+            out.append(f"{c.name}: not the released sizes: " + ", ".join(
+                f"{k} {v[0]} (released {v[1]})" for k, v in list(c.not_released.items())[:6]))
+    if r.groups:
+        rows = [[g.prefix, g.tensors, human_count(g.params), human_bytes(g.bytes),
+                 " ".join(f"{d}:{human_bytes(b)}" for d, b in sorted(g.dtypes.items(), key=lambda kv: -kv[1])),
+                 g.guess or "-"] for g in r.groups]
+        out.append(table(rows, ["prefix", "tensors", "params", "bytes", "dtypes", "role"]))
     for label, group in (("junk", r.junk), ("ema", r.ema), ("unclaimed", r.unclaimed)):
         if group["tensors"]:
             names = ", ".join(printable(n) for n in group["names"][:4]) + (", ..." if group["tensors"] > 4 else "")

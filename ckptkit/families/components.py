@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ckptkit.families.spec import Condition, Has
+from ckptkit.families.spec import ComponentSpec, Condition, Has
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,11 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
                        (Has("decoder.conv_in.weight", 1, 16), Has("encoder.down_blocks.0.resnets.0.conv1.weight")),
                        ("sd3", "flux"), "16-channel SD3/FLUX.1 VAE (diffusers layout)"),
 )
+
+
+def generic_component(name: str = "model") -> ComponentSpec:
+    """A file no family spec or signature knows, as one component: names kept as they are, the
+    rules every family shares (quant/policy.py: 2-D+ layer weights quantized; 1-D, small, bias,
+    norm and embedding tensors kept; rows that do not divide fall back). No diffusers class: it can
+    be quantized, compared tensor by tensor and split by prefix, not converted or run."""
+    return ComponentSpec(name, "unknown", "", "generic", "", "")

@@ -47,8 +47,23 @@ class Detection:
         return best
 
 
-def _lookup(shapes: dict[str, tuple[int, ...]], prefix: str):
-    return lambda key: shapes.get(prefix + key)
+class _View:
+    """The names under `prefix`, prefix stripped: `view(key)` is a shape or None, `view.names()`
+    the names (for Count / Rank conditions)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], prefix: str):
+        self.shapes, self.prefix = shapes, prefix
+
+    def __call__(self, key: str):
+        return self.shapes.get(self.prefix + key)
+
+    def names(self):
+        n = len(self.prefix)
+        return (name[n:] for name in self.shapes if name.startswith(self.prefix))
+
+
+def _lookup(shapes: dict[str, tuple[int, ...]], prefix: str) -> _View:
+    return _View(shapes, prefix)
 
 
 def _views(spec: FamilySpec):

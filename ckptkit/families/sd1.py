@@ -1,7 +1,18 @@
 """Stable Diffusion 1.x (CompVis LDM layout)."""
 
 from ckptkit.families.common import LDM_JUNK, SD_VAE_CONFIG, clip_l, vae, SD1_SCHEDULER
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
+from ckptkit.families.spec import ComponentSpec, Count, FamilySpec, Has, Lacks, Rank, Variant
+
+# Structure, not sizes (shared by the LDM UNet families): how many downsamplers (levels - 1), and
+# whether the transformers' proj_in is a 1x1 conv (SD1) or a linear layer (SD2, SDXL). Widths, depths
+# and head counts are read from the weights later, never required here.
+DOWNSAMPLERS = r"input_blocks\.(\d+)\.0\.op\.weight"
+DOWNSAMPLERS_DIFFUSERS = r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.weight"
+PROJ_IN = r"input_blocks\.\d+\.1\.proj_in\.weight"
+PROJ_IN_DIFFUSERS = r"down_blocks\.\d+\.attentions\.\d+\.proj_in\.weight"
+UNET = (Has("input_blocks.0.0.weight"), Has("out.2.weight"))
+UNET_DIFFUSERS = (Has("conv_in.weight"), Has("time_embedding.linear_1.weight"), Has("conv_norm_out.weight"))
+
 
 UNET_HIGH_PRECISION = ("time_embed.", "label_emb.", "input_blocks.0.0.", "out.")
 
@@ -25,9 +36,9 @@ SPEC = FamilySpec(
         clip_l("cond_stage_model.transformer."),
         vae("first_stage_model.", SD_VAE_CONFIG),
     ),
-    detect=(Has("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", 1, 768), Lacks("label_emb.0.0.weight")),
-    detect_diffusers=(Has("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1, 768),
-                      Lacks("add_embedding.linear_1.weight")),
+    # no ADM label embedding, 1x1-conv proj_in (SD2's is linear), any width or depth
+    detect=(*UNET, Lacks("label_emb.0.0.weight"), Rank(PROJ_IN, 4)),
+    detect_diffusers=(*UNET_DIFFUSERS, Lacks("add_embedding.linear_1.weight"), Rank(PROJ_IN_DIFFUSERS, 4)),
     variants=(Variant("inpaint", (Has("input_blocks.0.0.weight", 1, 9),), (Has("conv_in.weight", 1, 9),),
                       "9-channel inpainting UNet"),
               Variant("base")),

@@ -1,8 +1,9 @@
 """Stable Diffusion 2.x (LDM layout with an OpenCLIP ViT-H text encoder)."""
 
 from ckptkit.families.common import CLIP_H_CONFIG, LDM_JUNK, SD_VAE_CONFIG, vae, SD2_SCHEDULER
-from ckptkit.families.sd1 import SD15_UNET_CONFIG, UNET_HIGH_PRECISION
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
+from ckptkit.families.sd1 import (PROJ_IN, PROJ_IN_DIFFUSERS, SD15_UNET_CONFIG, UNET, UNET_DIFFUSERS,
+                                  UNET_HIGH_PRECISION)
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Rank, Variant
 
 SD21_UNET_CONFIG = dict(SD15_UNET_CONFIG, sample_size=96, cross_attention_dim=1024,
                         attention_head_dim=[5, 10, 20, 20], use_linear_projection=True)
@@ -21,8 +22,9 @@ SPEC = FamilySpec(
                       high_precision=("positional_embedding", "token_embedding.", "ln_final.")),
         vae("first_stage_model.", SD_VAE_CONFIG),
     ),
-    detect=(Has("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", 1, 1024), Lacks("label_emb.0.0.weight")),
-    detect_diffusers=(Has("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1, 1024),
+    # SD1's structure with linear proj_in, any width or depth
+    detect=(*UNET, Lacks("label_emb.0.0.weight"), Rank(PROJ_IN, 2)),
+    detect_diffusers=(*UNET_DIFFUSERS, Rank(PROJ_IN_DIFFUSERS, 2),
                       Lacks("add_embedding.linear_1.weight")),
     variants=(Variant("inpaint", (Has("input_blocks.0.0.weight", 1, 9),), (Has("conv_in.weight", 1, 9),)),
               Variant("base")),

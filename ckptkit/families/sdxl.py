@@ -1,8 +1,9 @@
 """Stable Diffusion XL base (SDXL-Turbo has the same layout)."""
 
 from ckptkit.families.common import CLIP_G_CONFIG, LDM_JUNK, SDXL_VAE_CONFIG, clip_l, vae, SDXL_SCHEDULER
-from ckptkit.families.sd1 import UNET_HIGH_PRECISION
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Variant
+from ckptkit.families.sd1 import (DOWNSAMPLERS, DOWNSAMPLERS_DIFFUSERS, UNET, UNET_DIFFUSERS,
+                                  UNET_HIGH_PRECISION)
+from ckptkit.families.spec import ComponentSpec, Count, FamilySpec, Has, Variant
 
 SDXL_UNET_CONFIG = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
@@ -35,9 +36,9 @@ SPEC = FamilySpec(
         clip_g("conditioner.embedders.1.model."),
         vae("first_stage_model.", SDXL_VAE_CONFIG),
     ),
-    detect=(Has("input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", 1, 2048), Has("label_emb.0.0.weight", 1, 2816)),
-    detect_diffusers=(Has("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1, 2048),
-                      Has("add_embedding.linear_1.weight", 1, 2816)),
+    # the ADM (pooled text + time ids) embedding and three levels, any width or depth (SSD-1B, Vega, KOALA)
+    detect=(*UNET, Has("label_emb.0.0.weight"), Count(DOWNSAMPLERS, 2, 2)),
+    detect_diffusers=(*UNET_DIFFUSERS, Has("add_embedding.linear_1.weight"), Count(DOWNSAMPLERS_DIFFUSERS, 2, 2)),
     variants=(Variant("inpaint", (Has("input_blocks.0.0.weight", 1, 9),), (Has("conv_in.weight", 1, 9),)),
               Variant("base", description="SDXL base and SDXL-Turbo share this layout")),
     junk=LDM_JUNK,

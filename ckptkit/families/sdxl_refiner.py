@@ -1,9 +1,10 @@
 """Stable Diffusion XL refiner: OpenCLIP bigG only, 384-channel UNet."""
 
 from ckptkit.families.common import LDM_JUNK, SDXL_VAE_CONFIG, vae, SDXL_SCHEDULER
-from ckptkit.families.sd1 import UNET_HIGH_PRECISION
+from ckptkit.families.sd1 import (DOWNSAMPLERS, DOWNSAMPLERS_DIFFUSERS, UNET, UNET_DIFFUSERS,
+                                  UNET_HIGH_PRECISION)
 from ckptkit.families.sdxl import clip_g
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has
+from ckptkit.families.spec import ComponentSpec, Count, FamilySpec, Has
 
 REFINER_UNET_CONFIG = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
@@ -29,9 +30,9 @@ SPEC = FamilySpec(
         clip_g("conditioner.embedders.0.model."),
         vae("first_stage_model.", SDXL_VAE_CONFIG),
     ),
-    detect=(Has("input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", 1, 1280), Has("label_emb.0.0.weight", 1, 2560)),
-    detect_diffusers=(Has("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1, 1280),
-                      Has("add_embedding.linear_1.weight", 1, 2560)),
+    # the ADM embedding and four levels, any width or depth
+    detect=(*UNET, Has("label_emb.0.0.weight"), Count(DOWNSAMPLERS, 3, 3)),
+    detect_diffusers=(*UNET_DIFFUSERS, Has("add_embedding.linear_1.weight"), Count(DOWNSAMPLERS_DIFFUSERS, 3, 3)),
     junk=LDM_JUNK,
     ema_prefix="model_ema.",
 )

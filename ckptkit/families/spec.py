@@ -11,7 +11,7 @@ from typing import Callable
 
 Lookup = Callable[[str], "tuple[int, ...] | None"]  # name -> shape, or None when absent
 
-ROLES = ("diffusion_model", "text_encoder", "vae")
+ROLES = ("diffusion_model", "text_encoder", "vae", "unknown")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,46 @@ class Lacks:
         return lookup(self.key) is None
 
 
-Condition = Has | Lacks
+@dataclass(frozen=True)
+class Count:
+    """The number of distinct values of group 1 of `pattern` (full match) among the names is in
+    [lo, hi]: how many levels, downsamplers or blocks a network has, whatever its widths."""
+
+    pattern: str
+    lo: int
+    hi: int | None = None
+
+    def holds(self, lookup: Lookup) -> bool:
+        import re
+
+        names = getattr(lookup, "names", None)
+        if names is None:
+            return False
+        rx = re.compile(self.pattern)
+        found = {m.group(1) for n in names() if (m := rx.fullmatch(n))}
+        return self.lo <= len(found) and (self.hi is None or len(found) <= self.hi)
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Some name full-matching `pattern` exists, and every one has `ndim` dimensions: a 1x1 conv
+    (SD1's proj_in, 4-D) against a linear layer (SD2's, 2-D), whatever the widths."""
+
+    pattern: str
+    ndim: int
+
+    def holds(self, lookup: Lookup) -> bool:
+        import re
+
+        names = getattr(lookup, "names", None)
+        if names is None:
+            return False
+        rx = re.compile(self.pattern)
+        ranks = {len(lookup(n)) for n in names() if rx.fullmatch(n)}
+        return ranks == {self.ndim}
+
+
+Condition = Has | Lacks | Count | Rank
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ckptkit.convert.configs import metadata_value
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.convert.split import POSITION_IDS, source_dtype, target_naming
 from ckptkit.errors import CkptError
+from ckptkit.families.components import generic_component
 from ckptkit.families.detect import Detection
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
@@ -89,7 +90,8 @@ def source_from_detection(ckpt: Checkpoint, det: Detection) -> QuantSource:
         comp = _standalone_spec(ckpt, det)
         return QuantSource(None, None, [(comp, "", det.names, ckpt.config if det.names == "diffusers" else None)],
                            exclude, dropped, single=True)
-    raise CkptError("family unknown: nothing to quantize by policy (see `ckptkit inspect`)")
+    # a model no spec knows: one component, names as they are, the rules every family shares
+    return QuantSource(None, None, [(generic_component(), "", "original", None)], single=True)
 
 
 def open_component_set_source(folder) -> tuple[Checkpoint, QuantSource]:
@@ -172,6 +174,12 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                                policy.force_vae)
         if carried:  # what the weights cannot tell travels with the file (convert/configs.py)
             (out.kv if out.format == "gguf" else out.metadata).update(metadata_value({comp.name: carried}))
+        if out.format == "gguf" and policy.arch:
+            out.gguf_arch = policy.arch
+        elif out.format == "gguf" and comp.role == "unknown":
+            out.gguf_arch = "unknown"
+            plan.notes.append(f"warning: {comp.name}: unknown architecture; general.architecture is 'unknown', "
+                              "which ComfyUI-GGUF refuses to load (name it with --arch NAME)")
         plan.outputs.append(out)
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,
                                               "diffusers_class": comp.diffusers_class,

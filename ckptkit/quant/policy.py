@@ -55,6 +55,7 @@ class Policy:
     components: dict[str, str] = field(default_factory=dict)  # --component NAME=TYPE
     rules: list[tuple[str, str]] = field(default_factory=list)  # --rule REGEX=TYPE
     force_vae: bool = False  # allow an SDXL VAE below its stored fp32/bf16
+    arch: str | None = None  # --arch: general.architecture of the GGUF files (default: the family's)
 
     def request_for(self, comp: ComponentSpec, single: bool = False) -> Request | None:
         """`--component NAME=TYPE` first; `--type` applies to the diffusion model, or to the one
@@ -112,7 +113,10 @@ class Decision:
 # source names). Prefixes already in final names pass through.
 HF_CLIP_HIGH_PRECISION = ("text_model.embeddings.", "text_model.final_layer_norm.", "text_projection.")
 # Kept whatever their size: T5's relative attention bias (llama.cpp never quantizes `attn_rel_b`).
-KEEP_PATTERNS = {"hf_t5": re.compile(r"(^|\.)attn_rel_b\.weight$")}
+KEEP_PATTERNS = {"hf_t5": re.compile(r"(^|\.)attn_rel_b\.weight$"),
+                 # an unknown model: norms and embeddings by the names every codebase gives them
+                 "generic": re.compile(r"(^|[._])((\w+_)?(norm|layernorm|rmsnorm|groupnorm)\d*|ln(_\w+|\d*))\.weight$"
+                                        r"|embed|(^|\.)wte\.|(^|\.)wpe\.")}
 
 
 def final_high_precision(comp: ComponentSpec) -> tuple[str, ...]:

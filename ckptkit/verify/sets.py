@@ -76,8 +76,10 @@ def _from_checkpoint(path: Path, ckpt: Checkpoint) -> ComponentSet:
         spec = _spec_for(det.family, name, det)
         config = shipped_config(ckpt, det.names, prefix)
         cset.components[name] = Component(name, spec, path, ckpt, prefix, _naming(spec, ckpt, det), config, exclude)
-    if not cset.components:
-        raise CkptError(f"{path}: no known family or component (see `ckptkit inspect`)")
+    if not cset.components:  # a model no spec knows: one generic component, checked tensor by tensor
+        from ckptkit.families.components import generic_component
+
+        cset.components["model"] = Component("model", generic_component(), path, ckpt)
     return cset
 
 

@@ -106,7 +106,7 @@ TRANSFORMER_BLOCK = re.compile(r"input_blocks\.(\d+)\.1\.transformer_blocks\.(\d
 # label_emb's input (pooled text + 6 time ids of that width). See convert/configs.py.
 SHAPE_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
               "up_block_types", "transformer_layers_per_block", "cross_attention_dim", "use_linear_projection",
-              "num_class_embeds", "projection_class_embeddings_input_dim", "addition_embed_type")
+              "num_class_embeds", "projection_class_embeddings_input_dim", "addition_embed_type", "mid_block_type")
 UNDETERMINED = {
     "attention_head_dim": "head counts: q/k/v are [C, C] whatever the head split",
     "addition_time_embed_dim": "the time-id embedding width is an unknown part of label_emb's input",
@@ -190,6 +190,10 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         config["cross_attention_dim"] = to_k[1]
     if proj_in is not None:  # 1x1 conv (SD1) or linear (SD2 / SDXL)
         config["use_linear_projection"] = len(proj_in) == 2
+    if not any(n.startswith("middle_block.") for n in shapes):  # removed (BK-SDM-Tiny, KOALA)
+        config["mid_block_type"] = None
+    elif "middle_block.1.proj_in.weight" not in shapes:  # resnets only, no attention
+        config["mid_block_type"] = "UNetMidBlock2D"
     return config
 
 
