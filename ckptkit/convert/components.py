@@ -18,6 +18,9 @@ from ckptkit.errors import CkptError
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 
+# Standalone signatures that name no family component: the component of their kind.
+GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
+
 # Text encoders whose original names already are transformers' names.
 HF_NATIVE = frozenset({"hf_clip", "hf_t5"})
 
@@ -114,17 +117,29 @@ def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str
     if names == target:
         if names == "diffusers" and config is not None:
             source_config(comp, shapes, names, config, ckpt)  # a shipped config is checked even when copied as is
-        return ComponentMap(_identity(shapes, prefix), config if names == "diffusers" else None)
+        ops, dropped = _identity(shapes, prefix), {}
+        if target == "original" and comp.identity_projection and PROJECTION in shapes \
+                and _is_identity(ckpt, prefix + PROJECTION):  # written by diffusers / a transformers save
+            del ops[PROJECTION]
+            dropped[prefix + PROJECTION] = "identity text_projection (diffusers adds it; the original has none)"
+        return ComponentMap(ops, config if names == "diffusers" else None, dropped)
     layout = get_layout(comp.layout)
     cfg = source_config(comp, shapes, names, config, ckpt, strict)
     if names == "diffusers":  # diffusers -> original: our map, as it is
         fwd = layout.to_original(shapes, cfg)
-        return ComponentMap({o: expr.rename(e, lambda n: prefix + n) for o, e in fwd.items()}, cfg)
+        dropped = {}
+        if comp.identity_projection and PROJECTION in fwd and _is_identity(ckpt, prefix + PROJECTION):
+            del fwd[PROJECTION]  # the identity diffusers adds; the original file has none
+            dropped[prefix + PROJECTION] = "identity text_projection (diffusers adds it; the original has none)"
+        return ComponentMap({o: expr.rename(e, lambda n: prefix + n) for o, e in fwd.items()}, cfg, dropped)
     # original -> diffusers: build the model's names from the config, map them, check, invert
     dshapes = diffusers_shapes(comp.diffusers_class, cfg)
     fwd = layout.to_original(dshapes, cfg)
     fshapes = expr.shapes(fwd, dshapes)
-    missing = sorted(n for n, e in fwd.items() if n not in shapes and e.op != "zeros")
+    added = {}
+    if comp.identity_projection and PROJECTION in dshapes and PROJECTION not in shapes:
+        added[PROJECTION] = _identity_projection(ckpt, comp, prefix, cfg, shapes)
+    missing = sorted(n for n, e in fwd.items() if n not in shapes and e.op != "zeros" and n not in added)
     if missing:
         raise CkptError(f"{comp.name}: the source lacks {len(missing)} tensors a {comp.diffusers_class} needs "
                         f"(e.g. {missing[0]!r})")
@@ -135,8 +150,36 @@ def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str
                         f"{list(shapes[n])}, expected {list(fshapes[n])})")
     dropped = {prefix + n: f"not part of {comp.diffusers_class}" for n in shapes
                if n not in fwd or fwd[n].op == "zeros"}
-    inv = expr.invert(fwd, dshapes, getattr(layout, "tied", frozenset()))
+    inv = expr.invert(fwd, dshapes, getattr(layout, "tied", frozenset()) | set(added))
+    inv.update(added)
     return ComponentMap({d: expr.rename(e, lambda n: prefix + n) for d, e in inv.items()}, cfg, dropped)
+
+
+PROJECTION = "text_projection.weight"
+
+
+def _identity_projection(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, cfg: dict, shapes: dict) -> Expr:
+    """The identity text_projection diffusers' single-file loader gives SD3's CLIP-L, in the dtype of
+    the token embedding."""
+    from ckptkit.formats.dtypes import FLOAT_CODES
+
+    hidden, proj = cfg.get("hidden_size"), cfg.get("projection_dim", cfg.get("hidden_size"))
+    if hidden != proj:
+        raise CkptError(f"{comp.name}: has no text_projection and projection_dim {proj} is not its width {hidden}: "
+                        "no identity projection fits")
+    token = next((n for n in shapes if n.endswith("token_embedding.weight")), None)
+    dtype = ckpt.tensors[prefix + token].dtype if token else "F32"
+    return expr.eye(hidden, dtype if dtype in FLOAT_CODES else "F32")
+
+
+def _is_identity(ckpt: Checkpoint, name: str) -> bool:
+    import torch
+
+    info = ckpt.tensors.get(name)
+    if info is None or len(info.shape) != 2 or info.shape[0] != info.shape[1]:
+        return False
+    t = ckpt.load(name)
+    return bool(torch.equal(t.float(), torch.eye(info.shape[0])))
 
 
 def config_json(comp: ComponentSpec, config: dict) -> str:
@@ -163,6 +206,9 @@ def find_component_spec(name: str, layout: str, used_by: tuple[str, ...] = ()) -
     every family that has it; a 16-channel VAE takes SD3's latent scaling, not a 4-channel one's)."""
     from ckptkit.families import FAMILIES
 
+    # a CLIP / T5 of a width no released one has: the family component of its kind (configs of
+    # such a model are never taken from that component's release: convert/configs.py)
+    name = GENERIC_COMPONENTS.get(name, name)
     families = sorted(FAMILIES, key=lambda f: used_by.index(f.name) if f.name in used_by else len(used_by))
     for family in families:
         for comp in family.components:

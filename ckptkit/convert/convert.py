@@ -38,6 +38,9 @@ def plan_convert_component(ckpt: Checkpoint, det: Detection, layout: str, dtype:
         path = output_path(comp, "diffusers").split("/", 1)[1]  # inside the destination folder
         plan.sidecars["config.json"] = config_json(comp, cmap.config)
     metadata = {"ckptkit.component": comp.name}
+    family = det.family or (ckpt.metadata or {}).get("ckptkit.family")
+    if family:  # which family's class it was written as (SD3's CLIP-L carries an identity projection)
+        metadata["ckptkit.family"] = family
     if layout != "diffusers":
         path = output_name
         carried = config_to_carry(ckpt, comp, "", det.names, cmap, shipped=shipped)

@@ -23,7 +23,7 @@ import torch
 
 @dataclass(frozen=True)
 class Expr:
-    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros" | "arange" | "full" | "randn"
+    op: str  # "src" | "cat" | "slice" | "reshape" | "t" | "zeros" | "arange" | "full" | "randn" | "eye"
     args: tuple
 
     def sources(self) -> list[str]:
@@ -52,7 +52,7 @@ class Expr:
         if op == "zeros":  # dtype and device of the `like` tensor (meta stays meta)
             like = a[1].evaluate(fetch)
             return torch.zeros(a[0], dtype=like.dtype, device=like.device)
-        if op in ("full", "randn"):
+        if op in ("full", "randn", "eye"):
             return _init(op, a, getattr(fetch, "device", None))
         raise ValueError(f"unknown op {op}")
 
@@ -74,6 +74,8 @@ class Expr:
             return f"full({list(a[0])}, {a[1]!r}, {a[2]})"
         if op == "randn":
             return f"randn({list(a[0])}, seed {a[1]}, std {a[2]!r}, {a[3]})"
+        if op == "eye":
+            return f"eye({a[0][0]}, {a[1]})"
         return f"t({a[0]})"
 
     def to_json(self):
@@ -112,12 +114,17 @@ def arange(n: int) -> Expr:
     return Expr("arange", (n,))
 
 
-INIT_OPS = frozenset({"zeros", "full", "randn"})  # make data instead of moving it; `invert` skips them
+INIT_OPS = frozenset({"zeros", "full", "randn", "eye"})  # make data instead of moving it; `invert` skips them
 
 
 def full(shape, value: float, dtype: str) -> Expr:
     """A tensor of `shape` filled with `value`; `dtype` a safetensors code ("F32", "BF16", ...)."""
     return Expr("full", (tuple(shape), float(value), dtype))
+
+
+def eye(n: int, dtype: str) -> Expr:
+    """An n x n identity matrix (the text_projection diffusers' SD3 CLIP-L carries and bundles lack)."""
+    return Expr("eye", ((int(n), int(n)), dtype))
 
 
 def randn(shape, seed: int, std: float, dtype: str) -> Expr:
@@ -133,6 +140,8 @@ def _init(op: str, a: tuple, device) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device="meta")
     if op == "full":
         return torch.full(shape, a[1], dtype=dtype, device=device)
+    if op == "eye":
+        return torch.eye(shape[0], dtype=dtype, device=device)
     gen = torch.Generator().manual_seed(a[1])
     return (torch.randn(shape, generator=gen, dtype=torch.float32) * a[2]).to(dtype=dtype, device=device)
 
@@ -144,7 +153,7 @@ def _infer_shape(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple
     op, a = e.op, e.args
     if op == "src":
         return tuple(source_shapes[a[0]])
-    if op in ("zeros", "full", "randn"):
+    if op in ("zeros", "full", "randn", "eye"):
         return tuple(a[0])
     if op == "arange":
         return (1, a[0])

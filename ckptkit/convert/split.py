@@ -58,6 +58,8 @@ def output_path(comp: ComponentSpec, layout: str) -> str:
 def source_dtype(ckpt: Checkpoint, e: expr.Expr) -> str:
     if e.op == "arange":
         return "I64"
+    if e.op in ("full", "randn", "eye"):  # made, not read: the dtype it is made in
+        return e.args[-1]
     dtype = ckpt.tensors[e.sources()[0]].dtype
     return dtype if dtype in DTYPES else "F32"  # quantized GGUF data loads dequantized to float32
 
@@ -153,7 +155,7 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
                 plan.dropped[n] = "live weights replaced by their EMA copy (--extract-ema)"
         path = output_path(comp, opts.layout)
         tensors = tensor_ops(ckpt, ops, cast, opts.fix_position_ids, plan.notes, comp.name)
-        metadata = {"ckptkit.component": comp.name}
+        metadata = {"ckptkit.component": comp.name, "ckptkit.family": det.family}
         if opts.layout != "diffusers":  # a diffusers folder ships config.json instead
             carried = config_to_carry(ckpt, comp, prefix, det.names, cmap, exclude, config)
             metadata.update(metadata_value({comp.name: carried} if carried else {}))

@@ -87,6 +87,29 @@ def _present(shapes, prefix: str) -> bool:
     return any(n.startswith(prefix) for n in shapes)
 
 
+# Component names a signature cannot tell apart by structure (a CLIP's name is its role in a family,
+# not its shape): a file ckptkit wrote names its component in metadata (`ckptkit.component`).
+SAME_STRUCTURE = ({"clip", "clip_l", "clip_g", "clip_h"}, {"t5", "t5xxl"})
+
+
+def _component_name(ckpt: Checkpoint, signature_name: str) -> str:
+    named = (getattr(ckpt, "metadata", None) or {}).get("ckptkit.component")
+    if named and any(signature_name in group and named in group for group in SAME_STRUCTURE):
+        return named
+    return signature_name
+
+
+def _used_by(ckpt: Checkpoint, used_by: tuple[str, ...]) -> tuple[str, ...]:
+    """The families a standalone component serves, the one its file says it came from first (a
+    component file ckptkit split: `ckptkit.family`), so it converts to that family's class."""
+    from ckptkit.families import BY_NAME
+
+    family = (getattr(ckpt, "metadata", None) or {}).get("ckptkit.family")
+    if family in BY_NAME:
+        return (family, *[f for f in used_by if f != family])
+    return used_by
+
+
 def detect(ckpt: Checkpoint) -> Detection:
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     for spec in FAMILIES:
@@ -98,7 +121,8 @@ def detect(ckpt: Checkpoint) -> Detection:
     for sig in SIGNATURES:
         if all(c.holds(_lookup(shapes, "")) for c in sig.when):
             return Detection(None, None, "component", "diffusers" if sig.layout.startswith("diffusers:") else "original",
-                             components={sig.name: ""}, confidence=1.0, standalone=sig.description, used_by=sig.used_by,
+                             components={_component_name(ckpt, sig.name): ""}, confidence=1.0,
+                             standalone=sig.description, used_by=_used_by(ckpt, sig.used_by),
                              standalone_layout=sig.layout.removeprefix("diffusers:"))
     return Detection(None, None, "unknown", "original", unclaimed=list(shapes), confidence=0.0)
 

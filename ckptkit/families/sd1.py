@@ -1,7 +1,7 @@
 """Stable Diffusion 1.x (CompVis LDM layout)."""
 
 from ckptkit.families.common import LDM_JUNK, SD_VAE_CONFIG, clip_l, vae, SD1_SCHEDULER
-from ckptkit.families.spec import ComponentSpec, Count, FamilySpec, Has, Lacks, Rank, Variant
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Rank, Variant
 
 # Structure, not sizes (shared by the LDM UNet families): how many downsamplers (levels - 1), and
 # whether the transformers' proj_in is a 1x1 conv (SD1) or a linear layer (SD2, SDXL). Widths, depths

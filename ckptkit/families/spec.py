@@ -106,6 +106,9 @@ class ComponentSpec:
     alt_prefixes: tuple[str, ...] = ()  # other prefixes seen in the wild (ComfyUI repacks)
     optional: bool = False  # bundles often lack it (FLUX/Sana ship transformer-only files)
     high_precision: tuple[str, ...] = ()  # name prefixes kept out of quantization (final names)
+    # the diffusers class carries a text_projection the original file has not: an identity, as diffusers'
+    # single-file loader adds it (SD3's CLIP-L: StableDiffusion3Pipeline wants CLIPTextModelWithProjection)
+    identity_projection: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ckptkit.convert import expr
-from ckptkit.convert.components import config_to_carry, map_component, shipped_config
+from ckptkit.convert.components import GENERIC_COMPONENTS, config_to_carry, map_component, shipped_config
 from ckptkit.convert.configs import metadata_value
 from ckptkit.convert.plan import OutputFile, Plan, TensorOp
 from ckptkit.convert.split import POSITION_IDS, source_dtype, target_naming
@@ -33,8 +33,6 @@ CONV_RESHAPE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # ComfyUI-GGUF's
 TEXT_ENCODER_ARCH = {"hf_t5": "t5encoder", "hf_clip": "clip", "open_clip": "clip"}
 MAX_NAME_BYTES = 127  # longer GGUF tensor names are not loadable by ggml (GGML_MAX_NAME)
 FP16_MAX = 65504.0  # |x| up to this cannot overflow any block's fp16 scale (nor an fp16 cast)
-# Standalone signatures that name no family component (a T5 / CLIP of unusual width): the spec by layout.
-GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
 
 
 def final_name(comp: ComponentSpec, name: str) -> str:

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from ckptkit import pipeline
 from ckptkit.convert.models import model_class
 from ckptkit.convert.split import SplitOptions
-from ckptkit.errors import CkptError
 from ckptkit.fixtures import factory
+from ckptkit.formats import open_checkpoint
 from ckptkit.fixtures.factory import FIXTURES
 
 CASES = [(f, c.name) for f, fx in FIXTURES.items() for c in fx.components]
@@ -257,13 +257,39 @@ def test_pipeline_components_have_the_classes_the_pipeline_expects(splits, fixtu
         cls = getattr({"diffusers": diffusers, "transformers": transformers}[value[0]], value[1])
         if not issubclass(cls, tuple(t for t in types[name] if isinstance(t, type))):
             wrong[name] = (value[1], [t.__name__ for t in types[name] if isinstance(t, type)])
-    if FIXTURES[fixture].family == "sd3" and wrong == {"text_encoder": ("CLIPTextModel",
-                                                                        ["CLIPTextModelWithProjection"])}:
-        pytest.xfail("ckptkit gap: SD3 bundles carry no CLIP-L text_projection, so the split writes a "
-                     "CLIPTextModel; StableDiffusion3Pipeline expects CLIPTextModelWithProjection (its pooled "
-                     "prompt embedding is `text_embeds`; diffusers' single-file loader adds an identity "
-                     "text_projection). Writing one needs an `eye` tensor expression.")
     assert wrong == {}
+
+
+@pytest.mark.parametrize("fixture", ["sd3", "sd35_large"])
+def test_sd3_pipeline_encodes_prompts_with_the_split_text_encoders(splits, fixture):
+    """SD3's CLIP-L is written as CLIPTextModelWithProjection with the identity text_projection
+    diffusers' single-file loader adds (a bundle has none), so StableDiffusion3Pipeline.encode_prompt
+    runs: its pooled embedding is `text_embeds` of both CLIPs. Tokenizers are not in a checkpoint:
+    a stand-in tokenizer of the fixtures' vocabulary feeds the same ids to all three encoders."""
+    out = splits.split(fixture, "diffusers")
+
+    class Ids:
+        model_max_length = 77
+
+        def __call__(self, prompts, padding=None, max_length=77, truncation=None, add_special_tokens=True,
+                     return_tensors=None, **_):
+            ids = torch.tensor([[0, 17, 300, 41] + [2] * (max_length - 4)] * len(prompts))
+            return type("Enc", (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})()
+
+        def batch_decode(self, ids):
+            return ["" for _ in ids]
+
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(out, local_files_only=True, tokenizer=Ids(),
+                                                             tokenizer_2=Ids(), tokenizer_3=Ids())
+    with open_checkpoint(out / "text_encoder" / "model.safetensors") as ck:
+        proj = ck.load("text_projection.weight")
+    assert torch.equal(proj, torch.eye(proj.shape[0], dtype=proj.dtype))
+    embeds, _, pooled, _ = pipe.encode_prompt("a cat", "a cat", "a cat", do_classifier_free_guidance=False,
+                                              max_sequence_length=16)
+    clip_l = pipe.text_encoder(torch.tensor([[0, 17, 300, 41] + [2] * 73]), output_hidden_states=True)
+    width_l = clip_l.text_embeds.shape[-1]
+    assert torch.equal(pooled[:, :width_l], clip_l.text_embeds)  # identity projection: the pooled state itself
+    assert torch.isfinite(embeds).all() and torch.isfinite(pooled).all()
 
 
 # ---- 2. comfy layout: diffusers' single-file loader, transformers' own state dicts ---------------
@@ -342,6 +368,9 @@ def test_comfy_text_encoder_loads_in_transformers(splits, fixture, comp):
     if not any(k.startswith("text_model.") for k in model.state_dict()):  # CLIPTextModel, flat in transformers>=5.6
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
 
+    if spec.identity_projection:  # SD3's CLIP-L: ComfyUI's file has none; diffusers' loader adds an identity
+        assert "text_projection.weight" not in state
+        state["text_projection.weight"] = torch.eye(model.text_projection.weight.shape[0])
     missing, unexpected = model.load_state_dict(state, strict=False)
 
     assert unexpected == []
@@ -356,14 +385,9 @@ def test_convert_round_trip(splits, tmp_path, fixture, comp):
     spec = _spec(fixture, comp)
     source = splits.split(fixture, "comfy") / f"{comp}.safetensors"
     folder, back = tmp_path / "component", tmp_path / f"{comp}.safetensors"
-    try:
-        to_diffusers = pipeline.convert(source, folder, "diffusers")
-    except CkptError as e:
-        if spec.role == "text_encoder" and "no family has a component" in str(e):
-            pytest.xfail("a tiny text encoder of SD3/FLUX (64 wide) matches only the generic 'clip' / 't5' "
-                         "signatures (CLIP-L is told by its 768, T5-XXL by its 4096 width), and convert has no "
-                         f"family component spec for a generic one: {e}")
-        raise
+    # a tiny SD3/FLUX text encoder (64 wide) is no released CLIP-L / T5-XXL: the file names its
+    # component (ckptkit.component) and ships its config (ckptkit.config), so it converts all the same
+    to_diffusers = pipeline.convert(source, folder, "diffusers")
     cls, _ = model_class(spec.diffusers_class)
     model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     assert {k: v for k, v in info.items() if v} == {}

@@ -6,9 +6,6 @@ quantize + verify with every check, 1-step included."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
