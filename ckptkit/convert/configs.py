@@ -113,7 +113,7 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
     first_error = None
     for tag, released in candidates:
         try:
-            trial = layout.config_from_original(shapes, {**released, **explicit})
+            trial = _derive(layout, comp, shapes, {**released, **explicit})
         except CkptError as exc:
             first_error = first_error or exc
             continue
@@ -125,8 +125,9 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
     needed = [k for k in undetermined if k not in explicit]
     if matched is None and needed and not strict and hasattr(layout, "placeholders"):
         # names and shapes only: one-head stand-ins for what nothing gave (they do not change a shape)
-        stand_in = {k: v for k, v in layout.placeholders(shapes).items() if k not in explicit}
-        derived = layout.config_from_original(shapes, {**comp.config, **stand_in, **explicit})
+        stand_in = {k: v for k, v in _derive(lambda sh, _b: layout.placeholders(sh), comp, shapes, {}).items()
+                    if k not in explicit}
+        derived = _derive(layout, comp, shapes, {**comp.config, **stand_in, **explicit})
     elif derived is None:  # no released config gave a consistent config
         if needed and not explicit:
             raise _undetermined(comp, needed[0], undetermined[needed[0]]) from None
@@ -148,6 +149,17 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
     if strict and missing:
         raise _undetermined(comp, missing[0], undetermined[missing[0]])
     return ResolvedConfig(values, sources, matched[0] if matched else None)
+
+
+def _derive(layout, comp, shapes: dict, base: dict) -> dict:
+    """layout.config_from_original (or any function of (shapes, base)), with a shape no real model has
+    (a wrong rank, a missing dim) as one line instead of the IndexError / KeyError a layout raises."""
+    fn = layout if callable(layout) and not hasattr(layout, "config_from_original") else layout.config_from_original
+    try:
+        return fn(shapes, base)
+    except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError) as exc:
+        raise CkptError(f"{comp.name}: cannot read a {comp.diffusers_class} config from these tensor shapes "
+                        f"({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def _class_defaults(class_name: str) -> dict:

@@ -81,5 +81,7 @@ def test_real_unet_config_matches_family_markers(family):
     orig_shapes = expr.shapes(mapping, meta_shapes)
 
     assert len(orig_shapes) == len(meta_shapes)
-    assert all(c.holds(orig_shapes.get) for c in spec.detect)
-    assert all(c.holds(meta_shapes.get) for c in spec.detect_diffusers)
+    from ckptkit.families.detect import _lookup
+
+    assert all(c.holds(_lookup(orig_shapes, "")) for c in spec.detect)
+    assert all(c.holds(_lookup(meta_shapes, "")) for c in spec.detect_diffusers)

@@ -263,6 +263,8 @@ def test_split_comfy_bit_exact(work, fixture):
             # transformers layout: the fixture's own text model, cast as the bundle is
             ref = cast(factory.diffusers_state(fixture, comp.name), torch.float16)
             ref.pop(T5_TIED, None)
+            if comp.identity_projection:  # the identity diffusers adds to SD3's CLIP-L; the bundle has none
+                ref.pop("text_projection.weight")
             extra = {POSITION_IDS} & set(strip(src, comp.prefix)) if comp.layout == "hf_clip" else set()
             if comp.layout == "open_clip":  # converted: compare the loaded tensors too
                 assert_tensors_equal({k: v for k, v in got.items() if k not in extra}, ref, f"{fixture}/{comp.name}")
