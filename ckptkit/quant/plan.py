@@ -65,8 +65,8 @@ def _standalone_spec(ckpt: Checkpoint, det: Detection) -> ComponentSpec:
     name = next(iter(det.components))
     if name == "clip" and any(n.startswith("text_projection") for n in ckpt.tensors):
         name = "clip_g"  # a CLIP with a projection is a CLIPTextModelWithProjection, as clip_g's spec
-    if name in GENERIC_COMPONENTS or name == "clip_g":
-        return find_component_spec(GENERIC_COMPONENTS.get(name, name), det.standalone_layout, det.used_by)
+    if name in GENERIC_COMPONENTS or name == "clip_g":  # find_component_spec maps the generic names itself
+        return find_component_spec(name, det.standalone_layout, det.used_by)
     return component_spec(det)
 
 
