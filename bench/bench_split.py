@@ -179,7 +179,7 @@ def run_split_patched(model: str, src: str, out: str, layout: str, workers: str,
     sha256), nohash-src (the source sha256), nohash (both), noprefault (the reader's
     MADV_POPULATE_READ of each loaded tensor)."""
     from ckptkit import pipeline
-    from ckptkit.convert import execute
+    from ckptkit.engine import execute
     from ckptkit.convert.split import SplitOptions
     from ckptkit.formats import safetensors
 

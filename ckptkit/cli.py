@@ -81,11 +81,20 @@ def cli():
     """Inspect, split, convert, quantize and verify diffusion-model checkpoints."""
 
 
+def family_option(func):
+    """--family NAME: read the input as this family, whatever detection says (families/detect.py)."""
+    from ckptkit.families import BY_NAME
+
+    return click.option("--family", "family", default=None, metavar="NAME",
+                        help=f"Read the input as this family instead of detecting it ({', '.join(BY_NAME)}).")(func)
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--scan", is_flag=True, help="Stream every tensor and count NaN/Inf values.")
-def inspect_cmd(path: str, as_json: bool, scan: bool):
+@family_option
+def inspect_cmd(path: str, as_json: bool, scan: bool, family: str | None):
     """Family, components, dtypes, junk and problems of a checkpoint (any format)."""
     from ckptkit.formats import open_checkpoint
     from ckptkit.inspect import inspect_checkpoint
@@ -96,7 +105,7 @@ def inspect_cmd(path: str, as_json: bool, scan: bool):
         with open_checkpoint(path) as ckpt:
             total = ckpt.total_bytes
         bar = _progress(total, "scan", sys.stderr.isatty())
-    report = inspect_checkpoint(path, scan=scan, progress=bar.update if bar else None)
+    report = inspect_checkpoint(path, scan=scan, progress=bar.update if bar else None, family=family)
     if bar:
         bar.close()
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else inspect_report(report))
@@ -111,7 +120,7 @@ def _bar_factory(enabled: bool):
 
 
 def _render_run(result, as_json: bool) -> None:
-    from ckptkit.inspect import human_bytes
+    from ckptkit.units import human_bytes
 
     if as_json:
         data = {"plan": result.plan.to_json()} if not result.written else {
@@ -181,9 +190,10 @@ def config_option(func):
 @click.option("--prefix", "prefixes", multiple=True, metavar="NAME=PREFIX",
               help="Split an unknown file by explicit prefixes (with --layout original).")
 @config_option
+@family_option
 @run_options
 def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_ema, fix_position_ids,
-          tokenizer_from, store, prefixes, config, dry_run, as_json, force, workers):
+          tokenizer_from, store, prefixes, config, family, dry_run, as_json, force, workers):
     """Split a bundled checkpoint into one file per component, plus ckptkit.json."""
     from ckptkit import pipeline
     from ckptkit.convert.split import SplitOptions
@@ -192,7 +202,8 @@ def split(bundle, out_dir, layout, components, dtype, allow_overflow, extract_em
                         fix_position_ids=fix_position_ids, prefixes=_prefixes(prefixes))
     result = pipeline.split(bundle, out_dir, opts, force=force, dry_run=dry_run, workers=workers,
                             progress=_bar_factory(sys.stderr.isatty() and not as_json),
-                            allow_overflow=allow_overflow, tokenizer_from=tokenizer_from, store=store, config=config)
+                            allow_overflow=allow_overflow, tokenizer_from=tokenizer_from, store=store, config=config,
+                            family=family)
     _render_run(result, as_json)
 
 
@@ -220,13 +231,14 @@ def _prefixes(values) -> dict[str, str]:
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=str))
 @click.option("-o", "--out", "output", required=True, type=click.Path(path_type=str), help="The bundle to write.")
+@family_option
 @run_options
-def merge(folder, output, dry_run, as_json, force, workers):
+def merge(folder, output, family, dry_run, as_json, force, workers):
     """Merge a component set (any layout) back into one bundled original-layout file."""
     from ckptkit import pipeline
 
     result = pipeline.merge(folder, output, force=force, dry_run=dry_run, workers=workers,
-                            progress=_bar_factory(sys.stderr.isatty() and not as_json))
+                            progress=_bar_factory(sys.stderr.isatty() and not as_json), family=family)
     _render_run(result, as_json)
 
 
@@ -237,15 +249,16 @@ def merge(folder, output, dry_run, as_json, force, workers):
 @click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True)
 @click.option("--allow-overflow", is_flag=True)
 @config_option
+@family_option
 @run_options
-def convert(source, dest, layout, dtype, allow_overflow, config, dry_run, as_json, force, workers):
+def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run, as_json, force, workers):
     """Convert one component file <-> a diffusers component folder, a bundle -> a diffusers
     folder, or a diffusers pipeline folder -> a bundle."""
     from ckptkit import pipeline
 
     result = pipeline.convert(source, dest, layout, dtype=dtype, force=force, dry_run=dry_run, workers=workers,
                               progress=_bar_factory(sys.stderr.isatty() and not as_json), allow_overflow=allow_overflow,
-                              config=config)
+                              config=config, family=family)
     _render_run(result, as_json)
 
 
@@ -265,9 +278,10 @@ def convert(source, dest, layout, dtype, allow_overflow, config, dry_run, as_jso
 @click.option("--arch", help="general.architecture of the GGUF files (default: the family's; 'unknown' for a "
                              "model no family spec knows, which ComfyUI-GGUF will not load).")
 @config_option
+@family_option
 @run_options
 def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, arch, config,
-             dry_run, as_json, force, workers):
+             family, dry_run, as_json, force, workers):
     """Quantize each component with its own policy (GGUF, K-quants included)."""
     from ckptkit import pipeline
     from ckptkit.quant.policy import Policy, load_policy_file
@@ -279,7 +293,7 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
         policy = load_policy_file(policy_file, policy)
     result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,
                                progress=_bar_factory(sys.stderr.isatty() and not as_json), scan=not no_scan,
-                               config=config)
+                               config=config, family=family)
     if dry_run and not as_json:
         click.echo(result.plan.describe())
         click.echo(render_type_plan(result.plan))
@@ -301,7 +315,7 @@ def _pairs(values, option: str, form: str, split_last: bool = False) -> dict[str
 
 
 def render_policy(plan) -> str:
-    from ckptkit.inspect import human_bytes
+    from ckptkit.units import human_bytes
     from ckptkit.render import table
 
     rows = []
@@ -318,7 +332,7 @@ def render_policy(plan) -> str:
 
 def render_type_plan(plan) -> str:
     """Every tensor of every output: final name, stored shape, type and why (--dry-run)."""
-    from ckptkit.inspect import human_bytes
+    from ckptkit.units import human_bytes
 
     lines = []
     for out in plan.outputs:
@@ -354,8 +368,9 @@ def render_type_plan(plan) -> str:
 @click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, path_type=str),
               help="A TOML file of thresholds by type.")
 @config_option
+@family_option
 def verify(path, against, as_json, report_dir, device, compute_dtype, resolution, seed, no_scan, no_onestep,
-           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file, config):
+           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file, config, family):
     """Check a file or component set: integrity, layout, quantization coverage, and (with
     --against) per-tensor error and a 1-step inference check. Exit 0 pass, 1 fail, 2 unreadable."""
     from ckptkit.verify import VerifyOptions, run_verify
@@ -363,7 +378,7 @@ def verify(path, against, as_json, report_dir, device, compute_dtype, resolution
     from ckptkit.verify.thresholds import load_overrides
 
     opts = VerifyOptions(against=against, scan=not no_scan, onestep=not no_onestep, device=device,
-                         dtype=compute_dtype, resolution=resolution, seed=seed, config=config,
+                         dtype=compute_dtype, resolution=resolution, seed=seed, config=config, family=family,
                          overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim, max_rel_rms))
     if report_dir:
         from ckptkit.outputs import check_output

@@ -10,3 +10,14 @@ class CkptError(Exception):
 class ResourceError(CkptError):
     """The machine cannot do what was asked (e.g. not enough memory for a model): never a verdict
     on the user's files, so `verify` does not report it as a failed check."""
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7f]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029, *range(0x80, 0xa0))})
+
+
+def printable(text: object) -> str:
+    """`text` with control characters (and Unicode line breaks) escaped, so a name read from a file
+    can never start a new line of output or forge an `error:` line."""
+    return str(text).translate(_CONTROL)

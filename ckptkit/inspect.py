@@ -16,6 +16,7 @@ import torch
 from ckptkit.families.detect import Detection, detect
 from ckptkit.formats import Checkpoint, open_checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
+from ckptkit.units import human_bytes
 
 POSITION_IDS = "text_model.embeddings.position_ids"
 
@@ -77,6 +78,9 @@ class InspectReport:
     problems: list[Problem]
     nonfinite: dict[str, dict[str, int]] | None = None  # with scan: tensor -> {"nan": n, "inf": m}
     groups: list[TensorGroup] | None = None  # an unknown model, described by common prefix
+    given: str | None = None  # "--family NAME": the family was given, not detected
+    evidence: list[str] = field(default_factory=list)  # the structure the family was recognised by
+    detected_as: str | None = None  # with `given`: what detection alone finds
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -131,7 +135,7 @@ def _released_difference(spec, resolved) -> tuple[dict | None, str | None]:
 def _config_of(ckpt: Checkpoint, det: Detection, comp_name: str, prefix: str) -> tuple:
     """The config a command would use, with each value's source; undetermined values are marked."""
     from ckptkit.convert.components import local_shapes, resolve_component_config, shipped_config
-    from ckptkit.convert.convert import component_spec
+    from ckptkit.convert.components import component_spec
     from ckptkit.errors import CkptError
 
     try:
@@ -286,8 +290,10 @@ def scan_nonfinite(ckpt: Checkpoint, progress: Callable[[int], None] | None = No
     return bad
 
 
-def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None) -> InspectReport:
+def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None, family: str | None = None) -> InspectReport:
     with open_checkpoint(path) as ckpt:
+        if family is not None:
+            ckpt.family_override = family  # every detection on it (config resolution too) reads it so
         det = detect(ckpt)
         comps = _component_reports(ckpt, det)
         problems = _problems(ckpt, det, comps)
@@ -304,19 +310,5 @@ def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None) -> I
             missing_components=det.missing, junk=_group(ckpt, det.junk), ema=_group(ckpt, det.ema),
             unclaimed=_group(ckpt, det.unclaimed), problems=problems, nonfinite=nonfinite,
             groups=prefix_groups(ckpt, list(ckpt.tensors)) if det.family is None and not det.standalone else None,
+            given=det.given, detected_as=det.detected_as, evidence=list(det.evidence),
         )
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def human_count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))

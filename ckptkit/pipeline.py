@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ckptkit.convert.execute import WrittenFile, execute
-from ckptkit.convert.manifest import SourceHasher, build_manifest, write_manifest
-from ckptkit.convert.plan import Plan
+from ckptkit.engine.execute import WrittenFile, execute
+from ckptkit.engine.manifest import SourceHasher, build_manifest, write_manifest
+from ckptkit.engine.plan import Plan
 from ckptkit.convert.split import SplitOptions, plan_split
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import detect
@@ -119,7 +119,7 @@ def _reuse_from_store(plan: Plan, ckpt, out_dir: Path, store: Path, workers: int
     is left to write, the reused files and the store summary for the manifest."""
     from dataclasses import replace
 
-    from ckptkit.convert.execute import describe_file, output_digest
+    from ckptkit.engine.execute import describe_file, output_digest
 
     left, reused, saved, refs = [], [], 0, {}
     for out in plan.outputs:
@@ -136,22 +136,28 @@ def _reuse_from_store(plan: Plan, ckpt, out_dir: Path, store: Path, workers: int
     return replace(plan, outputs=left), reused, summary
 
 
-def given_config(ckpt, config: str | os.PathLike | None):
-    """Attach `--config FILE|DIR` to an opened checkpoint: every config resolution on it sees it
-    (convert/configs.py)."""
+def given(ckpt, config: str | os.PathLike | None = None, family: str | None = None):
+    """Attach what the user told about an opened checkpoint: `--config FILE|DIR` (every config
+    resolution on it sees it, convert/configs.py) and `--family NAME` (every detection on it reads
+    it as that family, families/detect.py)."""
     if config is not None:
         from ckptkit.convert.configs import UserConfig
 
         ckpt.user_config = UserConfig.load(config)
+    if family is not None:
+        from ckptkit.families import get_family
+
+        ckpt.family_override = get_family(family).name
     return ckpt
 
 
 def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOptions, *, force: bool = False,
           dry_run: bool = False, workers: int = 1, progress: Progress | None = None, allow_overflow: bool = False,
-          tokenizer_from: str | None = None, store: str | None = None, config: str | None = None) -> RunResult:
+          tokenizer_from: str | None = None, store: str | None = None, config: str | None = None,
+          family: str | None = None) -> RunResult:
     out_dir = Path(out_dir)
     with open_checkpoint(source) as ckpt:
-        given_config(ckpt, config)
+        given(ckpt, config, family)
         det = detect(ckpt)
         plan = plan_split(ckpt, det, opts)
         folders = _tokenizer_folders(plan, tokenizer_from)
@@ -192,7 +198,7 @@ def _copy_tokenizers(plan: Plan, stage: Path, tokenizer_from: str | None, folder
 
 
 def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool = False, dry_run: bool = False,
-          workers: int = 1, progress: Progress | None = None) -> RunResult:
+          workers: int = 1, progress: Progress | None = None, family: str | None = None) -> RunResult:
     from ckptkit.convert.merge import plan_merge
 
     from ckptkit.outputs import check_output
@@ -203,7 +209,11 @@ def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool =
     check_output(output, [folder], "file")
     if output.exists() and not force:
         raise CkptError(f"{output}: exists (use --force to replace it)")
-    plan, ckpt = plan_merge(folder, output.name)
+    if family is not None:
+        from ckptkit.families import get_family
+
+        get_family(family)
+    plan, ckpt = plan_merge(folder, output.name, family)
     with ckpt:
         if dry_run:
             return RunResult(plan)
@@ -212,22 +222,22 @@ def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool =
 
 def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, dtype: str = "keep",
             force: bool = False, dry_run: bool = False, workers: int = 1, progress: Progress | None = None,
-            allow_overflow: bool = False, config: str | None = None) -> RunResult:
+            allow_overflow: bool = False, config: str | None = None, family: str | None = None) -> RunResult:
     """Bundle -> diffusers folder (split), diffusers pipeline -> bundle (merge), or one component
     file <-> diffusers component folder."""
     from ckptkit.convert.convert import plan_convert_component
 
     dest = Path(dest)
     with open_checkpoint(source) as ckpt:
-        given_config(ckpt, config)
+        given(ckpt, config, family)
         det = detect(ckpt)
         if det.form in ("bundle", "diffusers"):
             if layout == "diffusers" and det.form == "bundle":
                 return split(source, dest, SplitOptions(layout="diffusers", dtype=dtype), force=force,
                              dry_run=dry_run, workers=workers, progress=progress, allow_overflow=allow_overflow,
-                             config=config)
+                             config=config, family=family)
             if layout == "original" and det.form == "diffusers":
-                return merge(source, dest, force=force, dry_run=dry_run, workers=workers, progress=progress)
+                return merge(source, dest, force=force, dry_run=dry_run, workers=workers, progress=progress, family=family)
             raise CkptError(f"{source}: is already a {det.form} in {det.names} names")
         plan = plan_convert_component(ckpt, det, layout, dtype, dest.name)
         if dry_run:
@@ -246,7 +256,7 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
              dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True,
-             config: str | None = None) -> RunResult:
+             config: str | None = None, family: str | None = None) -> RunResult:
     """Quantize each component by its own policy. SOURCE is a bundle, a component set (any layout,
     with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
     a directory (component set + manifest), or a file when the source is a single component and
@@ -256,16 +266,21 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
     out, src_path = Path(out), Path(source)
     single = out.suffix in (".gguf", ".safetensors")
     if src_path.is_dir() and not (src_path / "model_index.json").exists() and not (src_path / "config.json").exists():
-        ckpt, src = open_component_set_source(src_path)
+        if family is not None:
+            from ckptkit.families import get_family
+
+            get_family(family)
+        ckpt, src = open_component_set_source(src_path, family)
     else:
         ckpt = open_checkpoint(source)
         try:
+            given(ckpt, family=family)
             src = source_from_detection(ckpt, detect(ckpt))
         except BaseException:
             ckpt.close()
             raise
     with ckpt:
-        given_config(ckpt, config)
+        given(ckpt, config)  # --family is applied above
         scan_bar = progress(ckpt.total_bytes, "scan") if progress and scan else None
         plan = plan_quantize(ckpt, src, policy, out.name if single else None, scan=scan, progress=scan_bar)
         if dry_run:
@@ -278,14 +293,14 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
 
 def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *, force: bool = False,
              dry_run: bool = False, workers: int = 1, progress: Progress | None = None,
-             config: str | None = None) -> RunResult:
+             config: str | None = None, family: str | None = None) -> RunResult:
     """A Sana flow model -> its TrigFlow form (convert/trigflow.py); the manifest's `trigflow` section
     records the transform. A source already in TrigFlow form gives a plan with no outputs (nothing written)."""
     from ckptkit.convert.trigflow import TrigFlowOptions, plan_trigflow, transform_record
 
     out_dir = Path(out_dir)
     with open_checkpoint(source) as ckpt:
-        given_config(ckpt, config)
+        given(ckpt, config, family)
         plan = plan_trigflow(ckpt, detect(ckpt), opts or TrigFlowOptions())
         if dry_run or not plan.outputs:
             return RunResult(plan)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ckptkit.formats.files import printable
-from ckptkit.inspect import InspectReport, human_bytes, human_count
+from ckptkit.inspect import InspectReport
+from ckptkit.units import human_bytes, human_count
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -26,6 +27,10 @@ def inspect_report(r: InspectReport) -> str:
         out.append(f"family: unknown - standalone component: {r.standalone}{users}")
     else:
         out.append("family: unknown")
+    if r.evidence:
+        out.append(f"  by structure: {'; '.join(printable(e) for e in r.evidence)}")
+    if r.given:
+        out.append(f"  given with {r.given}; by structure alone: {r.detected_as or 'unknown'}")
     if r.components:
         rows = [[c.name, c.role, c.prefix or "-", c.tensors, human_count(c.params), human_bytes(c.bytes),
                  " ".join(f"{d}:{human_bytes(b)}" for d, b in sorted(c.dtypes.items(), key=lambda kv: -kv[1]))]

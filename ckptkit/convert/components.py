@@ -9,17 +9,23 @@ directions and every conversion is checked against the model class's own state d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ckptkit.convert import expr
-from ckptkit.convert.expr import Expr
+import torch
+
+from ckptkit.engine import expr
+from ckptkit.engine.expr import Expr
+from ckptkit.convert import ldm_yaml
 from ckptkit.convert.layouts import get_layout
-from ckptkit.convert.models import diffusers_shapes
+from ckptkit.convert.models import diffusers_shapes, instantiate, model_class
 from ckptkit.errors import CkptError
+from ckptkit.families.components import GENERIC_COMPONENTS
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 
-# Standalone signatures that name no family component: the component of their kind.
-GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
+if TYPE_CHECKING:
+    from ckptkit.families.detect import Detection
+
 
 # Text encoders whose original names already are transformers' names.
 HF_NATIVE = frozenset({"hf_clip", "hf_t5"})
@@ -69,7 +75,9 @@ def resolve_component_config(comp: ComponentSpec, shapes: dict, names: str, ship
     if user is not None:
         given = user.for_component(comp, only_component=_single_component(ckpt))
         given_from = user.describe(comp)
-    return resolve(comp, shapes, names, shipped, given, given_from or "--config", strict, shipped_from)
+    declared, declared_from = ldm_yaml.declared_values(ckpt, comp) if ckpt is not None else ({}, None)
+    return resolve(comp, shapes, names, shipped, given, given_from or "--config", strict, shipped_from,
+                   declared, declared_from)
 
 
 def _single_component(ckpt) -> bool:
@@ -226,3 +234,78 @@ def find_component_spec(name: str, layout: str, used_by: tuple[str, ...] = ()) -
                         "text_model.embeddings.", "text_model.final_layer_norm.", "text_projection."))
                 return comp
     raise CkptError(f"no family has a component {name!r}")
+
+
+def target_naming(comp: ComponentSpec, layout: str) -> str:
+    if layout == "diffusers":
+        return "diffusers"
+    if layout == "comfy" and comp.role == "text_encoder" and comp.layout not in HF_NATIVE:
+        return "diffusers"  # OpenCLIP -> transformers layout, as ComfyUI's clip_g files
+    return "original"
+
+
+def output_path(comp: ComponentSpec, layout: str) -> str:
+    if layout != "diffusers":
+        return f"{comp.name}.safetensors"
+    _, config_cls = model_class(comp.diffusers_class)
+    return f"{comp.diffusers_folder}/{'model' if config_cls else 'diffusion_pytorch_model'}.safetensors"
+
+
+def component_spec(det: "Detection") -> ComponentSpec:
+    if det.family and list(det.components) == ["diffusion_model"]:
+        return det.spec.diffusion_model
+    if det.standalone:
+        return find_component_spec(next(iter(det.components)), det.standalone_layout, det.used_by)
+    raise CkptError("not a single component (family unknown and no component signature matches)")
+
+
+def _check_state(comp, model, state: dict) -> None:
+    """Every tensor fits the parameter it replaces: same shape, and floating-point where the model
+    computes in floating point (an integer `weight` would load and compute garbage, or crash)."""
+    from ckptkit.errors import CkptError
+    from ckptkit.formats.files import printable
+
+    expected = model.state_dict()
+    for name, t in state.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tuple(t.shape) != tuple(want.shape):
+            raise CkptError(f"{comp.name}: tensor {printable(name)} has shape {list(t.shape)}, "
+                            f"{comp.diffusers_class} at this config needs {list(want.shape)}")
+        if want.is_floating_point() and not t.is_floating_point():
+            raise CkptError(f"{comp.name}: tensor {printable(name)} is stored as {str(t.dtype).removeprefix('torch.')}; "
+                            f"{comp.diffusers_class} needs floating-point weights")
+
+
+def load_component(ckpt, comp, prefix: str = "", names: str = "original", config: dict | None = None,
+                   exclude: frozenset[str] = frozenset(), dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A diffusers/transformers model built from a component's tensors in any checkpoint and any
+    naming (quantized GGUF data comes dequantized), with a strict load: nothing missing."""
+    from ckptkit.errors import CkptError
+
+    cmap = map_component(ckpt, comp, prefix, names, "diffusers", set(exclude), config)
+    state = {}
+    for name, e in cmap.ops.items():
+        t = e.evaluate(ckpt.load)
+        state[name] = t.to(dtype).contiguous() if t.is_floating_point() else t.contiguous()
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers computed for real
+        model = instantiate(comp.diffusers_class, cmap.config)
+    if comp.diffusers_class.startswith("CLIPTextModel"):
+        expected = set(model.state_dict())
+        state = {n if n in expected else n.removeprefix("text_model."): t for n, t in state.items()}
+    _check_state(comp, model, state)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"encoder.embed_tokens.weight"}
+    missing = [m for m in missing if m not in tied]
+    if missing or unexpected:
+        raise CkptError(f"{comp.name}: {len(missing)} missing, {len(unexpected)} unexpected tensors for "
+                        f"{comp.diffusers_class} (e.g. {(missing or unexpected)[0]!r})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    for buf_name, buf in list(model.named_buffers()):
+        if buf.device.type == "meta":  # non-persistent buffers (rotary tables, position ids) are rebuilt
+            raise CkptError(f"{comp.name}: buffer {buf_name} was not restored")
+    return model.eval()

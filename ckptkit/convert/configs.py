@@ -73,7 +73,8 @@ def _matches(derived: dict, released: dict, keys) -> bool:
 
 def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict | None = None,
             given: dict | None = None, given_from: str = "--config", strict: bool = True,
-            shipped_from: str | None = None) -> ResolvedConfig:
+            shipped_from: str | None = None, declared: dict | None = None,
+            declared_from: str | None = None) -> ResolvedConfig:
     """The config of component `comp` (a ComponentSpec) whose tensors have `shapes` (prefix-stripped)
     in `names` ("original" | "diffusers"). `shipped`: the config that came with the input; `given`:
     the user's (--config), named `given_from` in messages."""
@@ -89,10 +90,17 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
             if _norm(shipped[key]) != _norm(given[key]):
                 raise CkptError(f"{comp.name}: {given_from} says {key} = {given[key]!r}, the config shipped with "
                                 f"the input says {shipped[key]!r}; remove one")
-    explicit = {**(shipped or {}), **(given or {})}
-    label = {**{k: SHIPPED for k in shipped or {}}, **{k: given_from for k in given or {}}}
+    if declared:  # some values, declared by a file beside the input (an LDM yaml: ldm_yaml.py)
+        for source, values in (("the config shipped with the input", shipped), (given_from, given)):
+            for key in sorted(set(declared) & set(values or {})):
+                if _norm(declared[key]) != _norm(values[key]):
+                    raise CkptError(f"{comp.name}: {source} says {key} = {values[key]!r}, {declared_from} says "
+                                    f"{declared[key]!r}; remove one")
+    explicit = {**(declared or {}), **(shipped or {}), **(given or {})}
+    label = {**{k: f"{SHIPPED} ({declared_from})" for k in declared or {}}, **{k: SHIPPED for k in shipped or {}},
+             **{k: given_from for k in given or {}}}
     layout = _layout_for(comp, names)
-    if explicit and layout is not None:
+    if (shipped or given) and layout is not None:
         # a config file is complete: a field it leaves out is the class default, as from_pretrained reads it
         defaults = _class_defaults(comp.diffusers_class)
         source = given_from if given is not None else SHIPPED

@@ -4,22 +4,13 @@ pipeline folders through merge (-> bundle)."""
 
 from __future__ import annotations
 
-from ckptkit.convert.components import config_json, config_to_carry, find_component_spec, map_component
+from ckptkit.convert.components import component_spec, config_json, config_to_carry, map_component, output_path
 from ckptkit.convert.configs import metadata_value
-from ckptkit.convert.plan import OutputFile, Plan
-from ckptkit.convert.split import CAST_TARGETS, output_path, tensor_ops
+from ckptkit.engine.ops import CAST_TARGETS, tensor_ops
+from ckptkit.engine.plan import OutputFile, Plan
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import Detection
-from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
-
-
-def component_spec(det: Detection) -> ComponentSpec:
-    if det.family and list(det.components) == ["diffusion_model"]:
-        return det.spec.diffusion_model
-    if det.standalone:
-        return find_component_spec(next(iter(det.components)), det.standalone_layout, det.used_by)
-    raise CkptError("not a single component (family unknown and no component signature matches)")
 
 
 def plan_convert_component(ckpt: Checkpoint, det: Detection, layout: str, dtype: str = "keep",

@@ -13,19 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ckptkit.convert import expr
-from ckptkit.convert.components import HF_NATIVE, config_json, config_to_carry, map_component, shipped_config
+from ckptkit.engine import expr
+from ckptkit.convert.components import config_json, config_to_carry, map_component, output_path, shipped_config, target_naming
 from ckptkit.convert.configs import metadata_value
-from ckptkit.convert.plan import OutputFile, Plan, TensorOp
+from ckptkit.engine.ops import CAST_TARGETS, tensor_ops
+from ckptkit.engine.plan import OutputFile, Plan
 from ckptkit.errors import CkptError
 from ckptkit.families.detect import Detection
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
-from ckptkit.formats.dtypes import DTYPES, FLOAT_CODES
 
 LAYOUTS = ("comfy", "original", "diffusers")
-CAST_TARGETS = {"keep": None, "fp16": "F16", "bf16": "BF16", "fp32": "F32"}
-POSITION_IDS = "embeddings.position_ids"
 
 
 @dataclass
@@ -36,54 +34,6 @@ class SplitOptions:
     extract_ema: bool = False
     fix_position_ids: bool = False
     prefixes: dict[str, str] | None = None  # NAME -> PREFIX, to split a file of unknown family
-
-
-def target_naming(comp: ComponentSpec, layout: str) -> str:
-    if layout == "diffusers":
-        return "diffusers"
-    if layout == "comfy" and comp.role == "text_encoder" and comp.layout not in HF_NATIVE:
-        return "diffusers"  # OpenCLIP -> transformers layout, as ComfyUI's clip_g files
-    return "original"
-
-
-def output_path(comp: ComponentSpec, layout: str) -> str:
-    if layout != "diffusers":
-        return f"{comp.name}.safetensors"
-    from ckptkit.convert.models import model_class
-
-    _, config_cls = model_class(comp.diffusers_class)
-    return f"{comp.diffusers_folder}/{'model' if config_cls else 'diffusion_pytorch_model'}.safetensors"
-
-
-def source_dtype(ckpt: Checkpoint, e: expr.Expr) -> str:
-    if e.op == "arange":
-        return "I64"
-    if e.op in ("full", "randn", "eye"):  # made, not read: the dtype it is made in
-        return e.args[-1]
-    dtype = ckpt.tensors[e.sources()[0]].dtype
-    return dtype if dtype in DTYPES else "F32"  # quantized GGUF data loads dequantized to float32
-
-
-def tensor_ops(ckpt: Checkpoint, ops: dict[str, expr.Expr], cast: str | None, fix_position_ids: bool,
-               notes: list[str], label: str) -> list[TensorOp]:
-    src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
-    out = []
-    for name, e in ops.items():
-        note = ""
-        if name.endswith(POSITION_IDS) and fix_position_ids:
-            n = expr.shape_of(e, src_shapes)[-1]
-            e, note = expr.arange(n), "position_ids rebuilt as arange int64"
-            notes.append(f"{label}: {name} rebuilt as arange({n}) int64")
-        sdt = source_dtype(ckpt, e)
-        shape = expr.shape_of(e, src_shapes)
-        if 0 in shape:
-            from ckptkit.formats.files import printable
-
-            raise CkptError(f"{label}: tensor {printable(name)} has shape {list(shape)}: a zero-sized dimension "
-                            "(no values) in a model component; the file is damaged")
-        dtype = cast if cast and sdt in FLOAT_CODES and not name.endswith(POSITION_IDS) else sdt
-        out.append(TensorOp(name, e, expr.shape_of(e, src_shapes), sdt, dtype, note))
-    return out
 
 
 def _ema_ops(ckpt: Checkpoint, det: Detection, ops: dict[str, expr.Expr]) -> dict[str, expr.Expr]:

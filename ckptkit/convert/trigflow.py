@@ -28,14 +28,14 @@ import math
 import re
 from dataclasses import dataclass
 
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 from ckptkit.convert.components import config_json, map_component, shipped_config
-from ckptkit.convert.expr import Expr
+from ckptkit.engine.expr import Expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes
 from ckptkit.convert.configs import metadata_value
-from ckptkit.convert.plan import OutputFile, Plan, TensorOp
-from ckptkit.convert.split import CAST_TARGETS
+from ckptkit.engine.plan import OutputFile, Plan, TensorOp
+from ckptkit.engine.ops import CAST_TARGETS
 from ckptkit.errors import CkptError
 from ckptkit.families.common import SANA_SPRINT_SCHEDULER
 from ckptkit.families.detect import Detection

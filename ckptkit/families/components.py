@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from ckptkit.families.spec import ComponentSpec, Condition, Has
 
+# Standalone signatures that name no family component: the component of their kind.
+GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
+
 
 @dataclass(frozen=True)
 class ComponentSignature:

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 from ckptkit.families import FAMILIES
-from ckptkit.families.components import SIGNATURES
-from ckptkit.families.spec import FamilySpec
+from ckptkit.families.components import GENERIC_COMPONENTS, SIGNATURES
+from ckptkit.families.spec import FamilySpec, Has
 from ckptkit.formats.base import Checkpoint
 
 
@@ -31,6 +31,9 @@ class Detection:
     standalone: str | None = None  # description of a standalone component file
     standalone_layout: str | None = None  # its layout kind ("hf_clip", "open_clip", "ldm_vae", ...)
     used_by: tuple[str, ...] = ()
+    evidence: list[str] = field(default_factory=list)  # the detection conditions that held, said for people
+    given: str | None = None  # "--family NAME" when the family was given, not detected
+    detected_as: str | None = None  # with `given`: what detection alone finds (None: nothing)
 
     @property
     def spec(self) -> FamilySpec | None:
@@ -110,14 +113,25 @@ def _used_by(ckpt: Checkpoint, used_by: tuple[str, ...]) -> tuple[str, ...]:
     return used_by
 
 
-def detect(ckpt: Checkpoint) -> Detection:
+def detect(ckpt: Checkpoint, family: str | None = None) -> Detection:
+    """Which family by structure; `family` (or `ckpt.family_override`, which `--family` sets)
+    overrides detection (see `_given`)."""
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    family = family or ckpt.family_override
+    if family:
+        return _given(ckpt, shapes, family)
+    return _detect(ckpt, shapes)
+
+
+def _detect(ckpt: Checkpoint, shapes: dict) -> Detection:
     for spec in FAMILIES:
         for prefix, names in _views(spec):
             lookup = _lookup(shapes, prefix)
             conds = spec.detect if names == "original" else spec.detect_diffusers
             if all(c.holds(lookup) for c in conds):
-                return _describe(spec, shapes, prefix, names, _variant(spec, lookup, names))
+                det = _describe(spec, shapes, prefix, names, _variant(spec, lookup, names))
+                det.evidence = [c.describe(lookup) for c in conds]
+                return det
     for sig in SIGNATURES:
         if all(c.holds(_lookup(shapes, "")) for c in sig.when):
             return Detection(None, None, "component", "diffusers" if sig.layout.startswith("diffusers:") else "original",
@@ -125,6 +139,49 @@ def detect(ckpt: Checkpoint) -> Detection:
                              standalone=sig.description, used_by=_used_by(ckpt, sig.used_by),
                              standalone_layout=sig.layout.removeprefix("diffusers:"))
     return Detection(None, None, "unknown", "original", unclaimed=list(shapes), confidence=0.0)
+
+
+def _evidence(spec: FamilySpec, shapes, prefix: str, names: str) -> int:
+    """How many of the family's detection keys are present under a view, whatever their sizes."""
+    lookup = _lookup(shapes, prefix)
+    conds = spec.detect if names == "original" else spec.detect_diffusers
+    return sum(1 for c in conds if isinstance(c, Has) and lookup(c.key) is not None)
+
+
+def names_of(spec: FamilySpec) -> set[str]:
+    return {c.name for c in spec.components}
+
+
+def _given(ckpt: Checkpoint, shapes: dict, family: str) -> Detection:
+    """`--family NAME`: the file is read as that family whether or not its structure passes the
+    family's detection conditions (a model pruned past them, or a structure two families share).
+    Its diffusion model is looked for under every view the family has; the view holding most of the
+    family's detection keys wins. A file without any of them may be a component the family uses (a
+    text encoder, a VAE): it is detected as usual and the family is put first among its users.
+    Nothing of the family at all is one line, never a silent unknown."""
+    from ckptkit.errors import CkptError
+    from ckptkit.families import get_family
+
+    spec = get_family(family)
+    alone = _detect(ckpt, shapes)
+    scored = [(_evidence(spec, shapes, prefix, names), -i, prefix, names) for i, (prefix, names) in enumerate(_views(spec))]
+    score, _, prefix, names = max(scored)
+    if score > 0:
+        lookup = _lookup(shapes, prefix)
+        det = _describe(spec, shapes, prefix, names, _variant(spec, lookup, names))
+        conds = spec.detect if names == "original" else spec.detect_diffusers
+        det.evidence = [c.describe(lookup) + ("" if c.holds(lookup) else " - does not hold") for c in conds]
+    elif alone.standalone and (family in alone.used_by or any(GENERIC_COMPONENTS.get(n, n) in names_of(spec)
+                                                              for n in alone.components)):
+        det = alone
+        det.used_by = (family, *[f for f in alone.used_by if f != family])
+    else:
+        keys = [c.key for c in spec.detect if isinstance(c, Has)]
+        raise CkptError(f"--family {family}: this file holds no {spec.title} diffusion model (none of its keys, e.g. "
+                        f"{keys[0]!r}, under any of its prefixes) and no component {spec.title} uses")
+    det.given = f"--family {family}"
+    det.detected_as = alone.family or (alone.standalone and "standalone component") or None
+    return det
 
 
 def _describe(spec: FamilySpec, shapes, prefix: str, names: str, variant: str | None) -> Detection:

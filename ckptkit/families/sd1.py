@@ -37,8 +37,8 @@ SPEC = FamilySpec(
         vae("first_stage_model.", SD_VAE_CONFIG),
     ),
     # no ADM label embedding, 1x1-conv proj_in (SD2's is linear), any width or depth
-    detect=(*UNET, Lacks("label_emb.0.0.weight"), Rank(PROJ_IN, 4)),
-    detect_diffusers=(*UNET_DIFFUSERS, Lacks("add_embedding.linear_1.weight"), Rank(PROJ_IN_DIFFUSERS, 4)),
+    detect=(*UNET, Lacks("label_emb.0.0.weight"), Rank(PROJ_IN, 4, "proj_in")),
+    detect_diffusers=(*UNET_DIFFUSERS, Lacks("add_embedding.linear_1.weight"), Rank(PROJ_IN_DIFFUSERS, 4, "proj_in")),
     variants=(Variant("inpaint", (Has("input_blocks.0.0.weight", 1, 9),), (Has("conv_in.weight", 1, 9),),
                       "9-channel inpainting UNet"),
               Variant("base")),

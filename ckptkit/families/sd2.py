@@ -23,8 +23,8 @@ SPEC = FamilySpec(
         vae("first_stage_model.", SD_VAE_CONFIG),
     ),
     # SD1's structure with linear proj_in, any width or depth
-    detect=(*UNET, Lacks("label_emb.0.0.weight"), Rank(PROJ_IN, 2)),
-    detect_diffusers=(*UNET_DIFFUSERS, Rank(PROJ_IN_DIFFUSERS, 2),
+    detect=(*UNET, Lacks("label_emb.0.0.weight"), Rank(PROJ_IN, 2, "proj_in")),
+    detect_diffusers=(*UNET_DIFFUSERS, Rank(PROJ_IN_DIFFUSERS, 2, "proj_in"),
                       Lacks("add_embedding.linear_1.weight")),
     variants=(Variant("inpaint", (Has("input_blocks.0.0.weight", 1, 9),), (Has("conv_in.weight", 1, 9),)),
               Variant("base")),

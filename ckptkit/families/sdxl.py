@@ -37,8 +37,8 @@ SPEC = FamilySpec(
         vae("first_stage_model.", SDXL_VAE_CONFIG),
     ),
     # the ADM (pooled text + time ids) embedding and three levels, any width or depth (SSD-1B, Vega, KOALA)
-    detect=(*UNET, Has("label_emb.0.0.weight"), Count(DOWNSAMPLERS, 2, 2)),
-    detect_diffusers=(*UNET_DIFFUSERS, Has("add_embedding.linear_1.weight"), Count(DOWNSAMPLERS_DIFFUSERS, 2, 2)),
+    detect=(*UNET, Has("label_emb.0.0.weight"), Count(DOWNSAMPLERS, 2, 2, "downsamplers")),
+    detect_diffusers=(*UNET_DIFFUSERS, Has("add_embedding.linear_1.weight"), Count(DOWNSAMPLERS_DIFFUSERS, 2, 2, "downsamplers")),
     variants=(Variant("inpaint", (Has("input_blocks.0.0.weight", 1, 9),), (Has("conv_in.weight", 1, 9),)),
               Variant("base", description="SDXL base and SDXL-Turbo share this layout")),
     junk=LDM_JUNK,

@@ -31,8 +31,8 @@ SPEC = FamilySpec(
         vae("first_stage_model.", SDXL_VAE_CONFIG),
     ),
     # the ADM embedding and four levels, any width or depth
-    detect=(*UNET, Has("label_emb.0.0.weight"), Count(DOWNSAMPLERS, 3, 3)),
-    detect_diffusers=(*UNET_DIFFUSERS, Has("add_embedding.linear_1.weight"), Count(DOWNSAMPLERS_DIFFUSERS, 3, 3)),
+    detect=(*UNET, Has("label_emb.0.0.weight"), Count(DOWNSAMPLERS, 3, 3, "downsamplers")),
+    detect_diffusers=(*UNET_DIFFUSERS, Has("add_embedding.linear_1.weight"), Count(DOWNSAMPLERS_DIFFUSERS, 3, 3, "downsamplers")),
     junk=LDM_JUNK,
     ema_prefix="model_ema.",
 )

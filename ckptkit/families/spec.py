@@ -32,6 +32,12 @@ class Has:
             return tuple(shape) == tuple(self.size)
         return len(shape) > abs(self.dim) - (self.dim < 0) and shape[self.dim] == self.size
 
+    def describe(self, lookup: Lookup) -> str:
+        if self.size is None:
+            return f"has {self.key}"
+        where = "shape" if self.dim is None else f"dim {self.dim}"
+        return f"{self.key} {where} = {self.size}"
+
 
 @dataclass(frozen=True)
 class Lacks:
@@ -39,6 +45,9 @@ class Lacks:
 
     def holds(self, lookup: Lookup) -> bool:
         return lookup(self.key) is None
+
+    def describe(self, lookup: Lookup) -> str:
+        return f"no {self.key}"
 
 
 @dataclass(frozen=True)
@@ -49,16 +58,24 @@ class Count:
     pattern: str
     lo: int
     hi: int | None = None
+    what: str = ""  # what is counted, for the report ("downsamplers")
 
-    def holds(self, lookup: Lookup) -> bool:
+    def found(self, lookup: Lookup) -> int | None:
         import re
 
         names = getattr(lookup, "names", None)
         if names is None:
-            return False
+            return None
         rx = re.compile(self.pattern)
-        found = {m.group(1) for n in names() if (m := rx.fullmatch(n))}
-        return self.lo <= len(found) and (self.hi is None or len(found) <= self.hi)
+        return len({m.group(1) for n in names() if (m := rx.fullmatch(n))})
+
+    def holds(self, lookup: Lookup) -> bool:
+        n = self.found(lookup)
+        return n is not None and self.lo <= n and (self.hi is None or n <= self.hi)
+
+    def describe(self, lookup: Lookup) -> str:
+        expected = self.lo if self.lo == self.hi else f"{self.lo}..{self.hi if self.hi is not None else ''}"
+        return f"{self.found(lookup)} {self.what or self.pattern} ({expected} expected)"
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,10 @@ class Rank:
 
     pattern: str
     ndim: int
+    what: str = ""  # the layer, for the report ("proj_in")
+
+    def describe(self, lookup: Lookup) -> str:
+        return f"{self.what or self.pattern} is {self.ndim}-D"
 
     def holds(self, lookup: Lookup) -> bool:
         import re

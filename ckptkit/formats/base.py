@@ -36,6 +36,9 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
     config: dict | None = None  # a diffusers/transformers config.json when the source has one
     user_config: object = None  # convert.configs.UserConfig from --config, attached by the command
+    family_override: str | None = None  # --family NAME, attached by the command (families/detect.py)
+    original_config: dict | None = None  # an LDM model yaml beside the file (<stem>.yaml), as read
+    original_config_path: Path | None = None
 
     @property
     def path(self) -> Path:

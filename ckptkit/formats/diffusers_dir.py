@@ -12,6 +12,7 @@ from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.files import read_json_file
 from ckptkit.formats.schema import Bool, List, Null, Num, Obj, OneOf, Str
 from ckptkit.formats.sharded import CompositeCheckpoint
+from ckptkit.formats.sniff import open_file
 
 # The fields of a diffusers/transformers config.json that name things; the model's own fields are
 # checked against its class when a model is built from it (convert/models.py check_config).
@@ -65,12 +66,10 @@ def component_weights(folder: Path) -> Path | None:
 
 
 def open_component_folder(folder: Path) -> Checkpoint:
-    from ckptkit.formats import open_checkpoint
-
     weights = component_weights(folder)
     if weights is None:
         raise CkptError(f"{folder}: has config.json but no weights file")
-    ckpt = open_checkpoint(weights)
+    ckpt = open_file(weights)
     try:
         ckpt.config = _read_json(folder / "config.json")
     except BaseException:

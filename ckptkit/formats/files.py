@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from ckptkit.errors import CkptError
+from ckptkit.errors import CkptError, printable  # noqa: F401 (printable: re-exported)
 
 MAX_JSON_BYTES = 64 << 20  # index, manifest and config files are kilobytes; a header is at most 100 MB
 MAX_JSON_DEPTH = 64
@@ -131,6 +131,36 @@ def read_json_file(path: str | os.PathLike, schema=None, what: str = "JSON"):
     return value
 
 
+MAX_YAML_BYTES = 1 << 20  # an LDM model yaml is a few kilobytes
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "YAML"):
+    """A YAML side file (an original LDM model config beside a checkpoint): regular, bounded, safe
+    (no tags that build objects), no aliases (an alias bomb expands exponentially when walked), and
+    nested no deeper than JSON is allowed to be."""
+    import yaml
+
+    path = Path(path)
+    with open_regular(path) as fh:
+        raw = fh.read(MAX_YAML_BYTES + 1)
+    if len(raw) > MAX_YAML_BYTES:
+        raise CkptError(f"{path}: too large for a {what} file")
+    try:
+        text = raw.decode("utf-8")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise CkptError(f"{path}: {what} uses aliases (*name); write the values out")
+        value = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise CkptError(f"{path}: {what} is not valid UTF-8") from None
+    except RecursionError:
+        raise CkptError(f"{path}: {what} is nested too deeply") from None
+    except yaml.YAMLError as exc:
+        raise CkptError(f"{path}: not a readable {what} ({_first_line(exc)})") from None
+    if not json_depth_ok(value):
+        raise CkptError(f"{path}: {what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return value
+
+
 def read_toml_file(path: str | os.PathLike, schema=None, what: str = "TOML"):
     """A TOML options file (policy, thresholds): regular, bounded, parsed and checked like JSON."""
     import tomllib
@@ -177,13 +207,3 @@ def inside(folder: str | os.PathLike, name: object, where: str, what: str = "fil
         raise CkptError(f"{where}: {what} {printable(repr(name[:60]))}... is too long for a file name")
     return Path(folder) / rel
 
-
-_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7f]}
-_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-_CONTROL.update({c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029, *range(0x80, 0xa0))})
-
-
-def printable(text: object) -> str:
-    """`text` with control characters (and Unicode line breaks) escaped, so a name read from a file
-    can never start a new line of output or forge an `error:` line."""
-    return str(text).translate(_CONTROL)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckptkit.errors import CkptError
-from ckptkit.formats.files import printable
+from ckptkit.errors import CkptError, printable
 
 INT64_MAX = 2**63 - 1
 

@@ -14,13 +14,13 @@ from typing import Callable
 
 import torch
 
-from ckptkit.convert import expr
-from ckptkit.convert.components import GENERIC_COMPONENTS, config_to_carry, map_component, shipped_config
+from ckptkit.engine import expr
+from ckptkit.convert.components import config_to_carry, map_component, shipped_config, target_naming
 from ckptkit.convert.configs import metadata_value
-from ckptkit.convert.plan import OutputFile, Plan, TensorOp
-from ckptkit.convert.split import POSITION_IDS, source_dtype, target_naming
+from ckptkit.engine.ops import POSITION_IDS, source_dtype
+from ckptkit.engine.plan import OutputFile, Plan, TensorOp
 from ckptkit.errors import CkptError
-from ckptkit.families.components import generic_component
+from ckptkit.families.components import GENERIC_COMPONENTS, generic_component
 from ckptkit.families.detect import Detection
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
@@ -60,7 +60,7 @@ class QuantSource:
 
 def _standalone_spec(ckpt: Checkpoint, det: Detection) -> ComponentSpec:
     from ckptkit.convert.components import find_component_spec
-    from ckptkit.convert.convert import component_spec
+    from ckptkit.convert.components import component_spec
 
     name = next(iter(det.components))
     if name == "clip" and any(n.startswith("text_projection") for n in ckpt.tensors):
@@ -92,14 +92,14 @@ def source_from_detection(ckpt: Checkpoint, det: Detection) -> QuantSource:
     return QuantSource(None, None, [(generic_component(), "", "original", None)], single=True)
 
 
-def open_component_set_source(folder) -> tuple[Checkpoint, QuantSource]:
+def open_component_set_source(folder, family: str | None = None) -> tuple[Checkpoint, QuantSource]:
     """A component set in any layout (`ckptkit split --layout comfy|original|diffusers`, or a folder
     of component files): the same components, mapped to the same final names as from the bundle."""
-    from ckptkit.convert.merge import _naming, open_component_set
+    from ckptkit.convert.component_set import open_component_set, stored_naming
     from ckptkit.families import get_family
     from ckptkit.families.detect import detect
 
-    ckpt, family, found = open_component_set(folder)
+    ckpt, family, found = open_component_set(folder, family)
     try:
         spec = get_family(family)
         known = {c.name: c for c in spec.components}
@@ -113,7 +113,7 @@ def open_component_set_source(folder) -> tuple[Checkpoint, QuantSource]:
                 if comp is None:
                     raise CkptError(f"{folder}: {name} is not a component of {family}")
             names = {n[len(prefix):] for n in ckpt.tensors if n.startswith(prefix)}
-            comps.append((comp, prefix, _naming(comp, names, naming), config))
+            comps.append((comp, prefix, stored_naming(comp, names, naming), config))
         order = [c.name for c in spec.components]
         comps.sort(key=lambda c: order.index(c[0].name))
         if len({c[0].name for c in comps}) != len(comps):

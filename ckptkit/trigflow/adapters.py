@@ -44,7 +44,6 @@ class Adapter:
 
 
 def _sana_time_scale(cfg: dict) -> float:
-    from ckptkit.trigflow.loader import parse_time_scale
 
     scale = parse_time_scale(cfg.get("timestep_scale", 1.0), "transformer config: timestep_scale") or 1.0
     return scale * (1.0 if cfg.get("guidance_embeds") else 1000.0)
@@ -115,3 +114,20 @@ def velocity(model: torch.nn.Module, cond: dict, time_scale: float | None = None
         return adapter.call(model, x_fm.to(dtype), t * scale, cond)
 
     return v
+
+
+def parse_time_scale(value, where: str) -> float | None:
+    """A recorded time scale (metadata string or manifest number): a positive finite float, or None."""
+    import math
+
+    if value is None or value == "":
+        return None
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if isinstance(value, bool) or not math.isfinite(scale) or scale <= 0:
+        from ckptkit.formats.files import printable
+
+        raise CkptError(f"{where}: time scale {printable(repr(value))[:40]} is not a positive number")
+    return scale

@@ -42,19 +42,22 @@ TRIGFLOW_OPTIONS = [
                       "function never depends on it)."),
     click.option("--config", "config", type=click.Path(path_type=str), default=None,
                  help="The transformer's config.json (or a diffusers folder): head widths the weights cannot decide."),
+    click.option("--family", "family", default=None, metavar="NAME",
+                 help="Read the source as this family instead of detecting it."),
 ]
 
 
 def _trigflow(render_run, bar_factory):
-    def trigflow(source, out_dir, layout, time_scale, with_logvar, dtype, seed, config, dry_run, as_json, force,
-                 workers):
+    def trigflow(source, out_dir, layout, time_scale, with_logvar, dtype, seed, config, family, dry_run, as_json,
+                 force, workers):
         """Remap a Sana flow-matching transformer to the TrigFlow (SANA-Sprint) form, function-preserving."""
         from ckptkit import pipeline
         from ckptkit.convert.trigflow import TrigFlowOptions
 
         opts = TrigFlowOptions(layout=layout, time_scale=time_scale, with_logvar=with_logvar, dtype=dtype, seed=seed)
         result = pipeline.trigflow(source, out_dir, opts, force=force, dry_run=dry_run, workers=workers,
-                                   progress=bar_factory(sys.stderr.isatty() and not as_json), config=config)
+                                   progress=bar_factory(sys.stderr.isatty() and not as_json), config=config,
+                                   family=family)
         for warning in result.plan.info.get("warnings", []):
             click.echo(f"ckptkit: warning: {warning}", err=True)
         if result.plan.info.get("already_trigflow"):
@@ -93,14 +96,18 @@ def _schedule(value: str):
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--config", "config", type=click.Path(path_type=str), default=None,
+              help="A config.json, or a folder of <component>/config.json: values the weights cannot decide.")
+@click.option("--family", "family", default=None, metavar="NAME",
+              help="Read the model as this family instead of detecting it.")
 def sample_cmd(model, out, steps, seed, schedule, prompt, height, width, guidance_scale, time_scale, device, dtype,
-               force, as_json):
+               force, as_json, config, family):
     """Sample a flow-matching or TrigFlow model (Sana, SD3, FLUX.1) in 1..N sCM steps and write a PNG."""
     from ckptkit.trigflow.run import sample_image
 
     result = sample_image(model, out, steps=steps, seed=seed, schedule=_schedule(schedule), prompt=prompt,
                           height=height, width=width, device=device, dtype=dtype, guidance_scale=guidance_scale,
-                          time_scale=time_scale, force=force)
+                          time_scale=time_scale, force=force, config=config, family=family)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -17,7 +17,7 @@ import torch
 
 from ckptkit.errors import CkptError
 from ckptkit.convert.components import shipped_config
-from ckptkit.trigflow.adapters import Adapter, adapter_for
+from ckptkit.trigflow.adapters import Adapter, adapter_for, parse_time_scale
 
 TIME_SCALE_KEY = "ckptkit.trigflow.time_scale"
 
@@ -53,23 +53,6 @@ def _from_pretrained(library: str, cls_name: str, folder: Path, dtype: torch.dty
         raise CkptError(f"{folder}: {library} cannot load it as {cls_name}: {printable(first)}") from None
 
 
-def parse_time_scale(value, where: str) -> float | None:
-    """A recorded time scale (metadata string or manifest number): a positive finite float, or None."""
-    import math
-
-    if value is None or value == "":
-        return None
-    try:
-        scale = float(value)
-    except (TypeError, ValueError):
-        scale = float("nan")
-    if isinstance(value, bool) or not math.isfinite(scale) or scale <= 0:
-        from ckptkit.formats.files import printable
-
-        raise CkptError(f"{where}: time scale {printable(repr(value))[:40]} is not a positive number")
-    return scale
-
-
 def _diffusers_folder(root: Path, dtype: torch.dtype) -> dict:
     from ckptkit.formats.diffusers_dir import MODEL_INDEX_SCHEMA, model_index_components
     from ckptkit.formats.files import read_json_file
@@ -84,31 +67,35 @@ def _diffusers_folder(root: Path, dtype: torch.dtype) -> dict:
     return parts
 
 
-def _component_set(root: Path, manifest: dict, dtype: torch.dtype) -> dict:
-    from ckptkit.convert.models import load_component
+def _component_set(root: Path, manifest: dict, dtype: torch.dtype, config=None, family: str | None = None) -> dict:
+    from ckptkit.convert.components import load_component
     from ckptkit.families import get_family
     from ckptkit.formats import open_checkpoint
 
-    if not manifest.get("family"):
-        raise CkptError(f"{root}: the manifest names no family; cannot tell how to load its components")
-    from ckptkit.convert.manifest import component_file
+    from ckptkit import pipeline
+    from ckptkit.engine.manifest import component_file
 
-    spec = get_family(manifest["family"])
+    if not (family or manifest.get("family")):
+        raise CkptError(f"{root}: the manifest names no family; cannot tell how to load its components (--family)")
+    spec = get_family(family or manifest["family"])
     parts = {}
     for name, info in manifest["components"].items():
         comp = spec.component(name)
         with open_checkpoint(component_file(root, manifest, name)) as ckpt:
+            pipeline.given(ckpt, config)
             model = load_component(ckpt, comp, "", info.get("naming") or "original", dtype=dtype)
         parts[_role_key(comp)] = model
     return parts
 
 
-def _single(path: Path, dtype: torch.dtype) -> tuple[dict, float | None]:
-    from ckptkit.convert.models import load_component
+def _single(path: Path, dtype: torch.dtype, config=None, family: str | None = None) -> tuple[dict, float | None]:
+    from ckptkit import pipeline
+    from ckptkit.convert.components import load_component
     from ckptkit.families.detect import detect
     from ckptkit.formats import open_checkpoint
 
     with open_checkpoint(path) as ckpt:
+        pipeline.given(ckpt, config, family)
         det = detect(ckpt)
         if det.spec is None:
             raise CkptError(f"{path}: family unknown: not a model ckptkit can sample")
@@ -131,25 +118,31 @@ def _role_key(comp) -> str:
 
 
 def _recorded_time_scale(root: Path) -> float | None:
-    from ckptkit.convert.manifest import read_manifest
+    from ckptkit.engine.manifest import read_manifest
 
     manifest = read_manifest(root)
     return parse_time_scale((manifest or {}).get("trigflow", {}).get("time_scale"), f"{root}/ckptkit.json: trigflow.time_scale")
 
 
-def load_model_set(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ModelSet:
-    from ckptkit.convert.manifest import read_manifest
+def load_model_set(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                   config: str | Path | None = None, family: str | None = None) -> ModelSet:
+    """`config` (--config FILE|DIR) and `family` (--family NAME) tell what a component set or a
+    single file cannot; a diffusers pipeline folder carries its own configs and classes."""
+    from ckptkit.engine.manifest import read_manifest
 
     path = Path(path)
     if not path.exists():
         raise CkptError(f"{path}: no such file or directory")
     scale = None
     if path.is_dir() and (path / "model_index.json").is_file():
+        if config is not None or family is not None:
+            raise CkptError(f"{path}: a diffusers pipeline folder carries its own configs and classes; "
+                            "--config and --family apply to component sets and single files")
         parts, scale = _diffusers_folder(path, dtype), _recorded_time_scale(path)
     elif path.is_dir() and (manifest := read_manifest(path)) is not None:
-        parts, scale = _component_set(path, manifest, dtype), _recorded_time_scale(path)
+        parts, scale = _component_set(path, manifest, dtype, config, family), _recorded_time_scale(path)
     else:
-        parts, scale = _single(path, dtype)
+        parts, scale = _single(path, dtype, config, family)
     model = next((parts[k] for k in ("transformer", "unet") if k in parts), None)
     if model is None:
         raise CkptError(f"{path}: no diffusion model in it")

@@ -67,7 +67,8 @@ def latent_shape(ms, height: int | None, width: int | None) -> tuple[int, ...]:
 def sample_image(model: str | Path, out: str | Path, *, steps: int = 1, seed: int = 0,
                  schedule: str | Sequence[float] = "auto", prompt: str = "", height: int | None = None,
                  width: int | None = None, device: str = "auto", dtype: str = "fp32", guidance_scale: float = 4.5,
-                 time_scale: float | None = None, force: bool = False) -> SampleResult:
+                 time_scale: float | None = None, force: bool = False, config: str | None = None,
+                 family: str | None = None) -> SampleResult:
     from ckptkit.outputs import check_output, output_file
 
     out = Path(out)
@@ -79,7 +80,7 @@ def sample_image(model: str | Path, out: str | Path, *, steps: int = 1, seed: in
     angles = sampler.make_schedule(steps, schedule)
     dev = pick_device(device)
     started = time.perf_counter()
-    ms = load_model_set(model, DTYPES[dtype], dev)
+    ms = load_model_set(model, DTYPES[dtype], dev, config=config, family=family)
     cfg = dict(ms.transformer.config)
     shape = latent_shape(ms, height, width)
     cond, how = conditioning(ms.adapter, cfg, prompt, ms.text_encoders, ms.tokenizers, seed, guidance_scale, dev,

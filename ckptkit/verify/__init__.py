@@ -32,6 +32,7 @@ class VerifyOptions:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # thresholds by type (see thresholds.py)
     config: str | None = None  # --config FILE|DIR: for the candidate and the reference (convert/configs.py)
+    family: str | None = None  # --family NAME: detection overridden, candidate and reference (families/detect.py)
 
 
 @dataclass
@@ -90,10 +91,10 @@ def component_thresholds(cset: ComponentSet, overrides: dict) -> dict[str, Thres
     return {name: for_type(qtype, overrides) for name, qtype in component_types(cset).items()}
 
 
-def open_reference(path: str | Path) -> ComponentSet:
+def open_reference(path: str | Path, family: str | None = None) -> ComponentSet:
     """The reference must be read whole: anything unreadable in it is the user's error (exit 2),
     not a failed check of the candidate."""
-    ref = open_set(path)
+    ref = open_set(path, family)
     bad = [c for c in ref.components.values() if c.ckpt is None]
     if bad:
         ref.close()
@@ -114,10 +115,14 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
         from ckptkit.convert.configs import UserConfig
 
         user_config = UserConfig.load(opts.config)
-    cand = open_set(path)
+    if opts.family is not None:
+        from ckptkit.families import get_family
+
+        get_family(opts.family)
+    cand = open_set(path, opts.family)
     ref = None
     try:
-        ref = open_reference(opts.against) if opts.against else None
+        ref = open_reference(opts.against, opts.family) if opts.against else None
         for cset in (cand, ref):
             for comp in (cset.components.values() if cset is not None else ()):
                 if comp.ckpt is not None and user_config is not None:

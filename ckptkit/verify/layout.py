@@ -4,7 +4,7 @@ our layout map), with missing, unexpected and wrong-shape names listed."""
 
 from __future__ import annotations
 
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 from ckptkit.convert.components import local_shapes, source_config
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes

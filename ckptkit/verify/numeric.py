@@ -26,7 +26,7 @@ def tensor_errors(cand: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
 
 def _canonical(comp: Component) -> dict:
     if comp.spec.role == "unknown":  # a model no spec knows: compared under its own names
-        from ckptkit.convert import expr
+        from ckptkit.engine import expr
 
         return {n: expr.src(n) for n in comp.ckpt.tensors if n not in comp.exclude}
     cmap = map_component(comp.ckpt, comp.spec, comp.prefix, comp.names, "diffusers", set(comp.exclude), comp.config,

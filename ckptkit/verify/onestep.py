@@ -115,7 +115,7 @@ def _from_detection(ckpt: Checkpoint, det, family: str | None, variant: str | No
     for name, prefix in det.components.items():
         comp = None
         if det.standalone:
-            from ckptkit.convert.convert import component_spec
+            from ckptkit.convert.components import component_spec
 
             comp = component_spec(det)
         elif not any(c.name == name for c in spec.components):
@@ -335,7 +335,7 @@ class _Run:
             torch.cuda.synchronize(self.device)
 
     def load(self, side: str, name: str, dtype: torch.dtype | None = None):
-        from ckptkit.convert.models import load_component
+        from ckptkit.convert.components import load_component
 
         mset = self.ref if side == "reference" else self.cand
         src = mset.sources[name]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.convert.components import HF_NATIVE, shipped_config
-from ckptkit.convert.manifest import component_file, read_manifest
+from ckptkit.engine.manifest import component_file, read_manifest
 from ckptkit.errors import CkptError
 from ckptkit.families import BY_NAME
 from ckptkit.families.detect import Detection, detect
@@ -54,7 +54,7 @@ def _spec_for(family: str | None, name: str, det: Detection | None) -> Component
         if any(c.name == name for c in spec.components):
             return spec.component(name)
     if det is not None and det.standalone:
-        from ckptkit.convert.convert import component_spec
+        from ckptkit.convert.components import component_spec
 
         return component_spec(det)
     return None
@@ -68,12 +68,13 @@ def _naming(spec: ComponentSpec | None, ckpt: Checkpoint, det: Detection) -> str
     return "original"
 
 
-def _from_checkpoint(path: Path, ckpt: Checkpoint) -> ComponentSet:
-    det = detect(ckpt)
-    cset = ComponentSet(path, det.family, det.variant)
+def _from_checkpoint(path: Path, ckpt: Checkpoint, family: str | None = None) -> ComponentSet:
+    det = detect(ckpt, family)
+    # a standalone component read with --family: checked as that family's component
+    cset = ComponentSet(path, det.family or (family if det.standalone else None), det.variant)
     exclude = frozenset(det.junk + det.ema + det.unclaimed)
     for name, prefix in det.components.items():
-        spec = _spec_for(det.family, name, det)
+        spec = _spec_for(cset.family, name, det)
         config = shipped_config(ckpt, det.names, prefix)
         cset.components[name] = Component(name, spec, path, ckpt, prefix, _naming(spec, ckpt, det), config, exclude)
     if not cset.components:  # a model no spec knows: one generic component, checked tensor by tensor
@@ -83,13 +84,14 @@ def _from_checkpoint(path: Path, ckpt: Checkpoint) -> ComponentSet:
     return cset
 
 
-def open_set(path: str | Path) -> ComponentSet:
-    """Raises CkptError only when nothing at all can be read; per-file failures are recorded."""
+def open_set(path: str | Path, family: str | None = None) -> ComponentSet:
+    """Raises CkptError only when nothing at all can be read (or `family`, `--family`, is not in
+    it); per-file failures are recorded."""
     path = Path(path)
     if not path.exists():
         raise CkptError(f"{path}: no such file or directory")
     if path.is_dir() and not (path / "model_index.json").exists() and not (path / "config.json").exists():
-        return _open_folder(path)
+        return _open_folder(path, family)
     try:
         ckpt = open_checkpoint(path)
     except CkptError as exc:
@@ -99,10 +101,10 @@ def open_set(path: str | Path) -> ComponentSet:
         cset = ComponentSet(path, None, None)
         cset.components["file"] = Component("file", None, path, error=str(exc))
         return cset
-    return _from_checkpoint(path, ckpt)
+    return _from_checkpoint(path, ckpt, family)
 
 
-def _open_folder(folder: Path) -> ComponentSet:
+def _open_folder(folder: Path, family: str | None = None) -> ComponentSet:
     manifest = read_manifest(folder)
     if manifest:
         files = {name: component_file(folder, manifest, name) for name in manifest["components"]}
@@ -110,7 +112,7 @@ def _open_folder(folder: Path) -> ComponentSet:
         files = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
     if not files:
         raise CkptError(f"{folder}: no component files and no ckptkit.json")
-    cset = ComponentSet(folder, manifest.get("family") if manifest else None,
+    cset = ComponentSet(folder, family or (manifest.get("family") if manifest else None),
                         manifest.get("variant") if manifest else None, manifest=manifest)
     opened: dict[str, tuple[Checkpoint, Detection]] = {}
     for name, file in files.items():
@@ -121,7 +123,9 @@ def _open_folder(folder: Path) -> ComponentSet:
             cset.components[name] = Component(name, None, file, error=str(exc), manifest=entry)
             continue
         det = detect(ckpt)
-        if det.family and "diffusion_model" in det.components and not manifest:
+        if family and det.family != family and not det.standalone:
+            det = detect(ckpt, family)  # --family: a file detection alone does not place
+        if det.family and "diffusion_model" in det.components and not (manifest or family):
             cset.family, cset.variant, name = det.family, det.variant, "diffusion_model"
         opened[name] = (ckpt, det)
         cset.components[name] = Component(name, None, file, ckpt, manifest=entry)

@@ -10,7 +10,8 @@ them with the --config hint, and takes them from a given config."""
 import pytest
 import torch
 
-from ckptkit.convert import configs, expr
+from ckptkit.convert import configs
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes, instantiate
 from ckptkit.errors import CkptError

@@ -7,7 +7,8 @@ fixtures must come back as the same network, the released files as their release
 import pytest
 import torch
 
-from ckptkit.convert import configs, expr
+from ckptkit.convert import configs
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes, meta_model
 from ckptkit.families import get_family

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ckptkit.convert import configs, expr
+from ckptkit.convert import configs
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.convert.models import diffusers_shapes, instantiate
 from ckptkit.families import get_family

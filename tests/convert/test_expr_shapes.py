@@ -4,8 +4,8 @@ expression on the meta device, and a ValueError where torch would refuse."""
 import pytest
 import torch
 
-from ckptkit.convert import expr
-from ckptkit.convert.expr import arange, cat, full, narrow, randn, reshape, src, transpose, zeros
+from ckptkit.engine import expr
+from ckptkit.engine.expr import arange, cat, full, narrow, randn, reshape, src, transpose, zeros
 
 SOURCES = {"a": (6, 4), "b": (2, 4), "c": (4,), "conv": (8, 3, 3, 3), "s": (), "e": (0, 4)}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ckptkit import pipeline
-from ckptkit.convert.manifest import SourceHasher
+from ckptkit.engine.manifest import SourceHasher
 from ckptkit.convert.split import SplitOptions
 from ckptkit.fixtures import factory
 from ckptkit.formats import hashing

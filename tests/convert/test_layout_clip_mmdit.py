@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config,
                           T5EncoderModel)
 
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.families import get_family
 from ckptkit.families.common import clip_l, t5xxl

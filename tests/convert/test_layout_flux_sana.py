@@ -10,7 +10,7 @@ import torch
 from diffusers import FluxTransformer2DModel, SanaTransformer2DModel
 from diffusers.loaders import single_file_utils
 
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.errors import CkptError
 from ckptkit.families import get_family

@@ -5,7 +5,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
 from ckptkit.families import get_family
 from ckptkit.fixtures import configs as tiny

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from ckptkit.convert import manifest
-from ckptkit.convert.expr import src
-from ckptkit.convert.manifest import SourceHasher
-from ckptkit.convert.plan import OutputFile, Plan, TensorOp
+from ckptkit.engine import manifest
+from ckptkit.engine.expr import src
+from ckptkit.engine.manifest import SourceHasher
+from ckptkit.engine.plan import OutputFile, Plan, TensorOp
 from ckptkit.formats.safetensors import SafetensorsCheckpoint, cached_fraction, save_safetensors
 
 KB = 1024
@@ -96,7 +96,7 @@ def test_cached_fraction_sees_a_file_just_read(source):
 
 
 def test_outputs_run_in_source_order_and_are_reported_in_plan_order(source, tmp_path):
-    from ckptkit.convert.execute import execute, in_source_order
+    from ckptkit.engine.execute import execute, in_source_order
 
     ckpt = SafetensorsCheckpoint(source)
     late = OutputFile("b.safetensors", "b", "original", [TensorOp("w", src("b.weight"), (4096,), "F32", "F32")])

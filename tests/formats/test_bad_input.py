@@ -156,7 +156,7 @@ def _time_limit(seconds: float):
 def _read(path: Path, reader: str = "open_checkpoint"):
     """Open `path` with the reader the corpus names and close it again."""
     if reader == "component_set":
-        from ckptkit.convert.merge import open_component_set
+        from ckptkit.convert.component_set import open_component_set
 
         ckpt = open_component_set(path)[0]
     else:

@@ -1875,7 +1875,7 @@ def _step_set(path, ctx):
 
 
 def _step_manifest(path, ctx):
-    from ckptkit.convert.manifest import read_manifest
+    from ckptkit.engine.manifest import read_manifest
 
     read_manifest(path if path.is_dir() else path.parent)
 

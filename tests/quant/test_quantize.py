@@ -541,7 +541,7 @@ def _compare_with_ours(model, path: Path, family: str, inputs: dict, exact: bool
     """diffusers' model (its own dequantization) against one built from our dequantized weights."""
     from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
-    from ckptkit.convert.models import load_component
+    from ckptkit.convert.components import load_component
 
     ck = open_checkpoint(path)
     ours = load_component(ck, get_family(family).diffusion_model)

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 
 
 def test_init_ops():

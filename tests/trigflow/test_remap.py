@@ -12,9 +12,10 @@ import torch
 from diffusers import SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
 
 from ckptkit import pipeline
-from ckptkit.convert import expr
+from ckptkit.engine import expr
 from ckptkit.convert.layouts import get_layout
-from ckptkit.convert.models import diffusers_shapes, load_component
+from ckptkit.convert.components import load_component
+from ckptkit.convert.models import diffusers_shapes
 from ckptkit.convert.trigflow import TrigFlowOptions, plan_trigflow
 from ckptkit.errors import CkptError
 from ckptkit.families import get_family

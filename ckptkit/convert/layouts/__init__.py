@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from ckptkit.convert.expr import Expr
+from ckptkit.engine.expr import Expr
 
 
 class Layout(Protocol):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ckptkit.convert.expr import Expr, apply, cat, chunks, src
+from ckptkit.engine.expr import Expr, apply, cat, chunks, src
 from ckptkit.convert.layouts import num_blocks, register
 from ckptkit.errors import CkptError
 

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-from ckptkit.convert.expr import Expr, src
+from ckptkit.engine.expr import Expr, src
 from ckptkit.convert.layouts import register
 from ckptkit.errors import CkptError
 

@@ -22,7 +22,7 @@ import re
 
 import torch
 
-from ckptkit.convert.expr import Expr, src
+from ckptkit.engine.expr import Expr, src
 from ckptkit.convert.layouts import register
 from ckptkit.errors import CkptError
 

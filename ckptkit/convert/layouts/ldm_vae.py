@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from ckptkit.convert.expr import Expr, reshape, src
+from ckptkit.engine.expr import Expr, reshape, src
 from ckptkit.convert.layouts import register
 from ckptkit.errors import CkptError
 

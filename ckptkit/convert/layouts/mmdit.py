@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from ckptkit.convert.expr import Expr, cat, chunks, src
+from ckptkit.engine.expr import Expr, cat, chunks, src
 from ckptkit.convert.layouts import register
 from ckptkit.convert.layouts.hf_text import head_count, layer_indices, read_dims
 from ckptkit.errors import CkptError

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ckptkit.convert.expr import Expr, cat, src, transpose
+from ckptkit.engine.expr import Expr, cat, src, transpose
 from ckptkit.convert.layouts import register
 from ckptkit.convert.layouts.hf_text import CLIP_PLACEHOLDERS, CLIP_SHAPE_KEYS, CLIP_UNDETERMINED, clip_config, clip_original_name
 from ckptkit.errors import CkptError

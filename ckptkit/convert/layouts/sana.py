@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ckptkit.convert.expr import Expr, cat, src, zeros
+from ckptkit.engine.expr import Expr, cat, src, zeros
 from ckptkit.convert.layouts import num_blocks, register
 from ckptkit.errors import CkptError
 

@@ -13,7 +13,6 @@ import gc
 import hashlib
 import queue
 import threading
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,13 @@ from typing import Callable
 
 import torch
 
-from ckptkit.convert.plan import OutputFile, Plan, TensorOp
+from ckptkit.engine.plan import OutputFile, Plan, TensorOp
+from ckptkit.engine.produce import tensors_in_order
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint
-from ckptkit.formats.dtypes import DTYPES
 from ckptkit.formats.files import inside
 from ckptkit.formats.safetensors import SafetensorsWriter, tensor_bytes
-
-FP16_MAX = 65504.0
-
+from ckptkit.engine.gguf_out import write_gguf
 
 @dataclass
 class WrittenFile:
@@ -86,40 +83,11 @@ class _HashingFile:
         return getattr(self._fh, name)
 
 
-def produce(op: TensorOp, source: Checkpoint) -> torch.Tensor:
-    """Evaluate one planned tensor: layout expression, then cast."""
-    tensor = op.expr.evaluate(source.load)
-    if op.dtype != op.src_dtype and op.dtype in DTYPES:  # ggml types are encoded by the GGUF writer
-        tensor = tensor.to(DTYPES[op.dtype][0])
-    if tuple(tensor.shape) != op.shape:
-        raise CkptError(f"{op.name}: planned shape {list(op.shape)}, source gives {list(tensor.shape)}")
-    return tensor
-
-
 def _overflows(op: TensorOp, tensor: torch.Tensor, source: Checkpoint) -> bool:
     """A cast to fp16 that turns finite values into inf."""
     if op.dtype != "F16" or op.src_dtype not in ("F32", "BF16", "F64") or not tensor.numel():
         return False
     return bool(torch.isinf(tensor).any()) and not bool(torch.isinf(op.expr.evaluate(source.load)).any())
-
-
-def _tensors_in_order(ops: list[TensorOp], source: Checkpoint, pool: ThreadPoolExecutor | None, lookahead: int):
-    if pool is None:
-        for op in ops:
-            yield op, produce(op, source)
-        return
-    pending: deque = deque()
-    it = iter(ops)
-    for op in it:
-        pending.append((op, pool.submit(produce, op, source)))
-        if len(pending) >= lookahead:
-            break
-    while pending:
-        op, fut = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(produce, nxt, source)))
-        yield op, fut.result()
 
 
 def _write_safetensors(out: OutputFile, target: Path, source: Checkpoint, pool, lookahead: int,
@@ -131,7 +99,7 @@ def _write_safetensors(out: OutputFile, target: Path, source: Checkpoint, pool, 
     writer.wrap = lambda fh: _HashingFile(fh, hasher)
     try:
         with writer:
-            for op, tensor in _tensors_in_order(out.tensors, source, pool, lookahead):
+            for op, tensor in tensors_in_order(out.tensors, source, pool, lookahead):
                 if not allow_overflow and _overflows(op, tensor, source):
                     overflow.append(op.name)
                 writer.write(op.name, tensor)
@@ -153,7 +121,7 @@ def output_digest(out: OutputFile, source: Checkpoint, workers: int = 1) -> str:
     h = hashlib.sha256(SafetensorsWriter(out.path, [(t.name, t.dtype, t.shape) for t in out.tensors], out.metadata).header)
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
-        for _op, tensor in _tensors_in_order(out.tensors, source, pool, max(2, workers)):
+        for _op, tensor in tensors_in_order(out.tensors, source, pool, max(2, workers)):
             h.update(tensor_bytes(tensor))
     finally:
         if pool is not None:
@@ -197,8 +165,6 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
             if out.format == "safetensors":
                 digest, _ = _write_safetensors(out, target, source, pool, max(2, workers), progress, allow_overflow)
             else:
-                from ckptkit.convert.execute_gguf import write_gguf
-
                 digest, _ = write_gguf(out, target, source, pool, max(2, workers), progress)
             written.append(describe_file(out, target, digest))
         order = {o.path: i for i, o in enumerate(plan.outputs)}

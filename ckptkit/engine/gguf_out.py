@@ -9,10 +9,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ckptkit.convert.plan import OutputFile, TensorOp
+from ckptkit.engine.plan import OutputFile, TensorOp
+from ckptkit.engine.produce import tensors_in_order
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint
-from ckptkit.formats.hashing import file_sha256
+from ckptkit.formats import hashing
 from ckptkit.formats.gguf import GGUFStreamWriter
 
 
@@ -51,13 +52,11 @@ def encode(op: TensorOp, tensor: torch.Tensor, threads: int | None = None) -> np
 
 def write_gguf(out: OutputFile, target: Path, source: Checkpoint, pool, lookahead: int,
                progress: Callable[[int], None]) -> tuple[str, int]:
-    from ckptkit.convert.execute import _tensors_in_order
-
     specs = [(t.name, t.shape, t.dtype, t.nbytes) for t in out.tensors]
     kv = dict(out.kv)
     with GGUFStreamWriter(target, out.gguf_arch or "unknown", specs, kv) as writer:
-        for op, tensor in _tensors_in_order(out.tensors, source, pool, lookahead):
+        for op, tensor in tensors_in_order(out.tensors, source, pool, lookahead):
             writer.write(op.name, encode(op, tensor))
             progress(op.nbytes)
             del tensor
-    return file_sha256(target), target.stat().st_size
+    return hashing.file_sha256(target), target.stat().st_size

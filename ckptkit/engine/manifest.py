@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 from ckptkit import __version__
-from ckptkit.convert.execute import WrittenFile
-from ckptkit.convert.plan import Plan
+from ckptkit.engine.execute import WrittenFile
+from ckptkit.engine.plan import Plan
 from ckptkit.errors import CkptError
 from ckptkit.formats.atomic import atomic_write
 from ckptkit.formats.hashing import cached_sha256, source_sha256

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ckptkit.convert.expr import Expr
+from ckptkit.engine.expr import Expr
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Plan:
         """Human summary for --dry-run: one block per output file, ops counted."""
         from collections import Counter
 
-        from ckptkit.inspect import human_bytes
+        from ckptkit.units import human_bytes
 
         lines = [f"plan: {self.kind} {self.source}"]
         for out in self.outputs:

@@ -1,0 +1,45 @@
+"""Producing planned tensors: each one evaluated from the lazily read source (layout expression,
+then cast), in the plan's order, optionally a few ahead on a thread pool. Both writers
+(execute.py for safetensors, gguf_out.py for GGUF) consume this."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ckptkit.engine.plan import TensorOp
+from ckptkit.errors import CkptError
+from ckptkit.formats.base import Checkpoint
+from ckptkit.formats.dtypes import DTYPES
+
+
+def produce(op: TensorOp, source: Checkpoint) -> torch.Tensor:
+    """Evaluate one planned tensor: layout expression, then cast."""
+    tensor = op.expr.evaluate(source.load)
+    if op.dtype != op.src_dtype and op.dtype in DTYPES:  # ggml types are encoded by the GGUF writer
+        tensor = tensor.to(DTYPES[op.dtype][0])
+    if tuple(tensor.shape) != op.shape:
+        raise CkptError(f"{op.name}: planned shape {list(op.shape)}, source gives {list(tensor.shape)}")
+    return tensor
+
+
+def tensors_in_order(ops: list[TensorOp], source: Checkpoint, pool: ThreadPoolExecutor | None, lookahead: int):
+    """(op, tensor) in the plan's order; with a pool, up to `lookahead` tensors are produced ahead."""
+    if pool is None:
+        for op in ops:
+            yield op, produce(op, source)
+        return
+    pending: deque = deque()
+    it = iter(ops)
+    for op in it:
+        pending.append((op, pool.submit(produce, op, source)))
+        if len(pending) >= lookahead:
+            break
+    while pending:
+        op, fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, pool.submit(produce, nxt, source)))
+        yield op, fut.result()
