@@ -81,10 +81,15 @@ def resolve_component_config(comp: ComponentSpec, shapes: dict, names: str, ship
 
 
 def _single_component(ckpt) -> bool:
-    """Does the input hold one component alone (a component file, not a bundle or pipeline)?"""
+    """Does the input hold one component alone (a component file, not a bundle or pipeline)?
+    Asked once per component config; the answer is kept on the checkpoint (per --family)."""
     from ckptkit.families.detect import detect
 
-    return len(detect(ckpt).components) <= 1
+    kept = getattr(ckpt, "_single_component", None)
+    if kept is None or kept[0] != ckpt.family_override:
+        kept = (ckpt.family_override, len(detect(ckpt).components) <= 1)
+        ckpt._single_component = kept
+    return kept[1]
 
 
 def source_config(comp: ComponentSpec, shapes: dict, names: str, given: dict | None,

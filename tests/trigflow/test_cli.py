@@ -112,3 +112,31 @@ def test_errors_exit_2_with_one_line(files, args, text):
     lines = [line for line in result.stderr.splitlines() if line.startswith("ckptkit: error: ")]
     assert len(lines) == 1 and text in lines[0], result.stderr
     assert not (root / "x").exists() and not (root / "x.png").exists()
+
+
+def test_sample_takes_what_the_weights_cannot_tell_from_config(files, tmp_path):
+    """A Sana file at an unreleased size with no config: sampling refuses, naming the value and
+    --config; with the config (or a component set ckptkit wrote from it) it samples, and the same
+    image as from the file that shipped its config."""
+    from ckptkit.fixtures.factory import FIXTURES
+
+    bare = write_bundle("sana", tmp_path / "bare.safetensors", ship_config=False)
+    result = run("sample", bare, "-o", tmp_path / "refused.png")
+    assert result.exit_code == 2 and "is not determined by the weights" in result.stderr and "--config" in result.stderr
+    assert not (tmp_path / "refused.png").exists()
+    (tmp_path / "cfg" / "transformer").mkdir(parents=True)
+    (tmp_path / "cfg" / "transformer" / "config.json").write_text(json.dumps(FIXTURES["sana"].config("diffusion_model")))
+    given = run("sample", bare, "-o", tmp_path / "given.png", "--config", tmp_path / "cfg", "--steps", "2")
+    assert given.exit_code == 0, given.output
+    shipped = run("sample", files["sana"], "-o", tmp_path / "shipped.png", "--steps", "2")
+    assert shipped.exit_code == 0, shipped.output
+    assert np.array_equal(pixels(tmp_path / "given.png"), pixels(tmp_path / "shipped.png"))
+    # --family names the family the file is read as; one it does not hold is one line
+    assert run("sample", files["sana"], "-o", tmp_path / "f.png", "--family", "sana").exit_code == 0
+    wrong = run("sample", files["sana"], "-o", tmp_path / "w.png", "--family", "sd3")
+    assert wrong.exit_code == 2 and "--family sd3: this file holds no" in wrong.stderr
+    # a diffusers pipeline folder carries its own configs: --config there is refused, not ignored
+    out = tmp_path / "tf"
+    assert run("trigflow", files["sana"], "-o", out, "--family", "sana").exit_code == 0
+    folder = run("sample", out, "-o", tmp_path / "d.png", "--config", tmp_path / "cfg")
+    assert folder.exit_code == 2 and "carries its own configs" in folder.stderr
