@@ -134,31 +134,39 @@ def read_json_file(path: str | os.PathLike, schema=None, what: str = "JSON"):
 MAX_YAML_BYTES = 1 << 20  # an LDM model yaml is a few kilobytes
 
 
-def read_yaml_file(path: str | os.PathLike, what: str = "YAML"):
-    """A YAML side file (an original LDM model config beside a checkpoint): regular, bounded, safe
-    (no tags that build objects), no aliases (an alias bomb expands exponentially when walked), and
-    nested no deeper than JSON is allowed to be."""
-    import yaml
-
-    path = Path(path)
+def _read_text_file(path: Path, what: str, limit: int, parse, syntax_error: type):
+    """A small text side file parsed by `parse(text)`: regular, bounded in size and depth; bad
+    encoding, nesting or syntax (`syntax_error`) as one line."""
     with open_regular(path) as fh:
-        raw = fh.read(MAX_YAML_BYTES + 1)
-    if len(raw) > MAX_YAML_BYTES:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
         raise CkptError(f"{path}: too large for a {what} file")
     try:
-        text = raw.decode("utf-8")
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
-            raise CkptError(f"{path}: {what} uses aliases (*name); write the values out")
-        value = yaml.safe_load(text)
+        value = parse(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise CkptError(f"{path}: {what} is not valid UTF-8") from None
     except RecursionError:
         raise CkptError(f"{path}: {what} is nested too deeply") from None
-    except yaml.YAMLError as exc:
+    except syntax_error as exc:
         raise CkptError(f"{path}: not a readable {what} ({_first_line(exc)})") from None
     if not json_depth_ok(value):
         raise CkptError(f"{path}: {what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     return value
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "YAML"):
+    """A YAML side file (an original LDM model config beside a checkpoint): safe (no tags that build
+    objects) and without aliases (an alias bomb expands exponentially when walked)."""
+    import yaml
+
+    path = Path(path)
+
+    def parse(text: str):
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise CkptError(f"{path}: {what} uses aliases (*name); write the values out")
+        return yaml.safe_load(text)
+
+    return _read_text_file(path, what, MAX_YAML_BYTES, parse, yaml.YAMLError)
 
 
 def read_toml_file(path: str | os.PathLike, schema=None, what: str = "TOML"):
@@ -166,20 +174,7 @@ def read_toml_file(path: str | os.PathLike, schema=None, what: str = "TOML"):
     import tomllib
 
     path = Path(path)
-    with open_regular(path) as fh:
-        raw = fh.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise CkptError(f"{path}: too large for a {what} file")
-    try:
-        value = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CkptError(f"{path}: {what} is not valid UTF-8") from None
-    except RecursionError:
-        raise CkptError(f"{path}: {what} is nested too deeply") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CkptError(f"{path}: not a readable {what} ({_first_line(exc)})") from None
-    if not json_depth_ok(value):
-        raise CkptError(f"{path}: {what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    value = _read_text_file(path, what, MAX_JSON_BYTES, tomllib.loads, tomllib.TOMLDecodeError)
     if schema is not None:
         from ckptkit.formats.schema import check
 
