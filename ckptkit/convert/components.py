@@ -201,14 +201,14 @@ def config_json(comp: ComponentSpec, config: dict) -> str:
 
     import diffusers
 
-    from ckptkit.convert.models import canonical_config, model_class
+    from ckptkit.convert.models import SET_BY_CLASS, canonical_config, model_class
 
     cls, config_cls = model_class(comp.diffusers_class)
     if config_cls is None:  # every field, as diffusers' own save_pretrained writes them
         data = {"_class_name": comp.diffusers_class, "_diffusers_version": diffusers.__version__,
                 **canonical_config(comp.diffusers_class, config)}
         return json.dumps(data, indent=2, sort_keys=True, default=list) + "\n"
-    cfg = config_cls(**config)
+    cfg = config_cls(**{**config, **SET_BY_CLASS.get(comp.diffusers_class, {})})  # as the class saves itself
     cfg.architectures = [comp.diffusers_class]
     return cfg.to_json_string()
 

@@ -103,6 +103,11 @@ BOOKKEEPING = frozenset({"self", "kwargs", "architectures", "transformers_versio
                          "_name_or_path", "output_hidden_states", "return_dict", "output_attentions"})
 
 
+# Fields a class sets itself whatever its config says (T5EncoderModel builds an encoder-only stack):
+# written as the class uses them, so a config from a bundle and one saved by the library agree.
+SET_BY_CLASS = {"T5EncoderModel": {"is_encoder_decoder": False, "use_cache": False}}
+
+
 def canonical_config(class_name: str, config: dict) -> dict:
     """The config as every field the class takes, defaults filled in: one form whatever wrote it (a
     diffusers/transformers config.json carries bookkeeping fields, a derived config only the keys it
@@ -123,6 +128,7 @@ def canonical_config(class_name: str, config: dict) -> dict:
             out[key] = known[key]
         elif param.default is not param.empty:
             out[key] = param.default
+    out.update({k: v for k, v in SET_BY_CLASS.get(class_name, {}).items() if k in out})
     return json.loads(json.dumps(out, default=list))
 
 

@@ -158,16 +158,16 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         request = requests[comp.name]
         gguf = request is not None and (request.quantized or single_fmt == "gguf")
         path = single_file or f"{comp.name}.{'gguf' if gguf else 'safetensors'}"
+        ops = {}
+        for name, e in cmap.ops.items():
+            if name.endswith(POSITION_IDS):  # a buffer loaders rebuild; bundles often carry a broken float copy
+                for source in e.sources():  # (and a diffusers source has none: same bytes from every form)
+                    plan.dropped[source] = "position_ids: not written (loaders rebuild them)"
+            else:
+                ops[name] = e
         if not gguf:
-            out = _plain_output(ckpt, comp, cmap.ops, request, policy, path)
+            out = _plain_output(ckpt, comp, ops, request, policy, path)
         else:
-            ops = {}
-            for name, e in cmap.ops.items():
-                if name.endswith(POSITION_IDS):  # a buffer loaders rebuild; bundles often carry a broken float copy
-                    for source in e.sources():
-                        plan.dropped[source] = "position_ids: not written to GGUF (loaders rebuild them)"
-                else:
-                    ops[name] = e
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
                                policy.force_vae)
         if carried:  # what the weights cannot tell travels with the file (convert/configs.py)
