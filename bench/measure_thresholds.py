@@ -59,7 +59,14 @@ def make_set(bundle: Path, out: Path, config: str) -> Path:
         shutil.rmtree(out)
     probe = pipeline.quantize(bundle, out, Policy(diffusion_model=request), dry_run=True)
     tes = [c for c, i in probe.plan.info["components"].items() if i["role"] == "text_encoder"]
-    pipeline.quantize(bundle, out, Policy(diffusion_model=request, components={t: request for t in tes}))
+    # every text encoder quantized: CLIP GGUFs are stable-diffusion.cpp's (ComfyUI-GGUF keeps CLIP safetensors)
+    from ckptkit.quant.clients import SDCPP
+
+    from ckptkit.families import BY_NAME
+
+    family = probe.plan.info.get("family")
+    client = "sdcpp" if family and SDCPP.takes(BY_NAME[family].gguf_arch) else None
+    pipeline.quantize(bundle, out, Policy(diffusion_model=request, components={t: request for t in tes}, client=client))
     if broken_type:
         for f in sorted(out.glob("*.gguf")):
             rewrite_gguf(f, f, broken_scales(broken_type))

@@ -277,18 +277,24 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @click.option("--no-scan", is_flag=True, help="Skip the pre-pass that keeps non-finite tensors unquantized.")
 @click.option("--arch", help="general.architecture of the GGUF files (default: the family's; 'unknown' for a "
                              "model no family spec knows, which ComfyUI-GGUF will not load).")
+@click.option("--client", type=click.Choice(["comfy", "diffusers", "sdcpp"]), default=None,
+              help="Who loads the GGUF files: comfy (ComfyUI-GGUF, the default), diffusers (from_single_file) "
+                   "or sdcpp (stable-diffusion.cpp component files).")
+@click.option("--imatrix", metavar="ones|FILE[,FILE]", default=None,
+              help="Importance weights for ggml's weighted search: 'ones' (what stable-diffusion.cpp's convert "
+                   "does) or imatrix files written by sd.cpp --imat-out (summed).")
 @config_option
 @family_option
 @run_options
-def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, arch, config,
-             family, dry_run, as_json, force, workers):
+def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, arch, client,
+             imatrix, config, family, dry_run, as_json, force, workers):
     """Quantize each component with its own policy (GGUF, K-quants included)."""
     from ckptkit import pipeline
     from ckptkit.quant.policy import Policy, load_policy_file
 
     policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
                     rules=list(_pairs(rules, "--rule", "REGEX=TYPE", split_last=True).items()), force_vae=force_vae,
-                    arch=_arch(arch))
+                    arch=_arch(arch), client=client, imatrix=imatrix)
     if policy_file:
         policy = load_policy_file(policy_file, policy)
     result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,

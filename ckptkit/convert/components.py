@@ -130,6 +130,8 @@ def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str
     if names == target:
         if names == "diffusers" and config is not None:
             source_config(comp, shapes, names, config, ckpt)  # a shipped config is checked even when copied as is
+        elif names == "diffusers" and strict:  # a file in the class's names: its config came in its metadata or --config
+            config = source_config(comp, shapes, names, None, ckpt)
         ops, dropped = _identity(shapes, prefix), {}
         if target == "original" and comp.identity_projection and PROJECTION in shapes \
                 and _is_identity(ckpt, prefix + PROJECTION):  # written by diffusers / a transformers save

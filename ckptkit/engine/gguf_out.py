@@ -38,7 +38,7 @@ def encode(op: TensorOp, tensor: torch.Tensor, threads: int | None = None) -> np
     if op.dtype == "BF16":
         return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint8)
     rows = t.to(torch.float32).contiguous().numpy().reshape(-1, op.shape[-1])
-    q = ggml.quantize(rows, op.dtype, threads=threads)
+    q = ggml.quantize(rows, op.dtype, threads=threads, weights=op.importance)
     if rows.size:
         lo, hi = float(rows.min()), float(rows.max())  # NaN/inf propagate; two passes, no temporaries
         if not (np.isfinite(lo) and np.isfinite(hi)):

@@ -160,6 +160,7 @@ def build_manifest(plan: Plan, written: list[WrittenFile], sources: dict[str, di
             "diffusers_class": info.get("diffusers_class"), "dtypes": w.dtypes, "tensor_count": w.tensors,
             "param_count": w.params, "bytes": w.bytes, "sha256": w.sha256,
             **({"policy": info["policy"]} if "policy" in info else {}),
+            **({"client": info["client"]} if "client" in info else {}),
         }
     dropped: dict[str, list[str]] = {}
     for name, reason in plan.dropped.items():
@@ -192,7 +193,7 @@ def _manifest_schema():
     text = OneOf((Str(), Null()))
     component = Obj({"file": Str(), "sha256": text, "role": text, "layout": text, "naming": text,
                      "diffusers_class": text, "dtypes": Map(Int(0)), "tensor_count": Int(0), "param_count": Int(0),
-                     "bytes": Int(0), "policy": Map(AnyValue())}, required=("file",))
+                     "bytes": Int(0), "policy": Map(AnyValue()), "client": Str()}, required=("file",))
     return Obj({"format": Str(), "tool": Str(), "kind": text, "family": text, "variant": text, "layout": text,
                 "components": Map(component),
                 "source": Obj({"path": text, "files": Map(Obj({"size": Int(0), "sha256": Str()}))}),

@@ -19,6 +19,7 @@ class TensorOp:
     src_dtype: str  # the dtype the expression evaluates to
     dtype: str  # target dtype code ("F16", ...) or ggml type name for GGUF outputs
     note: str = ""  # why this op is what it is (e.g. "position_ids rebuilt as arange")
+    importance: object = None  # GGUF quantized types: per-column weights (ggml's weighted search), or None
 
     @property
     def op(self) -> str:
@@ -45,7 +46,8 @@ class TensorOp:
 
     def to_json(self) -> dict:
         return {"name": self.name, "op": self.op, "source": self.expr.to_json(), "shape": list(self.shape),
-                "src_dtype": self.src_dtype, "dtype": self.dtype, **({"note": self.note} if self.note else {})}
+                "src_dtype": self.src_dtype, "dtype": self.dtype, **({"note": self.note} if self.note else {}),
+                **({"importance": "weighted"} if self.importance is not None else {})}
 
 
 @dataclass

@@ -8,6 +8,8 @@ written as safetensors in the comfy layout.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,8 +28,9 @@ from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
 from ckptkit.quant import t5_names
+from ckptkit.quant.clients import DEFAULT as DEFAULT_CLIENT, Client, for_diffusion_model, get_client
 from ckptkit.quant.policy import Decision, Policy, check_component_request, decide, keep_type
-from ckptkit.quant.types import PLAIN, Request
+from ckptkit.quant.types import PLAIN, Request, fallback_for, fits
 
 CONV_RESHAPE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # ComfyUI-GGUF's `shape_fix` archs
 TEXT_ENCODER_ARCH = {"hf_t5": "t5encoder", "hf_clip": "clip", "open_clip": "clip"}
@@ -139,6 +142,11 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
     if unknown:
         raise CkptError(f"--component {', '.join(sorted(unknown))}: not in this source (it has {', '.join(names)})")
     requests = {c.name: policy.request_for(c, src.single) for c, *_ in comps}
+    imat = None
+    if policy.imatrix:
+        from ckptkit.quant import imatrix
+
+        imat = imatrix.load(policy.imatrix)
     if not any(requests.values()):
         raise CkptError("nothing to quantize: give --type (diffusion model) or --component NAME=TYPE")
     if policy.diffusion_model and not src.single and not any(c.role == "diffusion_model" for c, *_ in comps):
@@ -157,6 +165,19 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
         request = requests[comp.name]
         gguf = request is not None and (request.quantized or single_fmt == "gguf")
+        client = get_client(policy.client)
+        if gguf and comp.role == "diffusion_model":
+            client = for_diffusion_model(policy.client, policy.arch or (src.spec.gguf_arch if src.spec else None),
+                                         src.family, plan.notes)
+        elif gguf and comp.role == "text_encoder" and comp.layout not in client.gguf_text_encoders:
+            limit = f"{client.title} loads no {comp.name} text encoder from GGUF"
+            if client.text_encoder_fallback == "refuse" or single_fmt == "gguf":
+                raise CkptError(f"--client {client.name}: {limit}; leave {comp.name} unquantized"
+                                + (" (or name another --client)" if client.text_encoder_fallback == "refuse" else
+                                   ", or write it as .safetensors"))
+            plan.notes.append(f"{comp.name}: {limit} (its text-encoder loader takes T5 and LLM archs only): "
+                              f"written as safetensors, not {request.name}")
+            gguf, request = False, None
         path = single_file or f"{comp.name}.{'gguf' if gguf else 'safetensors'}"
         ops = {}
         for name, e in cmap.ops.items():
@@ -169,7 +190,12 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
             out = _plain_output(ckpt, comp, ops, request, policy, path)
         else:
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
-                               policy.force_vae)
+                               policy.force_vae, client, imat)
+            if client.names == "diffusers" and comp.role == "diffusion_model":
+                out = _in_diffusers_names(ckpt, out, map_component(ckpt, comp, prefix, naming_in, "diffusers",
+                                                                   src.exclude, config))
+            if client.config_beside and comp.role == "diffusion_model" and not single_file:
+                _config_beside(plan, ckpt, comp, prefix, naming_in, config, src.exclude, client)
         if carried:  # what the weights cannot tell travels with the file (convert/configs.py)
             (out.kv if out.format == "gguf" else out.metadata).update(metadata_value({comp.name: carried}))
         if out.format == "gguf" and policy.arch:
@@ -179,9 +205,17 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
             plan.notes.append(f"warning: {comp.name}: unknown architecture; general.architecture is 'unknown', "
                               "which ComfyUI-GGUF refuses to load (name it with --arch NAME)")
         plan.outputs.append(out)
-        plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,
+        plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": out.layout if out.layout != "comfy" else naming,
                                               "diffusers_class": comp.diffusers_class,
-                                              "policy": policy_report(out, request)}
+                                              "policy": policy_report(out, request),
+                                              **({"client": client.name} if out.format == "gguf" else {})}
+    if imat is not None:
+        weighted = sum(1 for o in plan.outputs for t in o.tensors if t.importance is not None)
+        how = ("all ones, as stable-diffusion.cpp's convert passes them" if imat.source == "ones" else
+               f"{imat.source}: {len(imat.used)} of {weighted} quantized tensors have an entry, the rest all ones")
+        plan.notes.append(f"importance weights ({how}): ggml's weighted search for {weighted} tensors "
+                          "(Q8_0 has none: its bytes do not change)")
+        plan.info["imatrix"] = imat.source
     return plan
 
 
@@ -198,12 +232,62 @@ def _plain_output(ckpt, comp, ops, request: Request | None, policy: Policy, path
     return OutputFile(path, comp.name, "comfy", tensors, metadata={"ckptkit.component": comp.name})
 
 
+def _in_diffusers_names(ckpt, out: OutputFile, cmap) -> OutputFile:
+    """The GGUF in the model class's own names, each tensor of the type decided for the original
+    tensor it comes from (the policy speaks original names; a fused qkv split into q, k, v keeps its
+    type, falling back where a part's rows do not fit). No orig_shape: nothing is reshaped."""
+    src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    decided = {}
+    for t in out.tensors:
+        for source in t.expr.sources():
+            decided.setdefault(source, t)
+    tensors = []
+    for name, e in cmap.ops.items():
+        if name.endswith(POSITION_IDS):
+            continue
+        shape, sdt = expr.shape_of(e, src_shapes), source_dtype(ckpt, e)
+        origin = next((decided[s] for s in e.sources() if s in decided), None)
+        weights = None
+        if origin is None or sdt not in FLOAT_CODES:  # a made tensor (no source), or not a float
+            dtype, note = ("F32" if sdt not in FLOAT_CODES or len(shape) <= 1 else keep_type(sdt, shape, name)), "made"
+        else:
+            dtype, note = origin.dtype, f"{origin.note} (as {origin.name})"
+            weights = origin.importance
+            if dtype not in PLAIN and (len(shape) != 2 or not fits(dtype, shape)):
+                dtype = fallback_for(dtype, shape) if len(shape) == 2 else keep_type(sdt, shape, name)
+                note += f"; fallback {origin.dtype}->{dtype}"
+            elif dtype in ("F16", "BF16") and origin.shape != shape and len(shape) <= 1:
+                dtype = "F32"
+        if weights is not None and (dtype in PLAIN or len(weights) != shape[-1]):
+            weights = None if dtype in PLAIN else np.ones(shape[-1], np.float32)
+        tensors.append(TensorOp(name, e, shape, sdt, dtype, note, weights))
+    kv = {k: v for k, v in out.kv.items() if not k.startswith("comfy.gguf.orig_shape.")}
+    return OutputFile(out.path, out.component, "diffusers", tensors, format="gguf", gguf_arch=out.gguf_arch, kv=kv,
+                      metadata=out.metadata)
+
+
+def _config_beside(plan: Plan, ckpt, comp, prefix: str, naming_in: str, config, exclude, client: Client) -> None:
+    """<component>/config.json beside the GGUF, for `from_single_file(FILE, config=DIR)`: the model's
+    config, resolved as every command resolves it (never guessed; when it cannot be, the notes say so)."""
+    from ckptkit.convert.components import config_json, local_shapes, source_config
+    from ckptkit.convert.configs import ConfigUndetermined
+
+    try:
+        values = source_config(comp, local_shapes(ckpt, prefix, set(exclude)), naming_in, config, ckpt)
+    except ConfigUndetermined as exc:
+        plan.notes.append(f"{comp.name}/config.json not written ({exc}); {client.title} then needs the model's config")
+        return
+    plan.sidecars[f"{comp.name}/config.json"] = config_json(comp, values)
+    usage = client.usage.format(cls=comp.diffusers_class, file=f"{comp.name}.gguf", dir=comp.name)
+    plan.notes.append(f"{comp.name}: for {client.title}: {usage}")
+
+
 def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, path: str, scan: bool, progress,
-                 notes: list[str], force_vae: bool) -> OutputFile:
+                 notes: list[str], force_vae: bool, client: Client = DEFAULT_CLIENT, imat=None) -> OutputFile:
     src_dtypes = {source_dtype(ckpt, e) for e in ops.values()}
     check_component_request(comp, request, src_dtypes & FLOAT_CODES, force_vae)
     src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
-    conv_reshape = comp.role == "diffusion_model" and src.family in CONV_RESHAPE_FAMILIES
+    conv_reshape = client.conv_reshape and comp.role == "diffusion_model" and src.family in CONV_RESHAPE_FAMILIES
     kv: dict = {"general.quantization_version": 2, "general.file_type": int(request.file_type)}
     tensors = []
     for name, e in ops.items():
@@ -226,7 +310,8 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
         if d.reshaped:
             e = expr.reshape(e, d.stored_shape)
             kv[f"comfy.gguf.orig_shape.{final}"] = list(shape)
-        tensors.append(TensorOp(final, e, d.stored_shape, sdt, d.type, d.reason))
+        weights = imat.for_tensor(comp.name, final, d.stored_shape[-1]) if imat is not None and d.quantized else None
+        tensors.append(TensorOp(final, e, d.stored_shape, sdt, d.type, d.reason, weights))
     if request.quantized and not any(t.dtype not in PLAIN for t in tensors):
         raise CkptError(f"{comp.name}: asked for {request.name} but no tensor can be quantized "
                         "(all are 1-D, small, high-precision, non-finite or of unfit row length)")

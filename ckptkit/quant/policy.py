@@ -56,6 +56,8 @@ class Policy:
     rules: list[tuple[str, str]] = field(default_factory=list)  # --rule REGEX=TYPE
     force_vae: bool = False  # allow an SDXL VAE below its stored fp32/bf16
     arch: str | None = None  # --arch: general.architecture of the GGUF files (default: the family's)
+    client: str | None = None  # --client: who loads the GGUF files (quant/clients.py); None: comfy
+    imatrix: str | None = None  # --imatrix ones|FILE[,FILE]: ggml's weighted search (quant/imatrix.py)
 
     def request_for(self, comp: ComponentSpec, single: bool = False) -> Request | None:
         """`--component NAME=TYPE` first; `--type` applies to the diffusion model, or to the one

@@ -128,7 +128,9 @@ def _open_folder(folder: Path, family: str | None = None) -> ComponentSet:
         if det.family and "diffusion_model" in det.components and not (manifest or family):
             cset.family, cset.variant, name = det.family, det.variant, "diffusion_model"
         opened[name] = (ckpt, det)
-        cset.components[name] = Component(name, None, file, ckpt, manifest=entry)
+        # a file written for a client that wants its bundle prefix (diffusers' LDM UNet) is read under it
+        inner = det.components.get(name, "") if det.form == "bundle" and len(det.components) == 1 else ""
+        cset.components[name] = Component(name, None, file, ckpt, inner, manifest=entry)
     for name, (ckpt, det) in opened.items():
         comp = cset.components[name]
         comp.spec = _spec_for(cset.family, name, det)

@@ -29,10 +29,12 @@ from ckptkit.quant.types import parse_request
 
 FAMILIES = ("sdxl", "flux_dev", "sd3")
 # --component types per fixture (the diffusion model always gets --type q4_k_m)
+# (text encoders the default client, ComfyUI-GGUF, loads from GGUF: T5; CLIP GGUFs are for sd.cpp,
+# tested below with --client sdcpp)
 COMPONENT_TYPES = {
-    "sdxl": {"clip_l": "q8_0", "clip_g": "q8_0"},  # clip_g: the OpenCLIP fused in_proj in the bundle
-    "flux_dev": {"clip_l": "q8_0", "t5xxl": "q5_k_m"},
-    "sd3": {"clip_g": "q8_0", "t5xxl": "q5_k_m"},
+    "sdxl": {},
+    "flux_dev": {"t5xxl": "q5_k_m"},
+    "sd3": {"t5xxl": "q5_k_m"},
 }
 ARCH = {"sdxl": "sdxl", "flux_dev": "flux", "sd3": "sd3"}
 SETS = ("bundle", "comfy", "original", "diffusers")  # forms holding every component
@@ -167,11 +169,14 @@ def test_plan_report_is_the_same_from_every_set_and_matches_the_files(quantized,
     assert dm_kept[hp] >= 1
 
 
-def test_sdxl_clip_g_split_from_fused_in_proj_is_quantized(forms, quantized):
+def test_sdxl_clip_g_split_from_fused_in_proj_is_quantized(forms, tmp_path):
     """#605: the bundle's clip_g holds OpenCLIP's fused in_proj; the q/k/v split from it (final names)
-    are quantized, and their bytes are Q8_0 of the fused weight's slices."""
-    files, _ = quantized
-    path = files["sdxl"]["bundle"]["clip_g"]
+    are quantized, and their bytes are Q8_0 of the fused weight's slices (a CLIP GGUF: for sd.cpp)."""
+    res = run("quantize", forms["sdxl"]["bundle"], "-o", tmp_path / "q", "--client", "sdcpp",
+              "--component", "clip_g=q8_0", "--component", "clip_l=q8_0")
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in (tmp_path / "q").glob("*.gguf")} == {"clip_g.gguf", "clip_l.gguf"}
+    path = tmp_path / "q" / "clip_g.gguf"
     report = type_report(path)
     qkv = {n: t for n, t in report.items() if re.search(r"self_attn\.[qkv]_proj\.weight$", n)}
     assert len(qkv) == 6 and all(t == ("Q8_0", (1280, 1280)) for t in qkv.values())
@@ -185,6 +190,9 @@ def test_sdxl_clip_g_split_from_fused_in_proj_is_quantized(forms, quantized):
         assert np.array_equal(got, want), part
     assert report["text_projection.weight"][0] == "F16"  # kept: the family's output layer
     bundle.close()
+    clip = gguf.GGUFReader(path)
+    assert field(clip, "general.architecture") == "clip"
+    assert field(clip, "general.file_type") == int(gguf.LlamaFileType.MOSTLY_Q8_0)
 
 
 # --- GGUF conventions ----------------------------------------------------------------------------
@@ -214,9 +222,6 @@ def test_gguf_metadata_and_names(quantized, fx):
         assert t5_names["enc.blk.0.attn_rel_b.weight"] == "F32"
         # read back in transformers names, as ComfyUI-GGUF's T5 loader does
         assert "encoder.block.0.layer.0.SelfAttention.q.weight" in open_checkpoint(comps["t5xxl"]).tensors
-    clip = gguf.GGUFReader(comps["clip_g" if "clip_g" in comps else "clip_l"])
-    assert field(clip, "general.architecture") == "clip"
-    assert field(clip, "general.file_type") == int(gguf.LlamaFileType.MOSTLY_Q8_0)
 
 
 def test_sdxl_conv_reshape_with_orig_shape(forms, quantized):
@@ -544,7 +549,9 @@ def _compare_with_ours(model, path: Path, family: str, inputs: dict, exact: bool
     from ckptkit.convert.components import load_component
 
     ck = open_checkpoint(path)
-    ours = load_component(ck, get_family(family).diffusion_model)
+    from ckptkit.families.detect import detect
+
+    ours = load_component(ck, get_family(family).diffusion_model, names=detect(ck).names)
     theirs_state = dict(model.named_parameters())
     ours_state = ours.state_dict()
     seen = set()
@@ -633,11 +640,12 @@ def test_diffusers_loads_sd3_and_sana_requests(quantized, forms, tmp_path):
     sana = factory.write_gguf("sana", tmp_path / "sana_f16.gguf")
     factory.write_diffusers("sana", tmp_path / "sana_diffusers")
     q = tmp_path / "sana_q8.gguf"
-    res = run("quantize", sana, "-o", q, "--type", "q8_0")
+    res = run("quantize", sana, "-o", q, "--type", "q8_0")  # ComfyUI-GGUF loads no Sana: written for diffusers
     assert res.exit_code == 0, res.output
-    report = type_report(q)
-    assert report["blocks.0.scale_shift_table"][0] == "F16"  # raw parameter: diffusers would use its bytes
-    assert report["blocks.0.attn.qkv.weight"][0] == report["blocks.0.cross_attn.q_linear.weight"][0] == "Q8_0"
+    assert "written for diffusers instead" in res.output
+    report = type_report(q)  # in SanaTransformer2DModel's own names
+    assert report["transformer_blocks.0.scale_shift_table"][0] == "F16"  # raw parameter: diffusers would use its bytes
+    assert report["transformer_blocks.0.attn1.to_q.weight"][0] == report["transformer_blocks.0.attn2.to_q.weight"][0] == "Q8_0"
     inputs = dict(hidden_states=torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(0)),
                   encoder_hidden_states=torch.randn(1, 7, 24, generator=torch.Generator().manual_seed(1)),
                   timestep=torch.tensor([500.0]))
@@ -653,7 +661,8 @@ def test_diffusers_flux(quantized, forms):
     except RuntimeError as exc:
         if "split_with_sizes" in str(exc) and "3072" in str(exc):
             pytest.xfail("diffusers' convert_flux_transformer_checkpoint_to_diffusers hard-codes inner_dim = 3072 "
-                         "for the single-block linear1 split, so it cannot convert a tiny FLUX (domain notes, sec. 7)")
+                         "for the single-block linear1 split, so it cannot convert a tiny FLUX (domain notes, sec. 7); "
+                         "--client diffusers writes the class's own names, which it loads: tests/quant/test_clients.py")
         raise
     pytest.fail("diffusers now converts a tiny FLUX: replace this xfail by a forward comparison")
 
@@ -666,5 +675,6 @@ def test_diffusers_unet(quantized, forms):
     except KeyError as exc:
         pytest.xfail(f"diffusers' convert_ldm_unet_checkpoint reads only keys under 'model.diffusion_model.' "
                      f"(LDM_UNET_KEY), while ComfyUI-GGUF files hold prefix-stripped names (KeyError {exc}); it "
-                     "also ignores comfy.gguf.orig_shape, so reshaped conv weights would not fit either")
+                     "also ignores comfy.gguf.orig_shape, so reshaped conv weights would not fit either: a ComfyUI-GGUF "
+                     "file is not for diffusers (--client diffusers writes one that is: tests/quant/test_clients.py)")
     pytest.fail("diffusers now loads a prefix-stripped UNet GGUF: replace this xfail by a forward comparison")

@@ -33,6 +33,14 @@ ALL = list(FIXTURES)
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "verify-report.schema.json").read_text())
 
 
+def every_te_client(fixture: str) -> str | None:
+    """A client that loads every text encoder from GGUF (CLIPs too: stable-diffusion.cpp) where it runs
+    the family; else the default (ComfyUI-GGUF keeps CLIPs as safetensors; Sana goes to diffusers)."""
+    from ckptkit.quant.clients import SDCPP
+
+    return "sdcpp" if SDCPP.takes(FIXTURES[fixture].spec.gguf_arch) else None
+
+
 class Sets:
     """Per family, built on first use: the fp32 bundle, its `split` comfy set and a set with the
     diffusion model and text encoders quantized to Q8_0."""
@@ -46,7 +54,7 @@ class Sets:
             bundle = write_bundle(name, self.root / f"{name}.safetensors", dtype=None)
             split = pipeline.split(bundle, self.root / f"{name}-split", SplitOptions(layout="comfy"))
             tes = [c for c, info in split.plan.info["components"].items() if info["role"] == "text_encoder"]
-            policy = Policy(diffusion_model="q8_0", components={t: "q8_0" for t in tes})
+            policy = Policy(diffusion_model="q8_0", components={t: "q8_0" for t in tes}, client=every_te_client(name))
             pipeline.quantize(bundle, self.root / f"{name}-q8", policy)
             self._done[name] = {"bundle": bundle, "split": self.root / f"{name}-split",
                                 "q8": self.root / f"{name}-q8", "text_encoders": tes}

@@ -187,15 +187,25 @@ def _fp32_to_bf16_bits(a: np.ndarray, out: np.ndarray) -> None:
 # --- public API ------------------------------------------------------------------------------------
 
 
-def quantize(array: Any, qtype: Any, threads: int | None = None) -> np.ndarray:
+def quantize(array: Any, qtype: Any, threads: int | None = None, weights: Any = None) -> np.ndarray:
     """Quantize a 2-D float array row by row: uint8 array (rows, row_bytes(qtype, cols)).
 
-    Byte-exact with ggml's reference quantizer (`ggml_quantize_chunk` without an importance
-    matrix). `threads` defaults to os.cpu_count(); the result does not depend on it.
+    Byte-exact with ggml's `ggml_quantize_chunk`: without `weights` its reference quantizer; with
+    `weights` (one importance value per column, as an imatrix holds them; all ones is what
+    stable-diffusion.cpp's convert passes) its weighted search, for the types that have one (Q8_0
+    and the plain types ignore them, as ggml does). `threads` defaults to os.cpu_count(); the
+    result does not depend on it.
     """
     name = _name(qtype)
     a = _as_float32_2d(array)
     n_rows, n_per_row = a.shape
+    w = None
+    if weights is not None:
+        w = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+        if w.size != n_per_row:
+            raise ValueError(f"weights: {w.size} values for rows of {n_per_row}")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("weights must be finite and non-negative")
     rb = row_bytes(name, n_per_row)
     out = np.empty((n_rows, rb), dtype=np.uint8)
     if name == "F32":
@@ -211,7 +221,7 @@ def quantize(array: Any, qtype: Any, threads: int | None = None) -> np.ndarray:
         tid = _KERNEL[name][0]
 
         def work(r0: int, r1: int) -> None:
-            _kernels.quantize(tid, a[r0:r1], r1 - r0, n_per_row, out[r0:r1])
+            _kernels.quantize(tid, a[r0:r1], r1 - r0, n_per_row, out[r0:r1], w)
 
     _run_rows(work, n_rows, _threads(threads), n_per_row)
     return out
