@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from ckptkit.cli import cli
 from ckptkit.fixtures import factory
 from ckptkit.fixtures.factory import FIXTURES, Fixture
 from ckptkit.formats import open_checkpoint
+from tests.cli import refused, run
 
 # SD1 whose CLIP-L has 8 heads of 96 (not CLIP's 64-wide heads): `width // 64` would convert it with
 # exit 0 and outputs far off.
@@ -25,17 +24,6 @@ H8 = Fixture("sd1_clip_h8", "sd1", "base", {"clip_l": {"num_attention_heads": 8}
 @pytest.fixture(autouse=True)
 def h8_fixture(monkeypatch):
     monkeypatch.setitem(FIXTURES, H8.name, H8)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def refused(result) -> str:
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ckptkit: error: ") and "Traceback" not in result.output
-    return lines[0]
 
 
 def config_dir(fixture: str, root: Path) -> Path:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from ckptkit.cli import cli
 from ckptkit.fixtures import factory
 from ckptkit.fixtures.factory import FIXTURES, Fixture
+from tests.cli import refused, run
 
 # SD2 at other widths with 48-channel heads: neither the released head layout nor 64-wide heads
 WIDE = Fixture("sd2_48", "sd2", "base", {"diffusion_model": {"block_out_channels": [96, 192], "attention_head_dim": [2, 4]},
@@ -54,17 +53,6 @@ SDXL_YAML = """model:
 @pytest.fixture(autouse=True)
 def wide(monkeypatch):
     monkeypatch.setitem(FIXTURES, WIDE.name, WIDE)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def refused(result) -> str:
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ckptkit: error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize("fixture, text", [(WIDE.name, SD2_YAML), ("sdxl", SDXL_YAML)])

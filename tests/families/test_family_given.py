@@ -14,14 +14,13 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from ckptkit.cli import cli
 from ckptkit.families.detect import detect
 from ckptkit.fixtures import factory
 from ckptkit.fixtures.factory import FIXTURES, Fixture
 from ckptkit.formats import open_checkpoint
+from tests.cli import ok, refused, run
 
 TWO_LEVEL = Fixture("sdxl_two_level", "sdxl", "base", {"diffusion_model": {
     "block_out_channels": [64, 128], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
@@ -42,22 +41,6 @@ def forms(tmp_path_factory):
     built["fp32"] = factory.write_bundle(TWO_LEVEL.name, root / "fp32.safetensors", dtype=None)
     yield built
     FIXTURES.pop(TWO_LEVEL.name, None)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def refused(result) -> str:
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ckptkit: error: ") and "Traceback" not in result.output
-    return lines[0]
 
 
 def test_detection_alone_cannot_place_it_and_the_given_family_does_in_every_form(forms):

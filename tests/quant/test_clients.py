@@ -13,31 +13,14 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from ckptkit.cli import cli
 from ckptkit.convert.models import model_class
 from ckptkit.fixtures import factory
 from ckptkit.formats import open_checkpoint
 from tests.convert.test_interop import forward
+from tests.cli import ok, refused, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def ok(result):
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def refused(result) -> str:
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ckptkit: error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize("fixture", ["sd1", "sdxl", "sd3", "flux_dev", "sana"])
