@@ -5,8 +5,8 @@ stored as 256-wide rows, which prefix names need, and whether a config must trav
 
   comfy      ComfyUI-GGUF (UnetLoaderGGUF / CLIPLoaderGGUF): the default
   diffusers  diffusers' `from_single_file(..., quantization_config=GGUFQuantizationConfig(...))`
-  sdcpp      stable-diffusion.cpp, component files (`--diffusion-model`, `--clip_l`, ...); not yet its
-             one-file bundle, its own type rules or `sd -M convert`'s exact bytes
+  sdcpp      stable-diffusion.cpp, component files (`--diffusion-model`, `--clip_l`, ...) with its
+             convert's type rules and weighted search; not yet its one-file bundle
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Client:
     names: str  # the diffusion model's tensor names: "original" (ComfyUI's) or "diffusers" (the class's own)
     config_beside: bool  # write <component>/config.json beside the GGUF (from_single_file config=)
     usage: str = ""  # how the files are loaded, for the notes
+    type_rules: str = "ckptkit"  # whose per-tensor rules: ours (policy.decide) or "sdcpp" (policy.decide_sdcpp)
+    importance: str | None = None  # default --imatrix: "ones" where the client's own converter passes ones
 
     def takes(self, arch: str | None) -> bool:
         return self.diffusion_archs is None or arch in self.diffusion_archs
@@ -70,6 +72,9 @@ SDCPP = Client(
     text_encoder_fallback="refuse",
     conv_reshape=False,  # a reshaped conv is "wrong shape in model metadata" to its loader
     names="original", config_beside=False,
+    # its convert's own type rules, and ggml's weighted search with all-ones weights (convert_tensor
+    # always passes an imatrix): files byte-equal, tensor by tensor, to `sd -M convert`'s
+    type_rules="sdcpp", importance="ones",
     usage="sd --diffusion-model {file} (text encoders with --clip_l / --clip_g / --t5xxl, the VAE with --vae)")
 
 CLIENTS = {c.name: c for c in (COMFY, DIFFUSERS, SDCPP)}

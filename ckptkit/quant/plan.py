@@ -29,7 +29,7 @@ from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
 from ckptkit.quant import t5_names
 from ckptkit.quant.clients import DEFAULT as DEFAULT_CLIENT, Client, for_diffusion_model, get_client
-from ckptkit.quant.policy import Decision, Policy, check_component_request, decide, keep_type
+from ckptkit.quant.policy import Decision, Policy, check_component_request, decide, decide_sdcpp, keep_type
 from ckptkit.quant.types import PLAIN, Request, fallback_for, fits
 
 CONV_RESHAPE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # ComfyUI-GGUF's `shape_fix` archs
@@ -189,8 +189,15 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         if not gguf:
             out = _plain_output(ckpt, comp, ops, request, policy, path)
         else:
+            comp_imat = imat
+            if comp_imat is None and client.importance:
+                from ckptkit.quant import imatrix
+
+                comp_imat = imatrix.load(client.importance)
+                plan.notes.append(f"{comp.name}: {client.title}'s convert quantizes with importance weights "
+                                  f"'{client.importance}': so do we (ggml's weighted search)")
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
-                               policy.force_vae, client, imat)
+                               policy.force_vae, client, comp_imat)
             if client.names == "diffusers" and comp.role == "diffusion_model":
                 out = _in_diffusers_names(ckpt, out, map_component(ckpt, comp, prefix, naming_in, "diffusers",
                                                                    src.exclude, config))
@@ -304,7 +311,8 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
             d = Decision("F32", f"{sdt} tensor stored as F32", shape)
             notes.append(f"{comp.name}: {final} ({sdt}) stored as F32: GGUF has no {sdt} type ComfyUI reads")
         else:
-            d = decide(final, shape, sdt, comp, request, rules, conv_reshape)
+            d = (decide_sdcpp(final, shape, sdt, comp, request, rules) if client.type_rules == "sdcpp" else
+                 decide(final, shape, sdt, comp, request, rules, conv_reshape))
         if scan and (d.quantized or (d.type == "F16" and sdt not in ("F16",))):
             d = _checked(ckpt, e, d, sdt, shape, progress, notes, comp.name, final)
         if d.reshaped:

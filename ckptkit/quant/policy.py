@@ -192,6 +192,38 @@ def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpe
     return _fit(Decision(type_name, reason, stored, reshaped))
 
 
+# stable-diffusion.cpp's ModelLoader::tensor_should_be_converted (src/model.cpp): a tensor whose
+# name ends or contains one of these keeps its stored type, whatever the request or a rule says.
+SDCPP_KEEP_SUFFIXES = (".bias", ".scale")
+SDCPP_KEEP_PARTS = ("img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.",  # FLUX
+                    "x_embedder.", "t_embedder.", "y_embedder.", "pos_embed", "context_embedder.",  # MMDiT
+                    "time_embed.", "label_emb.", "embedding")  # UNet, and every embedding
+
+
+def decide_sdcpp(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpec, request: Request,
+                 rules: list[tuple[re.Pattern, str]]) -> Decision:
+    """stable-diffusion.cpp's convert, tensor by tensor: the first rule that matches (else the
+    request, with its _M/_L mix), applied only where sd.cpp would convert: rows that divide into the
+    type's blocks, and none of its excluded names. 1-D tensors are converted too (norm weights),
+    and nothing falls back to another type: a tensor sd.cpp does not convert keeps its stored type."""
+    type_name, reason = request.base, "requested"
+    for pattern, rule_type in rules:
+        if pattern.search(name):
+            type_name, reason = rule_type, f"rule {pattern.pattern}"
+            break
+    else:
+        if request.attn_v and (p := ATTN_V.get(comp.layout)) and re.search(p, name):
+            type_name, reason = request.attn_v, f"{request.name}: attention v/qkv up-typed"
+        elif request.ffn_down and (p := FFN_DOWN.get(comp.layout)) and re.search(p, name):
+            type_name, reason = request.ffn_down, f"{request.name}: FFN down up-typed"
+    keep = src_dtype if src_dtype in PLAIN else "F32"
+    if type_name not in PLAIN and not fits(type_name, shape):
+        return Decision(keep, f"sd.cpp: row of {shape[-1] if shape else 0} does not divide into {type_name} blocks", shape)
+    if name.endswith(SDCPP_KEEP_SUFFIXES) or any(part in name for part in SDCPP_KEEP_PARTS):
+        return Decision(keep, "sd.cpp: kept (tensor_should_be_converted)", shape)
+    return Decision(type_name, reason, shape)
+
+
 def _fit(d: Decision) -> Decision:
     """A row length that does not divide into the type's blocks falls back to the nearest type
     whose blocks fit (llama.cpp's fallbacks, then F16). A reshaped conv has rows of 256, which

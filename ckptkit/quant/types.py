@@ -46,6 +46,8 @@ REQUESTS: dict[str, Request] = {r.name: r for r in (
     Request("q3_k_m", "Q3_K", "Q5_K", "Q4_K", LFT.MOSTLY_Q3_K_M),
     Request("q3_k_s", "Q3_K", file_type=LFT.MOSTLY_Q3_K_S),
     Request("q2_k", "Q2_K", "Q4_K", "Q3_K", LFT.MOSTLY_Q2_K),
+    # Q2_K throughout (stable-diffusion.cpp's --type q2_K; q5_k_s .. q3_k_s are its q5_K .. q3_K)
+    Request("q2_k_s", "Q2_K", file_type=LFT.MOSTLY_Q2_K_S),
 )}
 ALIASES = {"q4_k": "q4_k_m", "q5_k": "q5_k_m", "q3_k": "q3_k_m", "fp16": "f16", "fp32": "f32"}
 

@@ -1,0 +1,60 @@
+"""`--client sdcpp` against stable-diffusion.cpp's own convert (`sd -M convert`, stable-diffusion-cpp-python
+0.4.7 built from the registry's sdist into a cache; tests/quant/sdcpp_reference.py): for every type
+sd.cpp writes, the same component file gives the same tensors, names, types and bytes. The test
+skips, saying why, where no compiler or registry is at hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from ckptkit import pipeline
+from ckptkit.convert.split import SplitOptions
+from ckptkit.fixtures import factory
+from tests.cli import ok, run
+from tests.quant import sdcpp_reference as ref
+
+TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q2_K": "q2_k_s",
+         "Q3_K": "q3_k_s", "Q4_K": "q4_k_s", "Q5_K": "q5_k_s", "Q6_K": "q6_k"}
+
+
+@pytest.fixture(scope="module")
+def sd_convert():
+    try:
+        return ref.converter()
+    except Exception as exc:
+        pytest.skip(f"no stable-diffusion.cpp build ({ref.SDIST} sdist + cmake): {exc}")
+
+
+@pytest.fixture(scope="module")
+def component_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sdcpp")
+    out = {}
+    for fixture in ("sdxl", "flux_dev"):
+        bundle = factory.write_bundle(fixture, root / f"{fixture}.safetensors")
+        pipeline.split(bundle, root / fixture, SplitOptions(layout="comfy"))
+        out[fixture] = root / fixture / "diffusion_model.safetensors"
+    return out
+
+
+def tensors(path):
+    return {t.name: (t.tensor_type.name, tuple(int(d) for d in t.shape), np.asarray(t.data).tobytes())
+            for t in GGUFReader(path).tensors}
+
+
+@pytest.mark.parametrize("fixture", ["sdxl", "flux_dev"])
+@pytest.mark.parametrize("type_name", list(TYPES))
+def test_same_tensors_as_sd_convert(sd_convert, component_files, tmp_path, fixture, type_name):
+    src = component_files[fixture]
+    theirs = tmp_path / "theirs.gguf"
+    sd_convert(src, theirs, type_name)
+    ours = tmp_path / "ours.gguf"
+    ok(run("quantize", src, "-o", ours, "--type", TYPES[type_name], "--client", "sdcpp"))
+    want, got = tensors(theirs), tensors(ours)
+    assert got.keys() == want.keys()
+    types = {n: (got[n][0], want[n][0]) for n in got if got[n][0] != want[n][0]}
+    assert not types, list(types.items())[:5]
+    differ = [n for n in got if got[n] != want[n]]
+    assert not differ, differ[:5]
+    assert any(t == type_name for t, _, _ in got.values())
