@@ -1,7 +1,8 @@
 """What `ckptkit verify` measures for correct and broken quantizers on every fixture family: the
 figures its default thresholds (ckptkit/verify/thresholds.py) are chosen from.
 
-For every fixture family, the fp32 bundle's diffusion model and text encoders are quantized with
+For every fixture family, the fp32 bundle's diffusion model and text encoders are quantized (as the
+default client, ComfyUI-GGUF, writes them: CLIPs stay safetensors, T5 is GGUF) with
 each type (f16 and bf16 casts too), and with two deliberately broken quantizers: Q8_0 with every
 block's fp16 scale doubled (the whole tensor x2) and Q4_K (q4_k_s) with every super-block scale
 `d` doubled (the mins untouched). Each set is checked against the bundle as `verify --against`
@@ -59,14 +60,9 @@ def make_set(bundle: Path, out: Path, config: str) -> Path:
         shutil.rmtree(out)
     probe = pipeline.quantize(bundle, out, Policy(diffusion_model=request), dry_run=True)
     tes = [c for c, i in probe.plan.info["components"].items() if i["role"] == "text_encoder"]
-    # every text encoder quantized: CLIP GGUFs are stable-diffusion.cpp's (ComfyUI-GGUF keeps CLIP safetensors)
-    from ckptkit.quant.clients import SDCPP
-
-    from ckptkit.families import BY_NAME
-
-    family = probe.plan.info.get("family")
-    client = "sdcpp" if family and SDCPP.takes(BY_NAME[family].gguf_arch) else None
-    pipeline.quantize(bundle, out, Policy(diffusion_model=request, components={t: request for t in tes}, client=client))
+    # the default client's sets (ComfyUI-GGUF): SD UNet convs quantized as 256-wide rows, T5 as GGUF,
+    # CLIPs kept safetensors (its loader reads no CLIP GGUF); Sana written for diffusers
+    pipeline.quantize(bundle, out, Policy(diffusion_model=request, components={t: request for t in tes}))
     if broken_type:
         for f in sorted(out.glob("*.gguf")):
             rewrite_gguf(f, f, broken_scales(broken_type))

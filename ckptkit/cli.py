@@ -271,7 +271,8 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @click.option("--component", "component_types", multiple=True, metavar="NAME=TYPE",
               help="Type for one component, e.g. t5xxl=q5_k_m, clip_l=q8_0, vae=f16 (repeatable).")
 @click.option("--rule", "rules", multiple=True, metavar="REGEX=TYPE",
-              help="Per-tensor override on final names; first match wins (repeatable).")
+              help="Per-tensor override on final names; first match wins (repeatable, or sd.cpp's "
+                   "--tensor-type-rules form 'REGEX=TYPE,REGEX=TYPE').")
 @click.option("--policy", "policy_file", type=click.Path(exists=True, path_type=str), help="A TOML policy file.")
 @click.option("--force-vae", is_flag=True, help="Allow an fp32/bf16 VAE to be stored as fp16.")
 @click.option("--no-scan", is_flag=True, help="Skip the pre-pass that keeps non-finite tensors unquantized.")
@@ -293,7 +294,8 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
     from ckptkit.quant.policy import Policy, load_policy_file
 
     policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
-                    rules=list(_pairs(rules, "--rule", "REGEX=TYPE", split_last=True).items()), force_vae=force_vae,
+                    rules=list(_pairs(_rule_items(rules), "--rule", "REGEX=TYPE", split_last=True).items()),
+                    force_vae=force_vae,
                     arch=_arch(arch), client=client, imatrix=imatrix)
     if policy_file:
         policy = load_policy_file(policy_file, policy)
@@ -308,6 +310,16 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
     _render_run(result, as_json)
     if not as_json:
         click.echo(render_policy(result.plan))
+
+
+def _rule_items(values) -> list[str]:
+    """--rule values; one in stable-diffusion.cpp's --tensor-type-rules form ('^vae\\.=f16,model\\.=q8_0':
+    comma-separated REGEX=TYPE, first match wins) is split as sd.cpp splits it."""
+    items = []
+    for value in values:
+        parts = value.split(",")
+        items += parts if len(parts) > 1 and all("=" in p for p in parts) else [value]
+    return items
 
 
 def _pairs(values, option: str, form: str, split_last: bool = False) -> dict[str, str]:

@@ -58,3 +58,19 @@ def test_same_tensors_as_sd_convert(sd_convert, component_files, tmp_path, fixtu
     differ = [n for n in got if got[n] != want[n]]
     assert not differ, differ[:5]
     assert any(t == type_name for t, _, _ in got.values())
+
+
+def test_tensor_type_rules_in_sdcpp_form_act_as_sd_convert(sd_convert, component_files, tmp_path):
+    """sd.cpp's --tensor-type-rules string in one --rule: comma-separated, first match wins, on the
+    names it sees (a component file's own names), and only where sd.cpp converts."""
+    src = component_files["flux_dev"]
+    rules = r"double_blocks\.0\.=q8_0,single_blocks\.=q4_K,\.mlp\.=f16"
+    sd_convert(src, tmp_path / "theirs.gguf", "Q5_0", rules)
+    ok(run("quantize", src, "-o", tmp_path / "ours.gguf", "--type", "q5_0", "--client", "sdcpp", "--rule", rules))
+    want, got = tensors(tmp_path / "theirs.gguf"), tensors(tmp_path / "ours.gguf")
+    assert got == want
+    # the rules took effect (double block 0 at Q8_0), and a Q4_K rule where rows of the tiny model do
+    # not divide into 256 left those tensors as stored, as in sd.cpp
+    ok(run("quantize", src, "-o", tmp_path / "plain.gguf", "--type", "q5_0", "--client", "sdcpp"))
+    assert got != tensors(tmp_path / "plain.gguf")
+    assert got["double_blocks.0.img_attn.qkv.weight"][0] == "Q8_0"
