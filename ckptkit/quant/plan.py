@@ -321,8 +321,10 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
         weights = imat.for_tensor(comp.name, final, d.stored_shape[-1]) if imat is not None and d.quantized else None
         tensors.append(TensorOp(final, e, d.stored_shape, sdt, d.type, d.reason, weights))
     if request.quantized and not any(t.dtype not in PLAIN for t in tensors):
-        raise CkptError(f"{comp.name}: asked for {request.name} but no tensor can be quantized "
-                        "(all are 1-D, small, high-precision, non-finite or of unfit row length)")
+        why = (f"stable-diffusion.cpp's convert would leave every tensor as stored: rows that do not divide "
+               f"into {request.base} blocks, or names it keeps" if client.type_rules == "sdcpp" else
+               "all are 1-D, small, high-precision, non-finite or of unfit row length")
+        raise CkptError(f"{comp.name}: asked for {request.name} but no tensor can be quantized ({why})")
     spec = src.spec
     arch = spec.gguf_arch if comp.role == "diffusion_model" and spec else TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
     return OutputFile(path, comp.name, "comfy", tensors, format="gguf", gguf_arch=arch, kv=kv,

@@ -81,3 +81,12 @@ def test_an_architecture_the_client_refuses(tmp_path):
     line = refused(run("quantize", flux, "-o", tmp_path / "y", "--type", "q8_0", "--component", "t5xxl=q8_0",
                        "--client", "diffusers"))
     assert "--client diffusers: diffusers loads no t5xxl text encoder from GGUF" in line
+
+
+def test_sdcpp_names_its_own_rule_when_nothing_converts(tmp_path):
+    """The tiny FLUX's CLIP rows (64 wide) divide into no K-quant block: sd.cpp would convert nothing,
+    and asking for it is one line saying so."""
+    bundle = factory.write_bundle("flux_dev", tmp_path / "f.safetensors")
+    line = refused(run("quantize", bundle, "-o", tmp_path / "q", "--client", "sdcpp", "--component", "clip_l=q6_k"))
+    assert "clip_l: asked for q6_k but no tensor can be quantized (stable-diffusion.cpp's convert" in line
+    assert not (tmp_path / "q").exists()
