@@ -58,10 +58,9 @@ def open_component_set(folder: Path, family_given: str | None = None) -> tuple[C
             family = family or det.family
             name = "diffusion_model"
         composite.add(name, member, prefix=f"{name}/")
-        # a file written for a client that wants its bundle prefix (diffusers' LDM UNet) is read under it
-        inner = det.components.get(name, "") if det.form == "bundle" and len(det.components) == 1 else ""
+        # a file holding one component under its bundle prefix (model.diffusion_model.*) is read under it
         # a component file ckptkit wrote ships its config in metadata (convert/configs.py)
-        comps[name] = (f"{name}/{inner}", det.names, member.config or metadata_configs(member).get(name))
+        comps[name] = (f"{name}/{det.lone_prefix}", det.names, member.config or metadata_configs(member).get(name))
     if family is None:
         raise CkptError(f"{folder}: cannot tell the family (no ckptkit.json and no recognisable diffusion model file)")
     return composite, family, comps

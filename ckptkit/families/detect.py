@@ -41,6 +41,12 @@ class Detection:
 
         return BY_NAME.get(self.family) if self.family else None
 
+    @property
+    def lone_prefix(self) -> str:
+        """The prefix of a file holding one component under a bundle prefix (a diffusion model saved
+        as `model.diffusion_model.*`), else ""."""
+        return next(iter(self.components.values())) if self.form == "bundle" and len(self.components) == 1 else ""
+
     def component_of(self, name: str) -> str | None:
         """Which component a tensor belongs to (longest prefix wins)."""
         best, best_len = None, -1

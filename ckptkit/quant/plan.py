@@ -8,12 +8,11 @@ written as safetensors in the comfy layout.
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ckptkit.engine import expr
@@ -142,11 +141,10 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
     if unknown:
         raise CkptError(f"--component {', '.join(sorted(unknown))}: not in this source (it has {', '.join(names)})")
     requests = {c.name: policy.request_for(c, src.single) for c, *_ in comps}
-    imat = None
-    if policy.imatrix:
-        from ckptkit.quant import imatrix
+    from ckptkit.quant import imatrix
 
-        imat = imatrix.load(policy.imatrix)
+    imat = imatrix.load(policy.imatrix) if policy.imatrix else None
+    client_imat: dict[str, imatrix.Imatrix] = {}  # a client's own default weights, loaded once
     if not any(requests.values()):
         raise CkptError("nothing to quantize: give --type (diffusion model) or --component NAME=TYPE")
     if policy.diffusion_model and not src.single and not any(c.role == "diffusion_model" for c, *_ in comps):
@@ -191,11 +189,11 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         else:
             comp_imat = imat
             if comp_imat is None and client.importance:
-                from ckptkit.quant import imatrix
-
-                comp_imat = imatrix.load(client.importance)
-                plan.notes.append(f"{comp.name}: {client.title}'s convert quantizes with importance weights "
-                                  f"'{client.importance}': so do we (ggml's weighted search)")
+                if client.importance not in client_imat:
+                    client_imat[client.importance] = imatrix.load(client.importance)
+                    plan.notes.append(f"{client.title}'s convert quantizes with importance weights "
+                                      f"'{client.importance}': so do we (ggml's weighted search)")
+                comp_imat = client_imat[client.importance]
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
                                policy.force_vae, client, comp_imat)
             if client.names == "diffusers" and comp.role == "diffusion_model":

@@ -128,9 +128,8 @@ def _open_folder(folder: Path, family: str | None = None) -> ComponentSet:
         if det.family and "diffusion_model" in det.components and not (manifest or family):
             cset.family, cset.variant, name = det.family, det.variant, "diffusion_model"
         opened[name] = (ckpt, det)
-        # a file written for a client that wants its bundle prefix (diffusers' LDM UNet) is read under it
-        inner = det.components.get(name, "") if det.form == "bundle" and len(det.components) == 1 else ""
-        cset.components[name] = Component(name, None, file, ckpt, inner, manifest=entry)
+        # a file holding one component under its bundle prefix (model.diffusion_model.*) is read under it
+        cset.components[name] = Component(name, None, file, ckpt, det.lone_prefix, manifest=entry)
     for name, (ckpt, det) in opened.items():
         comp = cset.components[name]
         comp.spec = _spec_for(cset.family, name, det)
