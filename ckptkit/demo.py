@@ -44,10 +44,12 @@ def run_demo(out_dir: str | None, fixture: str = "sdxl", echo: Callable[[str], N
         quant_dir = root / "quantized"
         text_encoders = [c for c, info in split.plan.info["components"].items() if info["role"] == "text_encoder"]
         policy = Policy(diffusion_model=qtype, components={name: qtype for name in text_encoders})
-        say(f"[4/5] quantize: diffusion model and text encoders to {qtype}, VAE kept -> {quant_dir}")
+        say(f"[4/5] quantize for ComfyUI-GGUF: diffusion model and text encoders to {qtype}, VAE kept -> {quant_dir}")
         quant = pipeline.quantize(split_dir, quant_dir, policy, force=True)
         for w in quant.written:
             say(f"  {w.path}: {', '.join(f'{t} {n}' for t, n in sorted(w.dtypes.items()))}")
+        for note in quant.plan.notes:  # e.g. CLIPs kept safetensors: the client loads none from GGUF
+            say(f"  note: {note}")
         say(f"[5/5] verify {quant_dir.name} against the bundle" + (" (with the 1-step check)" if onestep else ""))
         verdict = run_verify(quant_dir, VerifyOptions(against=str(bundle), onestep=onestep))
         if out_dir:
