@@ -230,15 +230,20 @@ def _prefixes(values) -> dict[str, str]:
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=str))
-@click.option("-o", "--out", "output", required=True, type=click.Path(path_type=str), help="The bundle to write.")
+@click.option("-o", "--out", "output", required=True, type=click.Path(path_type=str),
+              help="The bundle to write: .safetensors, or .gguf (with --client sdcpp).")
+@click.option("--client", type=click.Choice(["comfy", "diffusers", "sdcpp"]), default=None,
+              help="Who loads a .gguf bundle: sdcpp (stable-diffusion.cpp's one-file form; quantized tensors "
+                   "keep their bytes). ComfyUI-GGUF and diffusers load one component per GGUF.")
 @family_option
 @run_options
-def merge(folder, output, family, dry_run, as_json, force, workers):
+def merge(folder, output, client, family, dry_run, as_json, force, workers):
     """Merge a component set (any layout) back into one bundled original-layout file."""
     from ckptkit import pipeline
 
     result = pipeline.merge(folder, output, force=force, dry_run=dry_run, workers=workers,
-                            progress=_bar_factory(sys.stderr.isatty() and not as_json), family=family)
+                            progress=_bar_factory(sys.stderr.isatty() and not as_json), family=family,
+                            client=client)
     _render_run(result, as_json)
 
 
@@ -265,7 +270,8 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @cli.command()
 @click.argument("source", type=click.Path(path_type=str))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str),
-              help="A directory (component set), or a .gguf/.safetensors file for a single component.")
+              help="A directory (component set), or a .gguf/.safetensors file for a single component "
+                   "(a .gguf of every component with --client sdcpp).")
 @click.option("--to", "target", type=click.Choice(["gguf"]), default="gguf", show_default=True)
 @click.option("--type", "type_name", help="Type for the diffusion model: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...")
 @click.option("--component", "component_types", multiple=True, metavar="NAME=TYPE",
@@ -280,7 +286,7 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
                              "model no family spec knows, which ComfyUI-GGUF will not load).")
 @click.option("--client", type=click.Choice(["comfy", "diffusers", "sdcpp"]), default=None,
               help="Who loads the GGUF files: comfy (ComfyUI-GGUF, the default), diffusers (from_single_file) "
-                   "or sdcpp (stable-diffusion.cpp component files).")
+                   "or sdcpp (stable-diffusion.cpp: component files, or its one-file bundle with -o FILE.gguf).")
 @click.option("--imatrix", metavar="ones|FILE[,FILE]", default=None,
               help="Importance weights for ggml's weighted search: 'ones' (what stable-diffusion.cpp's convert "
                    "does) or imatrix files written by sd.cpp --imat-out (summed).")

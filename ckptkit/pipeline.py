@@ -12,7 +12,7 @@ from ckptkit.engine.execute import WrittenFile, execute
 from ckptkit.engine.manifest import SourceHasher, build_manifest, write_manifest
 from ckptkit.engine.plan import Plan
 from ckptkit.convert.split import SplitOptions, plan_split
-from ckptkit.errors import CkptError
+from ckptkit.errors import CkptError, Unscanned
 from ckptkit.families.detect import detect
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.hashing import remember_sha256
@@ -198,7 +198,9 @@ def _copy_tokenizers(plan: Plan, stage: Path, tokenizer_from: str | None, folder
 
 
 def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool = False, dry_run: bool = False,
-          workers: int = 1, progress: Progress | None = None, family: str | None = None) -> RunResult:
+          workers: int = 1, progress: Progress | None = None, family: str | None = None,
+          client: str | None = None) -> RunResult:
+    """A component set -> one bundle: safetensors, or the GGUF bundle a client loads (`client`)."""
     from ckptkit.convert.merge import plan_merge
 
     from ckptkit.outputs import check_output
@@ -213,7 +215,7 @@ def merge(folder: str | os.PathLike, output: str | os.PathLike, *, force: bool =
         from ckptkit.families import get_family
 
         get_family(family)
-    plan, ckpt = plan_merge(folder, output.name, family)
+    plan, ckpt = plan_merge(folder, output.name, family, client)
     with ckpt:
         if dry_run:
             return RunResult(plan)
@@ -281,14 +283,32 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
             raise
     with ckpt:
         given(ckpt, config)  # --family is applied above
-        scan_bar = progress(ckpt.total_bytes, "scan") if progress and scan else None
-        plan = plan_quantize(ckpt, src, policy, out.name if single else None, scan=scan, progress=scan_bar)
+
+        def planned(scanned: bool):
+            bar = progress(ckpt.total_bytes, "scan") if progress and scanned else None
+            return plan_quantize(ckpt, src, policy, out.name if single else None, scan=scanned, progress=bar)
+
+        # The scan (non-finite values, fp16 overflow) reads every tensor once more before writing.
+        # A run bets that it changes nothing and writes checking the same conditions; only when one
+        # holds does it scan, plan again and write again (outputs appear atomically, so the first
+        # attempt leaves nothing). --dry-run shows the scanned plan.
+        plan = planned(scan and dry_run)
         if dry_run:
             return RunResult(plan)
+        plan.deferred_scan = scan
         inputs = inputs_of(ckpt, source)
-        if single:
-            return run_plan_to_file(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
-        return run_plan(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
+
+        def write(plan):
+            if single:
+                return run_plan_to_file(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
+            return run_plan(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
+
+        try:
+            return write(plan)
+        except Unscanned:
+            if not scan:
+                raise
+        return write(planned(True))
 
 
 def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *, force: bool = False,

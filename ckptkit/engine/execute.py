@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from ckptkit.engine.plan import OutputFile, Plan, TensorOp
-from ckptkit.engine.produce import tensors_in_order
+from ckptkit.engine.plan import OutputFile, Plan
+from ckptkit.engine.produce import overflows, tensors_in_order
 from ckptkit.errors import CkptError
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.files import inside
@@ -83,13 +81,6 @@ class _HashingFile:
         return getattr(self._fh, name)
 
 
-def _overflows(op: TensorOp, tensor: torch.Tensor, source: Checkpoint) -> bool:
-    """A cast to fp16 that turns finite values into inf."""
-    if op.dtype != "F16" or op.src_dtype not in ("F32", "BF16", "F64") or not tensor.numel():
-        return False
-    return bool(torch.isinf(tensor).any()) and not bool(torch.isinf(op.expr.evaluate(source.load)).any())
-
-
 def _write_safetensors(out: OutputFile, target: Path, source: Checkpoint, pool, lookahead: int,
                        progress: Callable[[int], None], allow_overflow: bool) -> tuple[str, int]:
     specs = [(t.name, t.dtype, t.shape) for t in out.tensors]
@@ -100,7 +91,7 @@ def _write_safetensors(out: OutputFile, target: Path, source: Checkpoint, pool, 
     try:
         with writer:
             for op, tensor in tensors_in_order(out.tensors, source, pool, lookahead):
-                if not allow_overflow and _overflows(op, tensor, source):
+                if not allow_overflow and overflows(op, tensor, source):
                     overflow.append(op.name)
                 writer.write(op.name, tensor)
                 progress(op.nbytes)
@@ -165,7 +156,7 @@ def execute(plan: Plan, source: Checkpoint, out_dir: str | Path, workers: int = 
             if out.format == "safetensors":
                 digest, _ = _write_safetensors(out, target, source, pool, max(2, workers), progress, allow_overflow)
             else:
-                digest, _ = write_gguf(out, target, source, pool, max(2, workers), progress)
+                digest, _ = write_gguf(out, target, source, pool, max(2, workers), progress, plan.deferred_scan)
             written.append(describe_file(out, target, digest))
         order = {o.path: i for i, o in enumerate(plan.outputs)}
         written.sort(key=lambda w: order[w.path])  # reported in the plan's order

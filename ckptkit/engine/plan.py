@@ -20,13 +20,14 @@ class TensorOp:
     dtype: str  # target dtype code ("F16", ...) or ggml type name for GGUF outputs
     note: str = ""  # why this op is what it is (e.g. "position_ids rebuilt as arange")
     importance: object = None  # GGUF quantized types: per-column weights (ggml's weighted search), or None
+    stored: bool = False  # GGUF: the source's stored bytes as they are (a quantized tensor never dequantized)
 
     @property
     def op(self) -> str:
         if self.expr.op in ("full", "randn"):
             return "init"  # a new tensor (e.g. the TrigFlow guidance embedder), made from no source
         if self.expr.op == "src":
-            return "copy" if self.dtype == self.src_dtype else "cast"
+            return "copy" if self.dtype == self.src_dtype or self.stored else "cast"
         return "layout" if self.dtype == self.src_dtype else "layout+cast"
 
     @property
@@ -47,7 +48,8 @@ class TensorOp:
     def to_json(self) -> dict:
         return {"name": self.name, "op": self.op, "source": self.expr.to_json(), "shape": list(self.shape),
                 "src_dtype": self.src_dtype, "dtype": self.dtype, **({"note": self.note} if self.note else {}),
-                **({"importance": "weighted"} if self.importance is not None else {})}
+                **({"importance": "weighted"} if self.importance is not None else {}),
+                **({"stored": True} if self.stored else {})}
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Plan:
     dropped: dict[str, str] = field(default_factory=dict)  # source tensor -> reason
     notes: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)  # planner facts for the manifest (family, variant, ...)
+    deferred_scan: bool = False  # quantize planned without its value scan: writers refuse what it would change
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "source": self.source, "info": self.info,

@@ -16,7 +16,10 @@ from ckptkit.formats.dtypes import DTYPES
 
 
 def produce(op: TensorOp, source: Checkpoint) -> torch.Tensor:
-    """Evaluate one planned tensor: layout expression, then cast."""
+    """Evaluate one planned tensor: layout expression, then cast. A tensor planned as `stored`
+    comes back as its stored bytes (uint8 numpy), for the GGUF writer to copy."""
+    if op.stored:
+        return source.stored_bytes(op.expr.sources()[0])
     tensor = op.expr.evaluate(source.load)
     if op.dtype != op.src_dtype and op.dtype in DTYPES:  # ggml types are encoded by the GGUF writer
         tensor = tensor.to(DTYPES[op.dtype][0])
@@ -43,3 +46,10 @@ def tensors_in_order(ops: list[TensorOp], source: Checkpoint, pool: ThreadPoolEx
         if nxt is not None:
             pending.append((nxt, pool.submit(produce, nxt, source)))
         yield op, fut.result()
+
+
+def overflows(op: TensorOp, tensor: torch.Tensor, source: Checkpoint) -> bool:
+    """A cast to fp16 that turns finite values into inf."""
+    if op.dtype != "F16" or op.src_dtype not in ("F32", "BF16", "F64") or not tensor.numel():
+        return False
+    return bool(torch.isinf(tensor).any()) and not bool(torch.isinf(op.expr.evaluate(source.load)).any())

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from ckptkit.errors import CkptError, printable
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -61,6 +63,14 @@ class Checkpoint:
 
     def _load(self, name: str) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def stored_layout(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        """(ggml type, shape as stored) of a tensor kept in a GGUF file, whose bytes
+        `stored_bytes` gives; None for other formats."""
+        return None
+
+    def stored_bytes(self, name: str):
+        raise CkptError(f"{self.path}: {printable(name)} has no stored ggml bytes ({self.format} file)")
 
     def position(self, name: str) -> tuple[int, ...]:
         """Where a tensor's data sits (sortable: file, offset), so a reader of many tensors can

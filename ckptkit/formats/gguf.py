@@ -439,6 +439,13 @@ class GGUFCheckpoint(Checkpoint):
         rec = self._records[name]
         return np.frombuffer(self._buffer(), dtype=np.uint8, count=rec.nbytes, offset=rec.offset)
 
+    def stored_layout(self, name: str) -> tuple[str, tuple[int, ...]]:
+        rec = self._records[name]
+        return rec.type.name, tuple(rec.shape)
+
+    def stored_bytes(self, name: str) -> np.ndarray:
+        return self.raw(name)
+
     def read_span(self, begin: int, end: int) -> bytes:
         """A copy of the file's bytes [begin, end) (clipped to the file), e.g. padding to inspect."""
         begin, end = max(0, begin), min(end, self.file_size)
@@ -511,10 +518,50 @@ def _t5_to_hf(name: str) -> str:
     return to_hf(name)
 
 
+class _Sink:
+    """Tensor data written and hashed on a background thread (file writes and hashlib release
+    the GIL), so the caller quantizes the next tensor meanwhile; at most `depth` tensors wait."""
+
+    def __init__(self, fout, hasher, depth: int = 2):
+        import queue
+        import threading
+
+        self._fout, self._hash = fout, hasher
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    for piece in item:
+                        self._hash.update(piece)
+                        self._fout.write(piece)
+                except BaseException as exc:  # reported to the writer's thread at its next call
+                    self._error = exc
+
+    def put(self, *pieces) -> None:
+        self._check()
+        self._queue.put(pieces)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
 class GGUFStreamWriter:
     """Streaming GGUF writer (gguf-py's GGUFWriter in streaming order: infos, header, KV, tensor
     infos, then tensor data one at a time), with atomic rename. `specs` gives, per tensor in
-    write order: (name, stored numpy shape, ggml type name, nbytes)."""
+    write order: (name, stored numpy shape, ggml type name, nbytes). gguf-py writes everything up
+    to the tensor data; the data (with gguf-py's alignment padding, byte for byte) goes through a
+    background sink that also hashes the file: `sha256` once the writer has closed."""
 
     def __init__(self, path: str | os.PathLike, arch: str, specs: Iterable[tuple[str, tuple[int, ...], str, int]],
                  kv: dict[str, object] | None = None):
@@ -544,6 +591,14 @@ class GGUFStreamWriter:
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
+            import hashlib
+
+            fout = w.fout[0]
+            self._pos, self._align = fout.tell(), w.data_alignment
+            self._hash = hashlib.sha256()
+            with open(tmp, "rb") as head:  # what gguf-py wrote (flushed): header, KV, tensor infos
+                self._hash.update(head.read(self._pos))
+            self._sink = _Sink(fout, self._hash)
         except BaseException as exc:  # __exit__ never runs when __enter__ fails: remove the temp file here
             import sys
 
@@ -556,19 +611,31 @@ class GGUFStreamWriter:
         want, _, _, nbytes = self.specs[self._next]
         if name != want or data.nbytes != nbytes:
             raise ValueError(f"expected {nbytes} bytes of {want!r}, got {data.nbytes} of {name!r}")
-        self._writer.write_tensor_data(np.ascontiguousarray(data))
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        start = -(-self._pos // self._align) * self._align  # as gguf-py's write_tensor_data pads
+        end = start + data.nbytes
+        after = -(-data.nbytes // self._align) * self._align - data.nbytes
+        self._sink.put(bytes(start - self._pos), data, bytes(after))
+        self._pos = end + after
         self._next += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        own = None  # an error found here, after a block that raised none
         try:
-            if exc_type is None and self._next != len(self.specs):
-                exc_type = ValueError
-                exc = ValueError(f"{self.path}: {len(self.specs) - self._next} planned tensors were never written")
+            try:
+                self._sink.close()
+            except BaseException as err:
+                own = err
+            if own is None and exc_type is None and self._next != len(self.specs):
+                own = ValueError(f"{self.path}: {len(self.specs) - self._next} planned tensors were never written")
             self._writer.close()
+            if exc_type is None and own is not None:
+                exc_type, exc, tb = type(own), own, own.__traceback__
+            self.sha256 = self._hash.hexdigest() if exc_type is None else None
         finally:
-            self._ctx.__exit__(exc_type, exc, tb)
-        if exc_type is not None and exc is not None and tb is None:
-            raise exc
+            self._ctx.__exit__(exc_type, exc, tb)  # removes the temporary file on any error
+        if own is not None and exc is own:
+            raise own
 
 
 def _add_kv(writer, key: str, value) -> None:

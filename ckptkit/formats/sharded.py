@@ -42,6 +42,14 @@ class CompositeCheckpoint(Checkpoint):
         member, inner = self._route[name]
         return member.load(inner)
 
+    def stored_layout(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        member, inner = self._route[name]
+        return member.stored_layout(inner)
+
+    def stored_bytes(self, name: str):
+        member, inner = self._route[name]
+        return member.stored_bytes(inner)
+
     def position(self, name: str) -> tuple[int, ...]:
         member, inner = self._route[name]
         return (list(self.members.values()).index(member), *member.position(inner))

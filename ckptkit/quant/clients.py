@@ -5,8 +5,8 @@ stored as 256-wide rows, which prefix names need, and whether a config must trav
 
   comfy      ComfyUI-GGUF (UnetLoaderGGUF / CLIPLoaderGGUF): the default
   diffusers  diffusers' `from_single_file(..., quantization_config=GGUFQuantizationConfig(...))`
-  sdcpp      stable-diffusion.cpp, component files (`--diffusion-model`, `--clip_l`, ...) with its
-             convert's type rules and weighted search; not yet its one-file bundle
+  sdcpp      stable-diffusion.cpp, component files (`--diffusion-model`, `--clip_l`, ...) or its
+             one-file bundle (`-o FILE.gguf`), with its convert's type rules and weighted search
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class Client:
     usage: str = ""  # how the files are loaded, for the notes
     type_rules: str = "ckptkit"  # whose per-tensor rules: ours (policy.decide) or "sdcpp" (policy.decide_sdcpp)
     importance: str | None = None  # default --imatrix: "ones" where the client's own converter passes ones
+    # "torch": every dim as the source has it; "ggml": outer dims of 1 dropped as ggml's writer does
+    # (ggml_n_dims), the full shape kept in comfy.gguf.orig_shape (which this client ignores)
+    unit_dims: str = "torch"
+    one_file_families: frozenset[str] = frozenset()  # families it loads only from its one-file bundle
+    bundle: bool = False  # loads one GGUF holding every component under the family's bundle prefixes
 
     def takes(self, arch: str | None) -> bool:
         return self.diffusion_archs is None or arch in self.diffusion_archs
@@ -75,7 +80,17 @@ SDCPP = Client(
     # its convert's own type rules, and ggml's weighted search with all-ones weights (convert_tensor
     # always passes an imatrix): files byte-equal, tensor by tensor, to `sd -M convert`'s
     type_rules="sdcpp", importance="ones",
-    usage="sd --diffusion-model {file} (text encoders with --clip_l / --clip_g / --t5xxl, the VAE with --vae)")
+    # `sd -m FILE`: one file of every component under the single-file checkpoint's prefixes
+    # (model.diffusion_model., first_stage_model. / vae., cond_stage_model. / conditioner.embedders.N.,
+    # text_encoders.*), which its name conversion maps and its version detection needs (an SDXL UNet
+    # without its second text encoder is no SDXL to it): what `sd -M convert` writes from a bundle
+    bundle=True, unit_dims="ggml",
+    # get_sd_version tells SD1/SD2 by the CLIP token embedding and SDXL by a second text encoder, both
+    # under bundle names (cond_stage_model. / conditioner.embedders.1): with component files
+    # (--diffusion-model, --clip_l) it fails ("get sd version from file failed")
+    one_file_families=frozenset({"sd1", "sd2", "sdxl", "sdxl_refiner"}),
+    usage="sd --diffusion-model {file} (text encoders with --clip_l / --clip_g / --t5xxl, the VAE with --vae); "
+          "a bundle: sd -m {file}")
 
 CLIENTS = {c.name: c for c in (COMFY, DIFFUSERS, SDCPP)}
 DEFAULT = COMFY

@@ -32,15 +32,19 @@ MAX_BYTES = 4 << 30
 SDCPP_PREFIX = {"diffusion_model": "model.diffusion_model."}
 
 
+def imatrix_key(component: str, name: str) -> str:
+    """sd.cpp's name for a tensor of a component file (a bundle's names are sd.cpp's already)."""
+    return SDCPP_PREFIX.get(component, "") + name
+
+
 @dataclass
 class Imatrix:
     source: str  # "ones" or the file names
     values: dict[str, np.ndarray] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
 
-    def for_tensor(self, component: str, name: str, n_per_row: int) -> np.ndarray:
-        """The weights of one tensor's columns (ones where the matrix has no entry)."""
-        key = SDCPP_PREFIX.get(component, "") + name
+    def for_tensor(self, key: str, n_per_row: int) -> np.ndarray:
+        """The weights of one tensor's columns by its sd.cpp name (ones where the matrix has no entry)."""
         got = self.values.get(key)
         if got is None or got.size != n_per_row:
             return np.ones(n_per_row, np.float32)

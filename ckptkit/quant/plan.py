@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -27,6 +27,7 @@ from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
 from ckptkit.quant import t5_names
+from ckptkit.quant.imatrix import imatrix_key
 from ckptkit.quant.clients import DEFAULT as DEFAULT_CLIENT, Client, for_diffusion_model, get_client
 from ckptkit.quant.policy import Decision, Policy, check_component_request, decide, decide_sdcpp, keep_type
 from ckptkit.quant.types import PLAIN, Request, fallback_for, fits
@@ -135,7 +136,15 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
     plan.dropped.update(src.dropped)
     comps = src.components
     names = [c.name for c, *_ in comps]
-    if single_file and len(comps) != 1:
+    bundle = bool(single_file) and single_file.endswith(".gguf") and len(comps) > 1
+    if bundle and not get_client(policy.client).bundle:
+        raise CkptError(f"{single_file}: the source holds {len(comps)} components ({', '.join(names)}); "
+                        f"{get_client(policy.client).title} loads one component per GGUF: give a directory as "
+                        "output, or --client sdcpp for stable-diffusion.cpp's one-file bundle")
+    if bundle and src.spec is None:
+        raise CkptError(f"{single_file}: a one-file bundle needs the family's bundle prefixes, and this model "
+                        "is of no known family (--family NAME)")
+    if single_file and len(comps) != 1 and not bundle:
         raise CkptError(f"the source holds {len(comps)} components ({', '.join(names)}); give a directory as output")
     unknown = set(policy.components) - set(names)
     if unknown:
@@ -151,18 +160,21 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         raise CkptError(f"--type sets the diffusion model's type, and this source has none (it has "
                         f"{', '.join(names)}): use --component NAME=TYPE")
     single_fmt = None
+    bundled: list[OutputFile] = []
+    carried_all: dict[str, dict] = {}
     if single_file:
         single_fmt = "gguf" if single_file.endswith(".gguf") else "safetensors"
+    if single_file and not bundle:
         request = requests[names[0]]
         if single_fmt == "safetensors" and request is not None and request.quantized:
             raise CkptError(f"{single_file}: {request.name} is a GGUF type; name the output .gguf")
     for comp, prefix, naming_in, config in comps:
-        naming = target_naming(comp, "comfy")
+        naming = target_naming(comp, "original" if bundle else "comfy")  # a bundle: OpenCLIP as OpenCLIP
         cmap = map_component(ckpt, comp, prefix, naming_in, naming, src.exclude, config)
         plan.dropped.update(cmap.dropped)
         carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
         request = requests[comp.name]
-        gguf = request is not None and (request.quantized or single_fmt == "gguf")
+        gguf = (request is not None and (request.quantized or single_fmt == "gguf")) or bundle
         client = get_client(policy.client)
         if gguf and comp.role == "diffusion_model":
             client = for_diffusion_model(policy.client, policy.arch or (src.spec.gguf_arch if src.spec else None),
@@ -184,8 +196,11 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                     plan.dropped[source] = "position_ids: not written (loaders rebuild them)"
             else:
                 ops[name] = e
+        bundle_prefix = comp.prefix if bundle else ""  # a bundle's names: the family's prefixes, as sd.cpp reads them
         if not gguf:
             out = _plain_output(ckpt, comp, ops, request, policy, path)
+        elif request is None:  # a component of a bundle left as it is stored
+            out = _kept_gguf(ckpt, comp, ops, path, bundle_prefix)
         else:
             comp_imat = imat
             if comp_imat is None and client.importance:
@@ -195,13 +210,15 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                                       f"'{client.importance}': so do we (ggml's weighted search)")
                 comp_imat = client_imat[client.importance]
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
-                               policy.force_vae, client, comp_imat)
+                               policy.force_vae, client, comp_imat, bundle_prefix)
             if client.names == "diffusers" and comp.role == "diffusion_model":
                 out = _in_diffusers_names(ckpt, out, map_component(ckpt, comp, prefix, naming_in, "diffusers",
                                                                    src.exclude, config))
             if client.config_beside and comp.role == "diffusion_model" and not single_file:
                 _config_beside(plan, ckpt, comp, prefix, naming_in, config, src.exclude, client)
-        if carried:  # what the weights cannot tell travels with the file (convert/configs.py)
+        if carried and bundle:
+            carried_all[comp.name] = carried
+        elif carried:  # what the weights cannot tell travels with the file (convert/configs.py)
             (out.kv if out.format == "gguf" else out.metadata).update(metadata_value({comp.name: carried}))
         if out.format == "gguf" and policy.arch:
             out.gguf_arch = policy.arch
@@ -209,11 +226,21 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
             out.gguf_arch = "unknown"
             plan.notes.append(f"warning: {comp.name}: unknown architecture; general.architecture is 'unknown', "
                               "which ComfyUI-GGUF refuses to load (name it with --arch NAME)")
-        plan.outputs.append(out)
+        (bundled if bundle else plan.outputs).append(out)
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": out.layout if out.layout != "comfy" else naming,
                                               "diffusers_class": comp.diffusers_class,
                                               "policy": policy_report(out, request),
                                               **({"client": client.name} if out.format == "gguf" else {})}
+    asked = get_client(policy.client)
+    if not bundle and src.family in asked.one_file_families and any(o.format == "gguf" for o in plan.outputs):
+        plan.notes.append(f"warning: {asked.title} loads {src.spec.title} only from one file (it tells the version "
+                          f"by the text encoders' bundle names): merge the component set with `ckptkit merge SET "
+                          f"-o FILE.gguf --client {asked.name}`, or quantize the bundle with -o FILE.gguf")
+    if bundle:
+        plan.outputs.append(_bundle(single_file, bundled, src, requests, carried_all))
+        plan.info["layout"] = "original"
+        plan.notes.append(f"one GGUF bundle, every component under the family's bundle prefix as "
+                          f"stable-diffusion.cpp's convert writes one: sd -m {single_file}")
     if imat is not None:
         weighted = sum(1 for o in plan.outputs for t in o.tensors if t.importance is not None)
         how = ("all ones, as stable-diffusion.cpp's convert passes them" if imat.source == "ones" else
@@ -235,6 +262,32 @@ def _plain_output(ckpt, comp, ops, request: Request | None, policy: Policy, path
         dtype = request.base if request and sdt in FLOAT_CODES and not name.endswith("position_ids") else sdt
         tensors.append(TensorOp(name, e, expr.shape_of(e, src_shapes), sdt, dtype, "requested" if request else "kept"))
     return OutputFile(path, comp.name, "comfy", tensors, metadata={"ckptkit.component": comp.name})
+
+
+def _kept_gguf(ckpt, comp, ops, path: str, prefix: str) -> OutputFile:
+    """A bundle's component with no request: each tensor in its stored float type (what sd.cpp's
+    convert does with a tensor no --type or rule names), other dtypes as F32."""
+    src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    tensors = []
+    for name, e in ops.items():
+        sdt = source_dtype(ckpt, e)
+        dtype = sdt if sdt in PLAIN else "F32"
+        tensors.append(TensorOp(prefix + name, e, expr.shape_of(e, src_shapes), sdt, dtype, "kept"))
+    return OutputFile(path, comp.name, "original", tensors, format="gguf")
+
+
+def _bundle(path: str, parts: list[OutputFile], src: QuantSource, requests: dict, carried: dict) -> OutputFile:
+    """One GGUF of every component: sd.cpp's one-file form (`sd -m FILE`), whose loader reads the
+    component of each tensor from its name's prefix and no metadata."""
+    diffusion = next((requests[c.name] for c, *_ in src.components if c.role == "diffusion_model"), None)
+    kv: dict = {"general.quantization_version": 2}
+    if diffusion is not None:
+        kv["general.file_type"] = int(diffusion.file_type)
+    for part in parts:
+        kv.update({k: v for k, v in part.kv.items() if k.startswith("comfy.gguf.orig_shape.")})
+    return OutputFile(path, None, "original", [t for part in parts for t in part.tensors], format="gguf",
+                      gguf_arch=src.spec.gguf_arch, kv={**kv, **metadata_value(carried)},
+                      metadata={"ckptkit.family": src.family})
 
 
 def _in_diffusers_names(ckpt, out: OutputFile, cmap) -> OutputFile:
@@ -288,7 +341,11 @@ def _config_beside(plan: Plan, ckpt, comp, prefix: str, naming_in: str, config, 
 
 
 def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, path: str, scan: bool, progress,
-                 notes: list[str], force_vae: bool, client: Client = DEFAULT_CLIENT, imat=None) -> OutputFile:
+                 notes: list[str], force_vae: bool, client: Client = DEFAULT_CLIENT, imat=None,
+                 prefix: str = "") -> OutputFile:
+    """One component as GGUF. With a `prefix` (a bundle's), names are the component's original
+    names under it (T5 in transformers names, as sd.cpp's convert keeps a bundle's) and the client's
+    rules see those full names, as sd.cpp's --tensor-type-rules do."""
     src_dtypes = {source_dtype(ckpt, e) for e in ops.values()}
     check_component_request(comp, request, src_dtypes & FLOAT_CODES, force_vae)
     src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
@@ -297,7 +354,7 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
     tensors = []
     for name, e in ops.items():
         try:
-            final = final_name(comp, name)
+            final = prefix + name if prefix else final_name(comp, name)
         except ValueError as exc:
             raise CkptError(f"{comp.name}: {exc}") from None
         if len(final.encode("utf-8")) > MAX_NAME_BYTES:
@@ -313,10 +370,13 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
                  decide(final, shape, sdt, comp, request, rules, conv_reshape))
         if scan and (d.quantized or (d.type == "F16" and sdt not in ("F16",))):
             d = _checked(ckpt, e, d, sdt, shape, progress, notes, comp.name, final)
+        if client.unit_dims == "ggml" and unit_dims_trimmed(d.stored_shape) != d.stored_shape:
+            d = replace(d, stored_shape=unit_dims_trimmed(d.stored_shape), reshaped=True)
         if d.reshaped:
             e = expr.reshape(e, d.stored_shape)
             kv[f"comfy.gguf.orig_shape.{final}"] = list(shape)
-        weights = imat.for_tensor(comp.name, final, d.stored_shape[-1]) if imat is not None and d.quantized else None
+        key = final if prefix else imatrix_key(comp.name, final)
+        weights = imat.for_tensor(key, d.stored_shape[-1]) if imat is not None and d.quantized else None
         tensors.append(TensorOp(final, e, d.stored_shape, sdt, d.type, d.reason, weights))
     if request.quantized and not any(t.dtype not in PLAIN for t in tensors):
         why = (f"stable-diffusion.cpp's convert would leave every tensor as stored: rows that do not divide "
@@ -327,6 +387,13 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
     arch = spec.gguf_arch if comp.role == "diffusion_model" and spec else TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
     return OutputFile(path, comp.name, "comfy", tensors, format="gguf", gguf_arch=arch, kv=kv,
                       metadata={"ckptkit.component": comp.name})
+
+
+def unit_dims_trimmed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ggml's own writer stores (ggml_n_dims: no outer dims of 1 beyond the first),
+    e.g. SD3's pos_embed (1, N, C) -> (N, C)."""
+    n = max((i + 1 for i, d in enumerate(reversed(shape)) if d != 1), default=1)
+    return tuple(shape[len(shape) - n:]) if shape else shape
 
 
 def _checked(ckpt, e, d: Decision, sdt: str, shape, progress, notes: list[str], component: str,

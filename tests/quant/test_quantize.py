@@ -440,6 +440,28 @@ def test_non_finite_and_overflowing_tensors_fall_back_with_a_warning(poisoned, t
     assert float(big[1, 1]) == pytest.approx(-1e6, rel=1e-2)
 
 
+def test_an_fp16_overflow_met_while_writing_is_planned_again(tmp_path):
+    """The scan is deferred: a run writes without it and, on meeting what it would have changed
+    (here an fp32 weight asked to be F16 that overflows fp16), scans, plans again and writes again.
+    The file and the warning are those of a scanned plan; --no-scan refuses instead."""
+    state = dict(factory.original_state("flux_dev", "diffusion_model"))
+    state["txt_in.weight"] = state["txt_in.weight"].clone().float()
+    state["txt_in.weight"][0, 0] = 1e6
+    src = tmp_path / "flux.safetensors"
+    save_safetensors(src, state)
+    res = run("quantize", src, "-o", tmp_path / "q.gguf", "--type", "q8_0", "--rule", r"txt_in\.weight=f16")
+    assert res.exit_code == 0, res.output
+    assert "txt_in.weight: |x| up to 1e+06 overflows fp16; stored as F32" in " ".join(res.output.split())
+    report = type_report(tmp_path / "q.gguf")
+    assert report["txt_in.weight"][0] == "F32"
+    with open_checkpoint(tmp_path / "q.gguf") as ck:
+        assert torch.equal(ck.load("txt_in.weight"), state["txt_in.weight"])
+    res = run("quantize", src, "-o", tmp_path / "n.gguf", "--type", "q8_0", "--rule", r"txt_in\.weight=f16",
+              "--no-scan")
+    assert res.exit_code == 2 and "txt_in.weight: values beyond fp16's range cannot be stored as F16" in res.output
+    assert not (tmp_path / "n.gguf").exists()
+
+
 def test_no_scan_refuses_instead_of_writing_bad_scales(poisoned, tmp_path):
     src, _ = poisoned
     res = run("quantize", src, "-o", tmp_path / "q.gguf", "--type", "q8_0", "--no-scan")
