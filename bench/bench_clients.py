@@ -196,7 +196,8 @@ HEADING = "## Quantizing for stable-diffusion.cpp: ckptkit vs `sd -M convert`"
 
 def render(results: dict, args) -> str:
     lines = [HEADING, "",
-             f"Command: `python bench/bench_clients.py --parts {args.parts} --types {args.types} --pairs {args.pairs}` "
+             f"Command: `python bench/bench_clients.py --parts {args.parts} --types {args.types} --pairs {args.pairs}"
+             f"{f' --flux-blocks {args.flux_blocks}' if args.flux_blocks else ''}` "
              f"(from the repository root; it builds stable-diffusion-cpp-python 0.4.7 from the registry's sdist on "
              f"first use). Date {results['date']}, {results['cpus']} CPUs (shared; load average "
              f"{results['load_before']:.1f} before, {results['load_after']:.1f} after). Each tool runs as its own "
