@@ -53,8 +53,9 @@ def test_second_split_and_quantize_hash_nothing_again(tmp_path, hashed):
     from ckptkit.quant.policy import Policy
 
     q = pipeline.quantize(tmp_path / "a", tmp_path / "q", Policy(diffusion_model="q8_0"))
-    # the component files' hashes came from the cache (only the new GGUF output is read, to hash it)
-    assert hashed == ["sd1.safetensors", "diffusion_model.gguf"]
+    # the component files' hashes came from the cache, and the GGUF output is hashed as it is written
+    assert hashed == ["sd1.safetensors"]
+    assert q.written[0].sha256 == sha256(tmp_path / "q" / q.written[0].path)
     for path, entry in q.manifest["source"]["files"].items():
         assert entry["sha256"] == sha256(path)
 

@@ -13,18 +13,9 @@ from ckptkit import pipeline
 from ckptkit.convert.split import SplitOptions
 from ckptkit.fixtures import factory
 from tests.cli import ok, run
-from tests.quant import sdcpp_reference as ref
 
 TYPES = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q5_0": "q5_0", "Q5_1": "q5_1", "Q2_K": "q2_k_s",
          "Q3_K": "q3_k_s", "Q4_K": "q4_k_s", "Q5_K": "q5_k_s", "Q6_K": "q6_k"}
-
-
-@pytest.fixture(scope="module")
-def sd_convert():
-    try:
-        return ref.converter()
-    except Exception as exc:
-        pytest.skip(f"no stable-diffusion.cpp build ({ref.SDIST} sdist + cmake): {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,12 @@ from gguf import GGUFReader
 from ckptkit.fixtures import factory
 from ckptkit.formats import open_checkpoint
 from tests.cli import ok, refused, run
-from tests.quant import sdcpp_reference as ref
 
 FAMILIES = ["sd1", "sdxl", "sd3", "flux_dev"]
 TYPES = {"q8_0": "q8_0", "q4_0": "q4_0", "q5_1": "q5_1", "q4_k_s": "q4_K"}  # ours -> sd.cpp's type name
 # the diffusion model's prefix in each bundle, where sd.cpp's --tensor-type-rules give its type
 DIFFUSION = r"^model\.diffusion_model\."
 JUNK = {"alphas_cumprod"}  # an LDM schedule buffer sd.cpp's convert copies; ckptkit drops it as junk
-
-
-@pytest.fixture(scope="module")
-def sd_convert():
-    try:
-        return ref.converter()
-    except Exception as exc:
-        pytest.skip(f"no stable-diffusion.cpp build ({ref.SDIST} sdist + cmake): {exc}")
 
 
 @pytest.fixture(scope="module")
