@@ -16,12 +16,11 @@ from ckptkit.convert.component_set import open_component_set, stored_naming
 from ckptkit.convert.components import map_component
 from ckptkit.convert.configs import metadata_value
 from ckptkit.engine.ops import tensor_ops
-from ckptkit.engine import expr
 from ckptkit.engine.plan import OutputFile, Plan, TensorOp
 from ckptkit.errors import CkptError
 from ckptkit.families import get_family
 from ckptkit.formats.dtypes import DTYPES
-from ckptkit.quant.plan import unit_dims_trimmed
+from ckptkit.quant.plan import stored_as_ggml, unit_dims_trimmed
 from ckptkit.formats.sharded import CompositeCheckpoint
 
 
@@ -84,14 +83,10 @@ def _plan(ckpt, folder: Path, output_name: str, family: str, comps: dict, gguf_o
         plan.outputs.append(OutputFile(output_name, None, "original", tensors, metadata=metadata))
         return plan
     kv: dict = {"general.quantization_version": 2, **metadata}
-    for i, t in enumerate(tensors):  # as ggml's writer stores them (sd.cpp's), the full shape in orig_shape
-        stored = unit_dims_trimmed(t.shape)
-        if stored != t.shape:
-            kv[f"comfy.gguf.orig_shape.{t.name}"] = list(t.shape)
-            tensors[i] = replace(t, expr=t.expr if t.stored else expr.reshape(t.expr, stored), shape=stored)
-    requantized = sum(1 for t in tensors if "dequantized" in t.note)
-    if requantized:
-        plan.notes.append(f"{requantized} quantized tensors could not keep their bytes (stored reshaped for "
+    tensors = [stored_as_ggml(t, kv) for t in tensors]
+    as_f16 = sum(1 for t in tensors if "dequantized" in t.note)
+    if as_f16:
+        plan.notes.append(f"{as_f16} quantized tensors could not keep their bytes (stored reshaped for "
                           "ComfyUI, or recombined from another layout): written as F16")
     plan.outputs.append(OutputFile(output_name, None, "original", tensors, format="gguf", gguf_arch=spec.gguf_arch,
                                    kv=kv))

@@ -136,10 +136,11 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
     plan.dropped.update(src.dropped)
     comps = src.components
     names = [c.name for c, *_ in comps]
+    asked = get_client(policy.client)
     bundle = bool(single_file) and single_file.endswith(".gguf") and len(comps) > 1
-    if bundle and not get_client(policy.client).bundle:
+    if bundle and not asked.bundle:
         raise CkptError(f"{single_file}: the source holds {len(comps)} components ({', '.join(names)}); "
-                        f"{get_client(policy.client).title} loads one component per GGUF: give a directory as "
+                        f"{asked.title} loads one component per GGUF: give a directory as "
                         "output, or --client sdcpp for stable-diffusion.cpp's one-file bundle")
     if bundle and src.spec is None:
         raise CkptError(f"{single_file}: a one-file bundle needs the family's bundle prefixes, and this model "
@@ -175,7 +176,7 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
         request = requests[comp.name]
         gguf = (request is not None and (request.quantized or single_fmt == "gguf")) or bundle
-        client = get_client(policy.client)
+        client = asked
         if gguf and comp.role == "diffusion_model":
             client = for_diffusion_model(policy.client, policy.arch or (src.spec.gguf_arch if src.spec else None),
                                          src.family, plan.notes)
@@ -231,7 +232,6 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                                               "diffusers_class": comp.diffusers_class,
                                               "policy": policy_report(out, request),
                                               **({"client": client.name} if out.format == "gguf" else {})}
-    asked = get_client(policy.client)
     if not bundle and src.family in asked.one_file_families and any(o.format == "gguf" for o in plan.outputs):
         plan.notes.append(f"warning: {asked.title} loads {src.spec.title} only from one file (it tells the version "
                           f"by the text encoders' bundle names): merge the component set with `ckptkit merge SET "
@@ -285,7 +285,8 @@ def _bundle(path: str, parts: list[OutputFile], src: QuantSource, requests: dict
         kv["general.file_type"] = int(diffusion.file_type)
     for part in parts:
         kv.update({k: v for k, v in part.kv.items() if k.startswith("comfy.gguf.orig_shape.")})
-    return OutputFile(path, None, "original", [t for part in parts for t in part.tensors], format="gguf",
+    tensors = [stored_as_ggml(t, kv) for part in parts for t in part.tensors]  # kept components too
+    return OutputFile(path, None, "original", tensors, format="gguf",
                       gguf_arch=src.spec.gguf_arch, kv={**kv, **metadata_value(carried)},
                       metadata={"ckptkit.family": src.family})
 
@@ -387,6 +388,16 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
     arch = spec.gguf_arch if comp.role == "diffusion_model" and spec else TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
     return OutputFile(path, comp.name, "comfy", tensors, format="gguf", gguf_arch=arch, kv=kv,
                       metadata={"ckptkit.component": comp.name})
+
+
+def stored_as_ggml(t: TensorOp, kv: dict) -> TensorOp:
+    """`t` in the dims ggml's own writer stores (sd.cpp reads ne as written), its full shape kept
+    in comfy.gguf.orig_shape for readers that honour it."""
+    stored = unit_dims_trimmed(t.shape)
+    if stored == t.shape:
+        return t
+    kv[f"comfy.gguf.orig_shape.{t.name}"] = list(t.shape)
+    return replace(t, expr=t.expr if t.stored else expr.reshape(t.expr, stored), shape=stored)
 
 
 def unit_dims_trimmed(shape: tuple[int, ...]) -> tuple[int, ...]:
