@@ -202,17 +202,20 @@ def _manifest_schema():
                required=("components",))
 
 
-def read_manifest(folder: Path) -> dict | None:
-    """The folder's ckptkit.json, checked field by field (None when the folder has none). Every
-    component's `file` is a relative name inside the folder: `component_file` resolves it."""
+def read_manifest(folder: Path, path: Path | None = None, check_files: bool = True) -> dict | None:
+    """The folder's ckptkit.json (or the manifest at `path`, for `verify --expect-manifest FILE`),
+    checked field by field (None when there is none). With `check_files`, every component's `file`
+    must be a relative name inside the folder (`component_file` resolves it); verify checks them
+    one by one instead, to report each."""
     from ckptkit.formats.files import inside, read_json_file
 
-    path = Path(folder) / MANIFEST
+    path = Path(path) if path is not None else Path(folder) / MANIFEST
     if not os.path.lexists(path):
         return None
     data = read_json_file(path, _manifest_schema(), "manifest")
-    for name, info in data["components"].items():
-        inside(folder, info["file"], str(path), f"component {name!r}: file")
+    if check_files:
+        for name, info in data["components"].items():
+            inside(folder, info["file"], str(path), f"component {name!r}: file")
     return data
 
 

@@ -230,7 +230,7 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         (bundled if bundle else plan.outputs).append(out)
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": out.layout if out.layout != "comfy" else naming,
                                               "diffusers_class": comp.diffusers_class,
-                                              "policy": policy_report(out, request),
+                                              "policy": policy_report(out, request, rules),
                                               **({"client": client.name} if out.format == "gguf" else {})}
     if not bundle and src.family in asked.one_file_families and any(o.format == "gguf" for o in plan.outputs):
         plan.notes.append(f"warning: {asked.title} loads {src.spec.title} only from one file (it tells the version "
@@ -445,7 +445,7 @@ def scales_overflow(t: torch.Tensor, d: Decision) -> bool:
     return not bool(np.isfinite(ggml.dequantize(q, d.type, rows.shape)).all())
 
 
-def policy_report(out: OutputFile, request: Request | None) -> dict:
+def policy_report(out: OutputFile, request: Request | None, rules=()) -> dict:
     """Per component: what was asked, tensors and bytes per type, what stayed in high precision
     and why, and which tensors fell back to another type (row length, non-finite values)."""
     types: dict[str, dict] = {}
@@ -463,4 +463,6 @@ def policy_report(out: OutputFile, request: Request | None) -> dict:
             fallbacks[t.note.split("; fallback ")[1].split(":")[0]] += 1
     return {"requested": request.name if request else "keep", "format": out.format,
             "quantized_tensors": sum(v["tensors"] for k, v in types.items() if k not in PLAIN) if out.format == "gguf" else 0,
-            "types": types, "kept_high_precision": dict(kept), "fallbacks": dict(fallbacks)}
+            "types": types, "kept_high_precision": dict(kept), "fallbacks": dict(fallbacks),
+            # what verify's coverage check allows besides the request (rules may name any type)
+            **({"rule_types": sorted({t for _, t in rules})} if rules and quantized else {})}

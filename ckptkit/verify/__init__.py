@@ -33,6 +33,7 @@ class VerifyOptions:
     overrides: dict = field(default_factory=dict)  # thresholds by type (see thresholds.py)
     config: str | None = None  # --config FILE|DIR: for the candidate and the reference (convert/configs.py)
     family: str | None = None  # --family NAME: detection overridden, candidate and reference (families/detect.py)
+    expect_manifest: str | None = None  # --expect-manifest SHA256|FILE: the manifest pinned (sets.py)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
         from ckptkit.families import get_family
 
         get_family(opts.family)
-    cand = open_set(path, opts.family)
+    cand = open_set(path, opts.family, opts.expect_manifest)
     ref = None
     try:
         ref = open_reference(opts.against, opts.family) if opts.against else None
@@ -130,7 +131,7 @@ def run_verify(path: str | Path, opts: VerifyOptions) -> VerifyReport:
         findings = Findings()
         for label, fn in (("integrity", lambda: check_integrity(cand, opts.scan)),
                           ("layout", lambda: check_layout(cand)),
-                          ("coverage", lambda: check_coverage(cand))):
+                          ("coverage", lambda: check_coverage(cand, ref))):
             t0 = time.perf_counter()
             findings.extend(fn())
             timings[label] = round(time.perf_counter() - t0, 3)

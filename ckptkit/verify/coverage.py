@@ -5,10 +5,10 @@ quantized VAE)."""
 
 from __future__ import annotations
 
-
-from ckptkit.quant.types import PLAIN, parse_request
+from ckptkit.errors import CkptError
+from ckptkit.quant.types import FALLBACK, PLAIN, parse_request
 from ckptkit.verify.result import Findings
-from ckptkit.verify.sets import ComponentSet
+from ckptkit.verify.sets import ComponentSet, expected_components
 
 INTEGER_OR_PLAIN = set(PLAIN) | {"F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
 
@@ -33,8 +33,68 @@ def component_quant_type(summary: dict[str, dict[str, int]]) -> str | None:
     return least_precise(t for t in summary if t not in INTEGER_OR_PLAIN)
 
 
-def check_coverage(cset: ComponentSet) -> Findings:
+def allowed_types(policy: dict) -> set[str] | None:
+    """The quantized types a component may hold under its recorded policy: the requested base type,
+    the _M/_L mix's raised types, the rules' types, and the fallbacks of each (llama.cpp's chain).
+    None: the request is not a GGUF type this tool knows (nothing to compare against)."""
+    try:
+        req = parse_request(policy["requested"])
+    except CkptError:
+        return None
+    todo = [t for t in (req.base, req.attn_v, req.ffn_down, *policy.get("rule_types", ())) if t]
+    allowed: set[str] = set()
+    while todo:
+        t = todo.pop()
+        if t not in allowed:
+            allowed.add(t)
+            if t in FALLBACK:
+                todo.append(FALLBACK[t])
+    return allowed - set(PLAIN)
+
+
+def _requested(out: Findings, name: str, comp, quantized: dict, summary: dict, kind: str | None) -> bool:
+    """The manifest's request against the file. Returns False when a row already failed. A
+    quantize set must record a requested type per component (a missing one is a failure, never a
+    skip); a split/convert set requests none, so quantized tensors in it are a failure too."""
+    policy = (comp.manifest or {}).get("policy")
+    actual = ", ".join(f"{t} {v['tensors']}" for t, v in sorted(quantized.items()))
+    if kind == "quantize" and not (policy and policy.get("requested")):
+        out.add("coverage", name, "requested", None, "a requested type", False,
+                "the manifest records no requested type for this component (edited?)")
+        return False
+    if not policy or not policy.get("requested") or policy["requested"] == "keep":
+        if quantized and comp.manifest is not None:
+            out.add("coverage", name, "requested", actual, policy.get("requested") if policy else "none", False,
+                    "quantized tensors in a component the manifest says was not quantized")
+            return False
+        return True
+    allowed = allowed_types(policy)
+    if allowed is not None:
+        foreign = sorted(t for t in quantized if t not in allowed)
+        if foreign:
+            counts = ", ".join(f"{t} {quantized[t]['tensors']}" for t in foreign)
+            out.add("coverage", name, "requested", ", ".join(foreign), policy["requested"], False,
+                    f"{counts} tensors where {policy['requested']} was requested (allowed: {', '.join(sorted(allowed))})")
+            return False
+    return True
+
+
+def _recorded(out: Findings, name: str, policy: dict, summary: dict, actual: str) -> None:
+    """The file holds exactly the tensors per type the manifest says the quantizer wrote."""
+    recorded = policy.get("types")
+    if recorded is not None and {t: (v["tensors"], v["bytes"]) for t, v in recorded.items()} != \
+            {t: (v["tensors"], v["bytes"]) for t, v in summary.items()}:
+        out.add("coverage", name, "types_recorded", actual, "the manifest's types", False,
+                "the file's types and sizes differ from what the manifest says was written")
+
+
+def check_coverage(cset: ComponentSet, ref: ComponentSet | None = None) -> Findings:
     out = Findings()
+    kind = (cset.manifest or {}).get("kind")
+    for name, why in expected_components(cset, ref).items():
+        if name not in cset.components:
+            out.add("coverage", name, "component", None, "present", False,
+                    f"{name} is missing: required by {why} (whatever the manifest lists)")
     for name, comp in cset.components.items():
         if comp.ckpt is None or comp.spec is None:
             continue
@@ -48,16 +108,18 @@ def check_coverage(cset: ComponentSet) -> Findings:
             out.add("coverage", name, "vae_types", sorted(quantized), "F32/F16/BF16", False,
                     "a VAE must not be quantized (fp16 at most)")
             continue
+        if not _requested(out, name, comp, quantized, summary, kind):
+            continue
         if requested and requested != "keep":
             req = parse_request(requested)
             if req.quantized:
                 ok = bool(quantized)
                 out.add("coverage", name, "quantized", sum(v["tensors"] for v in quantized.values()), f"> 0 ({requested})",
                         ok, actual if ok else f"meant to be {requested}, but every tensor is plain: {actual}")
+                if ok:
+                    _recorded(out, name, policy, summary, actual)
                 continue
         count = sum(v["tensors"] for v in quantized.values())
         out.add("coverage", name, "types", count, None, None,
                 f"{actual}" + ("" if requested else " (no policy recorded)"))
     return out
-
-

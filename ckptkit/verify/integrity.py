@@ -37,17 +37,21 @@ def gguf_structure(ckpt) -> list[str]:
 
 def check_integrity(cset: ComponentSet, scan: bool = True) -> Findings:
     out = Findings()
+    for row in cset.manifest_rows:  # the manifest itself: present, pinned, listing every file, inside the folder
+        out.add("integrity", None, row.metric, row.value, row.threshold, row.passed, row.detail)
     nonfinite_table = {}
     for name, comp in cset.components.items():
         if comp.ckpt is None:
             out.add("integrity", name, "readable", False, None, False, comp.error or "unreadable")
             continue
         out.add("integrity", name, "readable", True, None, True, comp.ckpt.format)
-        expected = (comp.manifest or {}).get("sha256")
-        if expected:
+        if cset.manifest is not None:  # a set's manifest pins every file: a missing hash fails, never skips
+            expected = (comp.manifest or {}).get("sha256")
             actual = file_sha256(comp.file)
-            out.add("integrity", name, "sha256", actual[:16], expected[:16], actual == expected,
-                    "" if actual == expected else f"{comp.file.name} differs from the manifest")
+            ok = bool(expected) and actual == expected
+            out.add("integrity", name, "sha256", actual[:16], (expected or "")[:16] or None, ok,
+                    "" if ok else f"{comp.file.name} differs from the manifest" if expected
+                    else f"the manifest records no sha256 for {comp.file.name} (edited?)")
         if comp.ckpt.format == "gguf":
             problems = gguf_structure(comp.ckpt)
             out.add("integrity", name, "gguf_blocks", len(problems), 0, not problems, "; ".join(problems[:3]))

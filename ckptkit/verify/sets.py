@@ -4,16 +4,19 @@ stopping at the first, so integrity can report them."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.convert.components import HF_NATIVE, shipped_config
-from ckptkit.engine.manifest import component_file, read_manifest
+from ckptkit.engine.manifest import MANIFEST, read_manifest
 from ckptkit.errors import CkptError
 from ckptkit.families import BY_NAME
 from ckptkit.families.detect import Detection, detect
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats import Checkpoint, open_checkpoint
+from ckptkit.errors import printable
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -33,12 +36,26 @@ class Component:
 
 
 @dataclass
+class ManifestRow:
+    """One finding about the manifest itself (integrity rows "manifest", "manifest_sha256",
+    "unlisted_file", "file")."""
+
+    metric: str
+    value: object
+    threshold: object
+    passed: bool | None
+    detail: str = ""
+
+
+@dataclass
 class ComponentSet:
     path: Path
     family: str | None
     variant: str | None
     components: dict[str, Component] = field(default_factory=dict)
     manifest: dict | None = None
+    folder: bool = False  # a component-set folder (not a file, not a diffusers folder)
+    manifest_rows: list[ManifestRow] = field(default_factory=list)
 
     def close(self) -> None:
         seen = set()
@@ -84,14 +101,17 @@ def _from_checkpoint(path: Path, ckpt: Checkpoint, family: str | None = None) ->
     return cset
 
 
-def open_set(path: str | Path, family: str | None = None) -> ComponentSet:
+def open_set(path: str | Path, family: str | None = None, expect_manifest: str | None = None) -> ComponentSet:
     """Raises CkptError only when nothing at all can be read (or `family`, `--family`, is not in
-    it); per-file failures are recorded."""
+    it); per-file failures are recorded. expect_manifest: the sha256 the folder's ckptkit.json must
+    have, or a manifest file to read instead of it (see `_pinned_manifest`)."""
     path = Path(path)
     if not path.exists():
         raise CkptError(f"{path}: no such file or directory")
     if path.is_dir() and not (path / "model_index.json").exists() and not (path / "config.json").exists():
-        return _open_folder(path, family)
+        return _open_folder(path, family, expect_manifest)
+    if expect_manifest is not None:
+        raise CkptError(f"--expect-manifest: {path} is not a component-set folder (no ckptkit.json to pin)")
     try:
         ckpt = open_checkpoint(path)
     except CkptError as exc:
@@ -104,19 +124,91 @@ def open_set(path: str | Path, family: str | None = None) -> ComponentSet:
     return _from_checkpoint(path, ckpt, family)
 
 
-def _open_folder(folder: Path, family: str | None = None) -> ComponentSet:
-    manifest = read_manifest(folder)
-    if manifest:
-        files = {name: component_file(folder, manifest, name) for name in manifest["components"]}
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _pinned_manifest(folder: Path, expect: str | None, rows: list[ManifestRow]) -> Path | None:
+    """Which manifest to trust, with the rows that say why. `expect` a sha256: the folder's
+    ckptkit.json must hash to it; `expect` a file: that file is the manifest, and a ckptkit.json in
+    the folder must be byte-identical to it. None: the folder's own (unpinned) manifest."""
+    own = folder / MANIFEST
+    if expect is None:
+        return own
+    if SHA256_HEX.fullmatch(expect):
+        if not own.is_file():
+            rows.append(ManifestRow("manifest_sha256", None, expect.lower()[:16], False, f"no {MANIFEST} in {folder}"))
+            return None
+        actual = hashlib.sha256(own.read_bytes()).hexdigest()
+        ok = actual == expect.lower()
+        rows.append(ManifestRow("manifest_sha256", actual[:16], expect.lower()[:16], ok,
+                                "" if ok else f"{MANIFEST} is not the pinned manifest (edited or replaced)"))
+        return own if ok else None
+    pinned = Path(expect)
+    if not pinned.is_file():
+        raise CkptError(f"--expect-manifest {expect}: neither a sha256 (64 hex digits) nor a file")
+    if own.is_file() and own.read_bytes() != pinned.read_bytes():
+        rows.append(ManifestRow("manifest_sha256", hashlib.sha256(own.read_bytes()).hexdigest()[:16],
+                                hashlib.sha256(pinned.read_bytes()).hexdigest()[:16], False,
+                                f"{MANIFEST} differs from {pinned}"))
     else:
-        files = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
+        rows.append(ManifestRow("manifest_sha256", hashlib.sha256(pinned.read_bytes()).hexdigest()[:16], None, True,
+                                f"manifest read from {pinned}"))
+    return pinned
+
+
+def _manifest_files(folder: Path, manifest: dict, rows: list[ManifestRow]) -> dict[str, Path | str]:
+    """Each listed component's file, or why it cannot be opened (a name that leaves the folder)."""
+    from ckptkit.formats.files import inside
+
+    files: dict[str, Path | str] = {}
+    for name, info in manifest["components"].items():
+        try:
+            files[name] = inside(folder, info["file"], MANIFEST, f"component {name!r}: file")
+        except CkptError as exc:
+            rows.append(ManifestRow("file", printable(info["file"])[:80], "inside the folder", False, str(exc)))
+            files[name] = str(exc)
+    return files
+
+
+def _open_folder(folder: Path, family: str | None = None, expect_manifest: str | None = None) -> ComponentSet:
+    rows: list[ManifestRow] = []
+    manifest = None
+    where = _pinned_manifest(folder, expect_manifest, rows)
+    if where is not None:
+        try:
+            manifest = read_manifest(folder, where, check_files=False)
+        except CkptError as exc:
+            rows.append(ManifestRow("manifest", None, None, False, f"unreadable: {exc}"))
+    if manifest is None and not rows:
+        # a folder of component files with nothing saying what they are meant to be (hashes, types)
+        rows.append(ManifestRow("manifest", None, None, False, f"no {MANIFEST}: nothing pins the files' hashes "
+                                "or the requested types (write sets with split/quantize; a bare folder is not a "
+                                "verifiable set)"))
+    elif manifest is not None:
+        rows.append(ManifestRow("manifest", len(manifest["components"]), None, True,
+                                f"{len(manifest['components'])} components listed"))
+    files = _manifest_files(folder, manifest, rows) if manifest else {}
+    listed = {p.resolve() for p in files.values() if isinstance(p, Path)}
+    on_disk = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
+    if manifest:  # a weight file the manifest does not list is either a leftover or a hidden component
+        unlisted = sorted(p.name for p in on_disk.values() if p.resolve() not in listed)
+        if unlisted:
+            rows.append(ManifestRow("unlisted_file", len(unlisted), 0, False,
+                                    f"{', '.join(printable(n) for n in unlisted[:3])}"
+                                    f"{' ...' if len(unlisted) > 3 else ''} in the folder but not in {MANIFEST}"))
+    else:
+        files = dict(on_disk)
     if not files:
         raise CkptError(f"{folder}: no component files and no ckptkit.json")
     cset = ComponentSet(folder, family or (manifest.get("family") if manifest else None),
-                        manifest.get("variant") if manifest else None, manifest=manifest)
+                        manifest.get("variant") if manifest else None, manifest=manifest, folder=True,
+                        manifest_rows=rows)
     opened: dict[str, tuple[Checkpoint, Detection]] = {}
     for name, file in files.items():
         entry = manifest["components"].get(name) if manifest else None
+        if isinstance(file, str):  # refused name: recorded above, unreadable here
+            cset.components[name] = Component(name, None, folder, error=file, manifest=entry)
+            continue
         try:
             ckpt = open_checkpoint(file)
         except CkptError as exc:
@@ -127,6 +219,8 @@ def _open_folder(folder: Path, family: str | None = None) -> ComponentSet:
             det = detect(ckpt, family)  # --family: a file detection alone does not place
         if det.family and "diffusion_model" in det.components and not (manifest or family):
             cset.family, cset.variant, name = det.family, det.variant, "diffusion_model"
+        elif det.family and "diffusion_model" in det.components and cset.family is None:
+            cset.family, cset.variant = det.family, det.variant  # a manifest without a family: the weights say
         opened[name] = (ckpt, det)
         # a file holding one component under its bundle prefix (model.diffusion_model.*) is read under it
         cset.components[name] = Component(name, None, file, ckpt, det.lone_prefix, manifest=entry)
@@ -139,3 +233,21 @@ def _open_folder(folder: Path, family: str | None = None) -> ComponentSet:
         if comp.spec is None and comp.error is None:
             comp.spec = _spec_for(cset.family, name, None)
     return cset
+
+
+def expected_components(cset: ComponentSet, ref: "ComponentSet | None" = None) -> dict[str, str]:
+    """The components a set must hold, each with where the demand comes from: the family's
+    non-optional components (detected from the weights or --family) for a component-set folder or
+    a bundle, and with --against every component of the reference. Never the manifest: an edited
+    manifest that lists fewer components must not shrink what is checked. A single component file
+    is its own whole (its reference component is compared; the others are not demanded)."""
+    single = not cset.folder and len(cset.components) == 1
+    need: dict[str, str] = {}
+    if cset.family in BY_NAME and not single:
+        for comp in BY_NAME[cset.family].components:
+            if not comp.optional:
+                need[comp.name] = f"the {cset.family} family"
+    if ref is not None and not single:
+        for name in ref.components:
+            need.setdefault(name, "the reference")
+    return need
