@@ -12,6 +12,7 @@ import sys
 import click
 
 from ckptkit import __version__
+from ckptkit.cli_options import DType, Size
 from ckptkit.errors import CkptError
 
 
@@ -180,7 +181,7 @@ def config_option(func):
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=str), help="Output directory.")
 @click.option("--layout", type=click.Choice(["comfy", "original", "diffusers"]), default="comfy", show_default=True)
 @click.option("--components", help="Comma-separated components to extract (default: all).")
-@click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True)
+@click.option("--dtype", type=DType("keep", "fp16", "bf16", "fp32"), default="keep", show_default=True)
 @click.option("--allow-overflow", is_flag=True, help="Allow an fp32->fp16 cast that overflows to inf.")
 @click.option("--extract-ema", is_flag=True, help="Write the EMA weights as the diffusion model.")
 @click.option("--fix-position-ids", is_flag=True, help="Rewrite float/broken CLIP position_ids as arange int64.")
@@ -251,7 +252,7 @@ def merge(folder, output, client, family, dry_run, as_json, force, workers):
 @click.argument("source", type=click.Path(path_type=str))
 @click.option("-o", "--out", "dest", required=True, type=click.Path(path_type=str))
 @click.option("--layout", type=click.Choice(["original", "diffusers"]), required=True)
-@click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True)
+@click.option("--dtype", type=DType("keep", "fp16", "bf16", "fp32"), default="keep", show_default=True)
 @click.option("--allow-overflow", is_flag=True)
 @config_option
 @family_option
@@ -379,7 +380,7 @@ def render_type_plan(plan) -> str:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=str),
               help="Write report.json, report.md and onestep.png here.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", "compute_dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+@click.option("--dtype", "compute_dtype", type=DType("fp32", "fp16", "bf16"), default="fp32",
               show_default=True, help="Compute dtype of the 1-step check.")
 @click.option("--resolution", type=click.IntRange(8, 4096), help="Image size of the 1-step check.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -391,18 +392,29 @@ def render_type_plan(plan) -> str:
 @click.option("--max-rel-rms", type=float, help="Override every type's maximum per-tensor relative RMS error.")
 @click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, path_type=str),
               help="A TOML file of thresholds by type.")
+@click.option("--expect-manifest", metavar="SHA256|FILE",
+              help="Pin the set's ckptkit.json: its sha256, or a copy published separately (must be identical).")
+@click.option("--memory-limit", type=Size(), metavar="SIZE",
+              help="Memory this verify may use in all (e.g. 8GB); default: what the system has available.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (they go to stderr, and only on a terminal).")
 @config_option
 @family_option
 def verify(path, against, as_json, report_dir, device, compute_dtype, resolution, seed, no_scan, no_onestep,
-           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file, config, family):
+           min_cosine, min_psnr, min_ssim, max_rel_rms, thresholds_file, expect_manifest, memory_limit, quiet,
+           config, family):
     """Check a file or component set: integrity, layout, quantization coverage, and (with
-    --against) per-tensor error and a 1-step inference check. Exit 0 pass, 1 fail, 2 unreadable."""
+    --against) per-tensor error and a 1-step inference check. The memory plan of the 1-step check
+    comes first. Exit 0 pass, 1 a check failed, 2 unreadable input or refused (too little memory),
+    130 interrupted (the table and --report of what ran are still written)."""
     from ckptkit.verify import VerifyOptions, run_verify
     from ckptkit.verify.report import render, write_report_dir
     from ckptkit.verify.thresholds import load_overrides
 
+    bars = sys.stderr.isatty() and not quiet and not as_json
     opts = VerifyOptions(against=against, scan=not no_scan, onestep=not no_onestep, device=device,
                          dtype=compute_dtype, resolution=resolution, seed=seed, config=config, family=family,
+                         expect_manifest=expect_manifest, memory_limit=memory_limit,
+                         progress=_counter_factory() if bars else None,
                          overrides=load_overrides(thresholds_file, min_cosine, min_psnr, min_ssim, max_rel_rms))
     if report_dir:
         from ckptkit.outputs import check_output
@@ -412,9 +424,28 @@ def verify(path, against, as_json, report_dir, device, compute_dtype, resolution
     if report_dir:
         write_report_dir(report, report_dir)
     click.echo(json.dumps(report.to_json(), indent=2, default=str) if as_json else render(report))
-    if report.exit_code:
+    if report.status == "refused" and report.exit_code == 2:
+        click.echo(_error_line(report.message), err=True)
+    elif report.status == "interrupted":
+        click.echo(f"ckptkit: {report.message}", err=True)
+    elif report.exit_code:
         click.echo(f"ckptkit: verify: {verify_summary(report)}", err=True)
     sys.exit(report.exit_code)
+
+
+def _counter_factory():
+    """progress(total, label, unit) -> update(n): one bar per phase on stderr, closed when full."""
+    from tqdm import tqdm
+
+    def make(total: int, label: str, unit: str = "B"):
+        bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=label, leave=False, file=sys.stderr)
+
+        def update(n: int) -> None:
+            bar.update(n)
+            if bar.n >= bar.total:
+                bar.close()
+        return update
+    return make
 
 
 def verify_summary(report) -> str:

@@ -452,6 +452,24 @@ class GGUFCheckpoint(Checkpoint):
         return self._buffer()[begin:end] if end > begin else b""
 
     def _load(self, name: str) -> torch.Tensor:
+        """A tensor of its own (a copy, or dequantized): the mapped pages it was read from are given
+        back at once, so a pass over a big file holds one tensor, not the file (see _release)."""
+        try:
+            return self._read(name)
+        finally:
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        """Drop this process's mapping of a tensor's whole pages (they stay in the page cache). The
+        mapping is shared and read-only, so a view from raw() still in use reads the same bytes: its
+        pages fault in again from the file."""
+        rec, mapping = self._records[name], self._mmap
+        start = -(-rec.offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (rec.offset + rec.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if mapping is not None and not mapping.closed and stop > start and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+    def _read(self, name: str) -> torch.Tensor:
         rec = self._records[name]
         info = self.tensors[name]
         type_name = rec.type.name

@@ -23,14 +23,16 @@ CHUNK = 16 << 20
 RACY_SECONDS = 2.0
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike, progress=None) -> str:
     """Read the whole file, 16 MB at a time into one reused buffer (hashlib releases the GIL, so
-    this can run on a thread beside the executor)."""
+    this can run on a thread beside the executor). `progress(n)` is told of every n bytes read."""
     h = hashlib.sha256()
     buf = memoryview(bytearray(CHUNK))
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             h.update(buf[:n])
+            if progress is not None:
+                progress(n)
     return h.hexdigest()
 
 

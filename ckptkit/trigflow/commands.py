@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from ckptkit.cli_options import DType
 from ckptkit.errors import CkptError
 
 
@@ -36,7 +37,7 @@ TRIGFLOW_OPTIONS = [
                  help="What the source's time embedding sees per unit of flow time t: 1000 for original Sana "
                       "(the default when nothing tells), 1 for a dense-time Sprint teacher."),
     click.option("--with-logvar", is_flag=True, help="Add the sCM training head logvar_linear (--layout original)."),
-    click.option("--dtype", type=click.Choice(["keep", "fp16", "bf16", "fp32"]), default="keep", show_default=True),
+    click.option("--dtype", type=DType("keep", "fp16", "bf16", "fp32"), default="keep", show_default=True),
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed of the guidance embedder's input layer (its output layer is zero, so the model's "
                       "function never depends on it)."),
@@ -93,7 +94,7 @@ def _schedule(value: str):
 @click.option("--time-scale", type=float, default=None,
               help="Override the timestep per unit of flow time the network embeds (default: its config/manifest).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=DType("fp32", "bf16", "fp16"), default="fp32", show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--config", "config", type=click.Path(path_type=str), default=None,

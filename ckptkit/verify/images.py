@@ -102,20 +102,37 @@ def ssim(ref: torch.Tensor, cand: torch.Tensor, data_range: float = 1.0) -> floa
     return float(s.mean())
 
 
-# ---------------------------------------------------------------- images for the report
+# ---------------------------------------------------------------- onestep.png
+# One row per stage of the 1-step check, four panels per row: reference | candidate | |ref - cand|
+# scaled to its own maximum (where it differs) | a heat map of |ref - cand| relative to the
+# reference, log scale (how much). Above the panels: the stage, its figures with their limits and
+# PASS/FAIL; above the rows, the whole verify's verdict.
 @dataclass
-class OneStepImages:
-    """The report images, (3, H, W) float tensors in [0, 1]."""
+class StageImage:
+    """One row of onestep.png: one stage's output on both sides."""
 
+    stage: str  # "text_encoder" | "diffusion_model" | "vae" | "e2e"
+    component: str  # e.g. "clip_l", "diffusion_model", "vae", "e2e"
+    kind: str  # "hidden": (B, T, D) hidden states | "latent": (B, C, h, w) | "image": (3, H, W) in [0, 1]
     reference: torch.Tensor
     candidate: torch.Tensor
-    kind: str = "image"  # "image" (decoded) | "latent" (a preview of 3 latent channels, no VAE)
-    amplify: float = 10.0
+    metrics: dict = field(default_factory=dict)  # "cosine", "rel_rms" (tensors) / "psnr", "ssim" (images)
+    limits: dict = field(default_factory=dict)  # "min_cosine", "max_rel_rms" / "min_psnr", "min_ssim"
+    passed: bool | None = None  # the row's figures against its limits (None: not judged)
+
+
+@dataclass
+class OneStepImages:
+    """The rows of onestep.png, in stage order."""
+
+    rows: list[StageImage]
+    verdict: bool | None = None  # the whole verify's PASS/FAIL (None: not judged)
+    title: str = ""  # e.g. "sdxl, cpu float32, seed 0"
 
     @property
-    def difference(self) -> torch.Tensor:
-        """|reference - candidate| * amplify, clipped to [0, 1]."""
-        return ((self.reference - self.candidate).abs() * self.amplify).clamp(0, 1)
+    def kind(self) -> str:
+        """The report's one word for the rows: "image" when one is a decoded image, else "latent"."""
+        return "image" if any(r.kind == "image" for r in self.rows) else "latent"
 
 
 def decoded_to_image(decoded: torch.Tensor) -> torch.Tensor:
@@ -123,54 +140,223 @@ def decoded_to_image(decoded: torch.Tensor) -> torch.Tensor:
     return (decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1)
 
 
-def latent_preview(ref: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first 3 channels of two latents (B, C, h, w), scaled to [0, 1] by the reference's range."""
-    r, c = ref[0, :3].float().cpu(), cand[0, :3].float().cpu()
-    if r.shape[0] < 3:
-        r, c = r.repeat(3, 1, 1)[:3], c.repeat(3, 1, 1)[:3]
-    lo, hi = float(r.min()), float(r.max())
-    span = hi - lo or 1.0
-    return ((r - lo) / span).clamp(0, 1), ((c - lo) / span).clamp(0, 1)
+HIDDEN_SIGMAS = 2.5  # hidden states: each channel's reference mean +- 2.5 sd -> black..white
+HEAT_DECADES = 4  # heat map: |diff| / the reference's RMS, log, from 1e-4 (black) to 1 (white)
 
 
-PANEL_MIN = 128  # small images are scaled up (nearest) to at least this width per panel
-LABEL_HEIGHT = 16
+def _grid(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """The tensor as (C, rows, columns) float64: an image as is, a latent's first batch item, hidden
+    states (1, T, D) as one channel of T token rows by D feature columns."""
+    t = t.detach().double().cpu()
+    return t if kind == "image" else t[0] if kind == "latent" else t[0][None]
 
 
-def panel_scale(h: int, w: int) -> int:
-    return max(1, math.ceil(PANEL_MIN / max(1, w)))
+def _display(row: StageImage) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference and candidate as (3, h, w) in [0, 1], both mapped by the reference's scale so that
+    what differs in the pictures differs in the tensors."""
+    r, c = _grid(row.reference, row.kind), _grid(row.candidate, row.kind)
+    if row.kind == "image":
+        return r.clamp(0, 1), c.clamp(0, 1)
+    if row.kind == "latent":  # the first 3 channels as RGB, each by the reference's range
+        r, c = r.repeat(3, 1, 1)[:3], c.repeat(3, 1, 1)[:3]  # (a latent of 1 or 2 channels repeats them)
+        lo, hi = r.amin((1, 2), keepdim=True), r.amax((1, 2), keepdim=True)
+        scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+        r, c = (r - lo) / scale, (c - lo) / scale
+    else:  # hidden: per channel (column), because a few channels are orders of magnitude larger
+        dims = 1 if r.shape[1] > 1 else (1, 2)  # a pooled output (one token): one scale for all
+        mean, sd = r.mean(dims, keepdim=True), r.std(dims, keepdim=True, correction=0)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        r, c = [0.5 + (t - mean) / (2 * HIDDEN_SIGMAS * sd) for t in (r, c)]
+    return r.clamp(0, 1).expand(3, -1, -1), c.clamp(0, 1).expand(3, -1, -1)
 
 
-def onestep_png_size(h: int, w: int) -> tuple[int, int]:
-    """(width, height) of onestep.png for (H, W) images: 3 panels side by side under a label strip."""
-    s = panel_scale(h, w)
-    return 3 * w * s, h * s + LABEL_HEIGHT
+def _magnitude(row: StageImage) -> torch.Tensor:
+    """|reference - candidate| per position (rows, columns): the largest over an image's colours,
+    the RMS over a latent's channels (all of them, not only the 3 shown); inf where not finite."""
+    d = _grid(row.reference, row.kind) - _grid(row.candidate, row.kind)
+    d = d.abs().amax(0) if row.kind == "image" else d.pow(2).mean(0).sqrt()
+    return d.nan_to_num(nan=math.inf)
 
 
-def _to_pil(img: torch.Tensor, scale: int):
+def _difference(row: StageImage) -> torch.Tensor:
+    """|reference - candidate| as (3, h, w): per colour for images, the magnitude in grey otherwise;
+    inf where not finite."""
+    if row.kind == "image":
+        return (_grid(row.reference, "image") - _grid(row.candidate, "image")).abs().nan_to_num(nan=math.inf)
+    return _magnitude(row).expand(3, -1, -1)
+
+
+def _finite_max(d: torch.Tensor) -> float:
+    finite = d[torch.isfinite(d)]
+    return float(finite.max()) if finite.numel() else 0.0
+
+
+def difference_panel(row: StageImage) -> torch.Tensor:
+    """|reference - candidate| / its (finite) maximum, (3, h, w) in [0, 1]: all zero when the two are
+    equal, else the brightest value is 1; white where the difference is not finite (NaN/inf)."""
+    d = _difference(row)
+    top = _finite_max(d)
+    scaled = d / top if top > 0 else torch.zeros_like(d)
+    return torch.where(torch.isfinite(d), scaled, torch.ones_like(d))
+
+
+def heat_panel(row: StageImage) -> torch.Tensor:
+    """How large the difference is, not where it is largest: the magnitude relative to the
+    reference's RMS (images: to their range 1), log10 from 10^-HEAT_DECADES (black) to 1 (white)
+    through red and yellow; (3, h, w) in [0, 1]. A quantized model's error is red to yellow, a broken
+    one's white."""
+    scale = 1.0 if row.kind == "image" else float(_grid(row.reference, row.kind).pow(2).mean().sqrt())
+    rel = (_magnitude(row) / (scale if 0 < scale < math.inf else 1.0)).clamp_min(1e-300)
+    t = (1 + torch.log10(rel) / HEAT_DECADES).clamp(0, 1)
+    return torch.stack([(3 * t).clamp(0, 1), (3 * t - 1).clamp(0, 1), (3 * t - 2).clamp(0, 1)])
+
+
+# layout, in pixels
+PANEL_MIN, PANEL_MAX = 256, 512  # panel width: smaller scaled up (nearest), larger pooled down
+TOKENS_MIN, TOKENS_MAX = 128, 256  # the same for the height of a hidden-states panel (tokens)
+MARGIN, GAP = 10, 8  # around the image; between panels
+LINE, HEADER_LINE = 20, 28  # text line heights (14 px and 20 px fonts)
+HEADER = MARGIN + HEADER_LINE + LINE + GAP  # verdict line, column legend
+ROW_TEXT = 3 * LINE  # stage and verdict, figures, column captions
+
+
+def _fit(n: int, lo: int, hi: int) -> int:
+    return n * math.ceil(lo / n) if n < lo else min(n, hi)
+
+
+def panel_width(images: OneStepImages) -> int:
+    """The width of every panel: the widest picture's (image or latent; hidden states' channels only
+    when there is nothing else), in whole multiples up to at least PANEL_MIN, at most PANEL_MAX."""
+    widths = ([r.reference.shape[-1] for r in images.rows if r.kind != "hidden"]
+              or [r.reference.shape[-1] for r in images.rows] or [PANEL_MIN])
+    return _fit(max(widths), PANEL_MIN, PANEL_MAX)
+
+
+def panel_height(row: StageImage, width: int) -> int:
+    """A row's panel height: a picture keeps its aspect, hidden states get TOKENS_MIN..MAX."""
+    h, w = row.reference.shape[-2:]
+    return _fit(h, TOKENS_MIN, TOKENS_MAX) if row.kind == "hidden" else max(1, round(h * width / w))
+
+
+def row_tops(images: OneStepImages) -> list[int]:
+    """The y of each row's first text line, and last, the y where the rows end."""
+    tops, width = [HEADER], panel_width(images)
+    for row in images.rows:
+        tops.append(tops[-1] + ROW_TEXT + panel_height(row, width) + 2 * GAP)
+    return tops
+
+
+def onestep_png_size(images: OneStepImages) -> tuple[int, int]:
+    """(width, height) of onestep.png: 4 panels side by side, the rows under the header."""
+    return 4 * panel_width(images) + 3 * GAP + 2 * MARGIN, row_tops(images)[-1] + MARGIN
+
+
+def font(size: int = 14):
+    """Pillow's bundled scalable font at `size` px (Pillow >= 10.1 with FreeType), else its bitmap one."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _fmt(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else str(value)
+
+
+def figures(row: StageImage) -> str:
+    """The row's figures with their limits, e.g. "PSNR 41.2 dB (min 30)   SSIM 0.99100 (min 0.95)"."""
+    m, lim = row.metrics, row.limits
+    parts = []
+    for key, name, spec, unit, bound in (("cosine", "cosine", ".6f", "", "min_cosine"),
+                                         ("rel_rms", "rel RMS", ".3g", "", "max_rel_rms"),
+                                         ("psnr", "PSNR", ".1f", " dB", "min_psnr"),
+                                         ("ssim", "SSIM", ".5f", "", "min_ssim")):
+        if key in m:
+            limit = f" ({bound[:3]} {lim[bound]:g})" if bound in lim else ""
+            parts.append(f"{name} {_fmt(float(m[key]), spec)}{unit}{limit}")
+    return "   ".join(parts)
+
+
+def verdict_text(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+
+
+def describe(row: StageImage) -> str:
+    """What a row shows, e.g. "text encoder clip_l: hidden states, 77 tokens x 768 channels"."""
+    *_, h, w = row.reference.shape
+    if row.kind == "hidden":  # a pooled output is shown as one token, all channels on one scale
+        what = f"pooled output, {w} channels" if h == 1 else f"hidden states, {h} tokens x {w} channels"
+        return (f"text encoder {row.component}: {what} ({'each channel' if h > 1 else 'scaled'} by the reference's "
+                f"mean +- {HIDDEN_SIGMAS:g} sd)")
+    if row.kind == "latent":
+        return (f"{row.stage.replace('_', ' ')} {row.component}: 1-step latent x0, {row.reference.shape[-3]} x {h} x "
+                f"{w} (channels 1-3 as RGB by the reference's range)")
+    what = {"vae": f"VAE {row.component}: both decoders on the reference's latent",
+            "e2e": "end to end: all-reference chain vs all-candidate chain"}
+    return f"{what.get(row.stage, row.stage + ' ' + row.component)}, {h} x {w} px"
+
+
+def captions(row: StageImage) -> list[str]:
+    """The four column captions; the difference's says its scale, e.g. "|diff| x 812 (max 0.00123)"."""
+    d = _difference(row)
+    top, bad = _finite_max(d), int((~torch.isfinite(d)).any(0).sum())  # positions
+    diff = (f"|diff|: {bad} NaN/inf (white)" if bad else f"|diff| x {1 / top:.3g} (max {top:.3g})" if top > 0
+            else "|diff|: identical")
+    return ["reference", "candidate", diff,
+            f"heat: |diff|{'' if row.kind == 'image' else ' / ref RMS'}, log 1e-{HEAT_DECADES}..1"]
+
+
+COLOURS = {True: (0, 130, 0), False: (210, 0, 0), None: (110, 110, 110)}
+
+
+def _to_pil(img: torch.Tensor, size: tuple[int, int], pool: str):
+    """(3, h, w) in [0, 1] -> a PIL image of `size` (w, h): pooled (avg or max) where smaller,
+    then scaled up nearest."""
+    import torch.nn.functional as F
     from PIL import Image
 
-    arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    pil = Image.fromarray(arr, "RGB")
-    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+    w, h = size
+    t = img.float().nan_to_num(0.0)[None]  # a NaN output shows black
+    if t.shape[-2] > h or t.shape[-1] > w:
+        down = (min(h, t.shape[-2]), min(w, t.shape[-1]))
+        t = F.adaptive_max_pool2d(t, down) if pool == "max" else F.adaptive_avg_pool2d(t, down)
+    t = F.interpolate(t, size=(h, w), mode="nearest-exact")[0]
+    arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(arr, "RGB")
 
 
 def save_onestep_png(images: OneStepImages, path: str | Path) -> Path:
-    """Write reference | candidate | amplified difference, labelled, as a PNG (atomically)."""
+    """Write onestep.png (see the section comment above) atomically."""
     from PIL import Image, ImageDraw
 
     from ckptkit.formats.atomic import atomic_write
 
-    _, h, w = images.reference.shape
-    s = panel_scale(h, w)
-    width, height = onestep_png_size(h, w)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas = Image.new("RGB", onestep_png_size(images), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    what = "" if images.kind == "image" else " latent"
-    labels = (f"reference{what}", f"candidate{what}", f"|diff| x{images.amplify:g}")
-    for i, (img, label) in enumerate(zip((images.reference, images.candidate, images.difference), labels)):
-        canvas.paste(_to_pil(img, s), (i * w * s, LABEL_HEIGHT))
-        draw.text((i * w * s + 3, 2), label, fill=(0, 0, 0))
+    small, big = font(14), font(20)
+
+    def label(x, y, text, fill=(0, 0, 0), f=small):  # returns the x after the text
+        draw.text((x, y), text, fill=fill, font=f)
+        return x + draw.textlength(text, font=f)
+
+    x = label(MARGIN, MARGIN, verdict_text(images.verdict), COLOURS[images.verdict], big)
+    label(x + GAP, MARGIN, "verify (all checks); 1-step check" + (f": {images.title}" if images.title else ""), f=big)
+    label(MARGIN, MARGIN + HEADER_LINE, "columns: reference | candidate | |reference - candidate| scaled to its own "
+                                        f"max | |difference| / reference RMS, log: black 1e-{HEAT_DECADES}, red, "
+                                        "yellow, white 1")
+    pw = panel_width(images)
+    for row, y in zip(images.rows, row_tops(images)):
+        x = label(MARGIN, y, verdict_text(row.passed), COLOURS[row.passed])
+        label(x + GAP, y, describe(row))
+        label(MARGIN, y + LINE, figures(row))
+        ph = panel_height(row, pw)
+        panels = (*_display(row), difference_panel(row), heat_panel(row))
+        for i, (img, caption, pool) in enumerate(zip(panels, captions(row), ("avg", "avg", "max", "max"))):
+            px = MARGIN + i * (pw + GAP)
+            label(px, y + 2 * LINE, caption)
+            canvas.paste(_to_pil(img, (pw, ph), pool), (px, y + ROW_TEXT))
     path = Path(path)
     with atomic_write(path) as fh:
         canvas.save(fh, format="PNG")

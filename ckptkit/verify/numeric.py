@@ -34,11 +34,44 @@ def _canonical(comp: Component) -> dict:
     return cmap.ops
 
 
-def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst: int = 10) -> Findings:
+class _Scanning:
+    """A checkpoint's `load` that also counts NaN/Inf in every tensor the first time it is read: the
+    integrity scan done in the numeric check's pass, so a candidate's values are read once."""
+
+    def __init__(self, ckpt, progress=None):
+        self.ckpt, self.progress = ckpt, progress
+        self.seen: set[str] = set()
+        self.bad: dict[str, dict[str, int]] = {}
+
+    def load(self, name: str) -> torch.Tensor:
+        t = self.ckpt.load(name)
+        if name not in self.seen:
+            self.seen.add(name)
+            if t.is_floating_point():
+                v = t.float() if t.element_size() == 1 else t  # fp8 has no isnan kernel on every build
+                nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+                if nan or inf:
+                    self.bad[name] = {"nan": nan, "inf": inf}
+            if self.progress is not None:
+                self.progress(self.ckpt.tensors[name].nbytes)
+        return t
+
+    def rest(self, names) -> None:
+        """Scan what the comparison did not read (tensors without a counterpart)."""
+        for name in names:
+            if name not in self.seen:
+                self.load(name)
+
+
+def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst: int = 10,
+                  scans: dict | None = None, progress=None) -> Findings:
     """Each tensor must reach the minimum cosine and stay under the maximum relative RMS error of the
     type it is stored in (thresholds.py): cosine alone cannot see a tensor scaled as a whole (a
     quantizer whose block scales are off by 2x keeps a cosine of 1). Two rows per component,
-    `min_cosine` and `max_rel_rms`, each with the worst tensor (a failing one first)."""
+    `min_cosine` and `max_rel_rms`, each with the worst tensor (a failing one first).
+    `scans`: a dict filled with {component: NaN/Inf counts per tensor} of every candidate component
+    read whole here (integrity's scan, done in this pass). `progress(n)`: candidate bytes compared."""
+    from ckptkit.verify.integrity import component_tensors
     from ckptkit.quant.types import PLAIN
     from ckptkit.verify.thresholds import for_type
 
@@ -57,10 +90,11 @@ def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst:
             continue
         missing = sorted(set(r_ops) - set(c_ops))
         comp_rows = []
+        reader = _Scanning(comp.ckpt, progress)
         for tname, e in c_ops.items():
             if tname not in r_ops:
                 continue
-            c_t, r_t = e.evaluate(comp.ckpt.load), r_ops[tname].evaluate(other.ckpt.load)
+            c_t, r_t = e.evaluate(reader.load), r_ops[tname].evaluate(other.ckpt.load)
             dtype = comp.ckpt.tensors[e.sources()[0]].dtype if e.sources() else "F32"
             limits = for_type(None if dtype in PLAIN else dtype, overrides)
             if c_t.shape != r_t.shape:
@@ -78,6 +112,9 @@ def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst:
                               "cosine_ok": errs["cosine"] >= limits.min_cosine,
                               "rel_rms_ok": errs["rel_rms"] <= limits.max_rel_rms})
             comp_rows[-1]["passed"] = comp_rows[-1]["cosine_ok"] and comp_rows[-1]["rel_rms_ok"]
+        if scans is not None:
+            reader.rest(component_tensors(comp))
+            scans[name] = reader.bad
         rows += comp_rows
         if not comp_rows:
             out.add("numeric", name, "min_cosine", None, None, False if missing else None,

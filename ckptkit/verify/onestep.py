@@ -19,8 +19,8 @@ Checks (each `applicable` or not, with the reason):
     all-reference chain; PSNR and SSIM of the images. Components the candidate lacks are taken
     from the reference (listed in the notes).
 A family or set without text encoders uses a seeded random conditioning of the shapes its
-denoiser takes (Sana's caption embedding); without a VAE the image checks are not applicable and
-the report image is a latent preview.
+denoiser takes (Sana's caption embedding); without a VAE the image checks are not applicable.
+`result.images` holds each checked stage's output on both sides, the rows of onestep.png.
 
 Models are loaded one at a time (reference, then candidate, per component) and freed after use,
 so the peak is one component. Every phase is timed with time.perf_counter (after a CUDA
@@ -31,7 +31,6 @@ GGUF dequantization), forward. The per-family conventions are `recipes.RECIPES`.
 from __future__ import annotations
 
 import gc
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +38,13 @@ from pathlib import Path
 import torch
 
 from ckptkit.errors import CkptError, ResourceError
-from ckptkit.convert.components import local_shapes, shipped_config
+from ckptkit.convert.components import shipped_config
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.verify.conditioning import (assemble, encode, generator, missing_encoders, random_conditioning,
                                          token_ids)
-from ckptkit.verify.images import (Comparison, OneStepImages, compare, decoded_to_image, json_float,
-                                   latent_preview, save_onestep_png)
+from ckptkit.verify.images import (Comparison, OneStepImages, StageImage, compare, decoded_to_image, json_float,
+                                   save_onestep_png)
 from ckptkit.verify.recipes import OneStepRecipe, recipe_for
 from ckptkit.verify.samplers import DENOISERS, one_step
 
@@ -200,7 +199,7 @@ class OneStepResult:
     timings: dict
     recipe: dict
     notes: list[str] = field(default_factory=list)
-    images: OneStepImages | None = None  # for onestep.png; not serialised
+    images: OneStepImages | None = None  # the rows of onestep.png (None: no stage ran); only its kind is serialised
 
     def checks(self) -> list[StageCheck]:
         return [*self.text.values(), self.diffusion, self.vae, self.e2e]
@@ -273,36 +272,6 @@ class _TimedCheckpoint:
         return getattr(self._ckpt, key)
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Memory a model may still take on `device` (MemAvailable on the CPU, free memory on a GPU),
-    or None where the system does not say."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-MEMORY_HEADROOM = 0.85  # of what is available: the load also holds one source tensor and its cast
-
-
-def _check_memory(name: str, ckpt: Checkpoint, prefix: str, exclude, dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse, with a clear line, a model that cannot fit: a 12B FLUX.1 transformer in float32 is
-    48 GB, and an out-of-memory kill is no error message."""
-    numel = sum(math.prod(shape) for shape in local_shapes(ckpt, prefix, set(exclude)).values())
-    need = numel * (torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4)
-    avail = available_bytes(device)
-    if avail is not None and need > MEMORY_HEADROOM * avail:
-        raise ResourceError(f"1-step check: {name} needs {need / 1e9:.1f} GB as {str(dtype).removeprefix('torch.')} on "
-                        f"{device.type}, {avail / 1e9:.1f} GB available; use --dtype bfloat16, --device cuda, "
-                        "or --no-onestep")
-
-
 def _own_storage(model) -> None:
     """Copy tensors that still view the file's mmap into fresh (aligned) memory: CPU kernels pick
     their paths by alignment, and a tensor's offset in a file must not change the result."""
@@ -314,6 +283,9 @@ def _own_storage(model) -> None:
 
 
 class _Run:
+    plan = None  # memory.MemoryPlan: which models are layer-streamed
+    progress = None  # progress(1) after each model built
+
     def __init__(self, ref: ModelSet, cand: ModelSet, seed: int, device: torch.device, dtype: torch.dtype,
                  resolution: int, text_length: int, tokens: dict | None):
         from ckptkit.families import get_family
@@ -328,6 +300,7 @@ class _Run:
         self.timings: dict = {side: {"load": {}, "dequantize": {}, "forward": {}}
                               for side in ("reference", "candidate")}
         self.notes: list[str] = []
+        self.rows: list[StageImage] = []  # onestep.png, in stage order
 
     # -- timing
     def _sync(self):
@@ -347,14 +320,21 @@ class _Run:
 
             config = source_config(mset.spec(name), local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names,
                                    None, src.ckpt)
-        _check_memory(name, src.ckpt, src.prefix, src.exclude, dtype or self.dtype, self.device)
-        model = load_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
-                               dtype or self.dtype)
-        if self.device.type == "cpu":
-            _own_storage(model)
-        model = model.to(self.device)
+        if self.plan is not None and self.plan.streamed(side, name):  # weights read per layer as it runs
+            from ckptkit.verify.streamed import streamed_component
+
+            model = streamed_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
+                                       dtype or self.dtype, self.device)
+        else:
+            model = load_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
+                                   dtype or self.dtype)
+            if self.device.type == "cpu":
+                _own_storage(model)
+            model = model.to(self.device)
         self._sync()
         total = time.perf_counter() - t0
+        if self.progress is not None:
+            self.progress(1)
         self.timings[side]["load"][name] = round(total - proxy.dequantize, 6)
         self.timings[side]["dequantize"][name] = round(proxy.dequantize, 6)
         return model
@@ -369,13 +349,26 @@ class _Run:
         return out
 
     def release(self) -> None:
-        """After the caller dropped its model: give GPU memory back before the next load."""
+        """After the caller dropped its model: give its memory back before the next load (the GPU
+        cache; on the CPU, the freed heap pages: see memory.trim)."""
+        gc.collect()
         if self.device.type == "cuda":
-            gc.collect()
             torch.cuda.empty_cache()
+        else:
+            from ckptkit.verify.memory import trim
+
+            trim()
 
     def to(self, cond: dict) -> dict:
         return {k: v.to(self.device, self.dtype) for k, v in cond.items()}
+
+    def add_row(self, stage: str, component: str, kind: str, ref: torch.Tensor, cand: torch.Tensor,
+                cmp: Comparison) -> None:
+        """Add a row to onestep.png with the figures of `cmp` (none where the shapes differ)."""
+        if tuple(ref.shape) == tuple(cand.shape):
+            metrics = {"cosine": cmp.cosine, "rel_rms": cmp.rel_rms,
+                       **({"psnr": cmp.psnr, "ssim": cmp.ssim} if cmp.psnr is not None else {})}
+            self.rows.append(StageImage(stage, component, kind, ref.detach().cpu(), cand.detach().cpu(), metrics))
 
     # -- stages
     def text_stage(self):
@@ -417,6 +410,10 @@ class _Run:
             r, c = outs["reference"][name], outs["candidate"][name]
             checks[name] = StageCheck("text_encoder", name, True,
                                       outputs={k: _compare(r[k], c[k]) for k in r if k in c})
+            key = next((k for k in ("hidden", "pooled") if k in checks[name].outputs), None)
+            if key:  # a pooled (1, P) output is shown as one token
+                self.add_row("text_encoder", name, "hidden", r[key].reshape(1, -1, r[key].shape[-1]),
+                             c[key].reshape(1, -1, c[key].shape[-1]), checks[name].outputs[key])
         return outs, checks
 
     def geometry(self, dm_cfg: dict | None, vae_cfg: dict | None, recipe: OneStepRecipe):
@@ -505,6 +502,8 @@ class _Run:
                 self.release()
                 diffusion = StageCheck("diffusion_model", dm, True, outputs={"latent": _compare(x0["reference"],
                                                                                                 x0["candidate"])})
+                self.add_row("diffusion_model", dm, "latent", x0["reference"], x0["candidate"],
+                             diffusion.outputs["latent"])
                 if self.rec["candidate"].sampler != recipe.sampler:
                     diffusion.notes.append(f"samplers: reference {recipe.sampler}, candidate "
                                            f"{self.rec['candidate'].sampler} (the same step at the start time)")
@@ -518,8 +517,11 @@ class _Run:
             x0["reference"] = torch.randn(self.latent_shape, generator=generator(self.seed, "latent"))
             self.notes.append("vae: decoding a seeded random latent (no diffusion model in the reference)")
 
-        vae, e2e, images = self.vae_stage(x0, recipe, diffusion)
+        vae, e2e = self.vae_stage(x0, recipe, diffusion)
         self.timings["total"] = round(time.perf_counter() - t_start, 6)
+        title = (f"{ref.family}{'/' + ref.variant if ref.variant else ''}, {self.device.type} "
+                 f"{str(self.dtype).removeprefix('torch.')}, seed {self.seed}")
+        images = OneStepImages(self.rows, title=title) if self.rows else None
         return OneStepResult(
             family=ref.family, variant=ref.variant, candidate_variant=cand.variant, sampler=recipe.sampler,
             candidate_sampler=self.rec["candidate"].sampler, device=str(self.device),
@@ -562,18 +564,18 @@ class _Run:
         if rv and cv:
             vae = StageCheck("vae", vae_name, True,
                              outputs={"image": _compare(decoded["reference"], decoded["candidate"], image=True)})
+            self.add_row("vae", vae_name, "image", decoded["reference"], decoded["candidate"], vae.outputs["image"])
         elif not recipe.has_vae:
             vae = _na("vae", vae_name, f"{self.ref.family} ships no VAE")
         else:
             vae = _na("vae", vae_name, "not in the " + ("reference" if not rv else "candidate")
                       if (rv or cv) else "not in either set")
 
-        images = None
         if "e2e" in x0 and "reference" in decoded and "e2e" in decoded:
             e2e = StageCheck("e2e", "e2e", True, outputs={
                 "latent": _compare(x0["reference"], x0["e2e"]),
                 "image": _compare(decoded["reference"], decoded["e2e"], image=True)})
-            images = OneStepImages(decoded["reference"], decoded["e2e"])
+            self.add_row("e2e", "e2e", "image", decoded["reference"], decoded["e2e"], e2e.outputs["image"])
         else:
             if not recipe.has_vae:
                 why = f"{self.ref.family} ships no text encoder or VAE; the diffusion model check covers it"
@@ -584,11 +586,7 @@ class _Run:
             e2e = _na("e2e", "e2e", why)
             if "e2e" in x0:
                 e2e.outputs["latent"] = _compare(x0["reference"], x0["e2e"])
-            if "candidate" in decoded:
-                images = OneStepImages(decoded["reference"], decoded["candidate"])
-            elif "candidate" in x0:
-                images = OneStepImages(*latent_preview(x0["reference"], x0["candidate"]), kind="latent")
-        return vae, e2e, images
+        return vae, e2e
 
 
 def _family_components(family: str):
@@ -613,14 +611,17 @@ def _component_config(mset: ModelSet, name: str) -> dict:
 def run_onestep(reference, candidate, *, seed: int = 0, device: str = "auto", dtype="float32",
                 resolution: int | None = None, text_length: int = DEFAULT_TEXT_LENGTH,
                 token_ids: dict[str, torch.Tensor] | None = None, family: str | None = None,
-                variant: str | None = None) -> OneStepResult:
+                variant: str | None = None, plan=None, memory_limit: int | None = None,
+                stream_above: int | None = None, progress=None) -> OneStepResult:
     """Run the 1-step check of `candidate` against `reference` (see the module doc).
 
     reference / candidate: anything `model_set` takes. family / variant: for sets that do not say
     (the candidate defaults to the reference's). resolution: image side in pixels (default 32;
     the latent side is resolution / the VAE's factor, rounded to what the denoiser needs).
     text_length: T5 / caption tokens. token_ids: component -> ids to use instead of the seeded
-    ones (e.g. a real prompt tokenized by the caller)."""
+    ones (e.g. a real prompt tokenized by the caller). plan: a memory.MemoryPlan made by the caller
+    (else planned here, with memory_limit and stream_above; see memory.py); a plan that does not
+    fit raises ResourceError before any model is loaded."""
     ref = model_set(reference, family, variant, "reference")
     cand = model_set(candidate, ref.family, None, "candidate")
     if cand.variant is None and cand.family == ref.family:
@@ -628,6 +629,13 @@ def run_onestep(reference, candidate, *, seed: int = 0, device: str = "auto", dt
     if cand.family != ref.family:
         raise CkptError(f"the candidate is {cand.family}, the reference {ref.family}: the 1-step check compares "
                         "the same family")
-    run = _Run(ref, cand, seed, resolve_device(device), resolve_dtype(dtype), resolution or DEFAULT_RESOLUTION,
-               text_length, token_ids)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if plan is None:
+        from ckptkit.verify.memory import plan_memory
+
+        plan = plan_memory(ref, cand, device, dtype, memory_limit, stream_above)
+    if not plan.fits:
+        raise ResourceError(plan.refusal())
+    run = _Run(ref, cand, seed, device, dtype, resolution or DEFAULT_RESOLUTION, text_length, token_ids)
+    run.plan, run.progress = plan, progress
     return run.run()

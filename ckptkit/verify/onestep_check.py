@@ -3,8 +3,6 @@ reference sets and compares every stage with the thresholds of the candidate's t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ckptkit.verify.onestep import run_onestep
 from ckptkit.verify.result import Findings
 from ckptkit.verify.thresholds import Thresholds
@@ -16,8 +14,12 @@ def _e2e_limits(limits: dict[str, Thresholds]) -> Thresholds:
     return min(limits.values(), key=lambda t: t.min_psnr)
 
 
-def check_onestep(cand, ref, limits: dict[str, Thresholds], opts, e2e: Thresholds | None = None):
-    result = run_onestep(ref, cand, seed=opts.seed, device=opts.device, dtype=opts.dtype, resolution=opts.resolution)
+def check_onestep(cand, ref, limits: dict[str, Thresholds], opts, e2e: Thresholds | None = None, plan=None,
+                  progress=None):
+    """plan: the memory plan (memory.py) made before any work; progress(n): models run."""
+    result = run_onestep(ref, cand, seed=opts.seed, device=opts.device, dtype=opts.dtype, resolution=opts.resolution,
+                         plan=plan, memory_limit=getattr(opts, "memory_limit", None),
+                         stream_above=getattr(opts, "stream_above", None), progress=progress)
     out = Findings()
     e2e = e2e or _e2e_limits(limits)
     for stage in result.checks():
@@ -34,11 +36,17 @@ def check_onestep(cand, ref, limits: dict[str, Thresholds], opts, e2e: Threshold
                 continue
             out.add("onestep", stage.component, f"{label} cosine", round(cmp.cosine, 6), limit.min_cosine,
                     cmp.cosine >= limit.min_cosine, f"rel RMS {cmp.rel_rms:.3g}, max abs {cmp.max_abs:.3g}")
+    for row in result.images.rows if result.images is not None else ():
+        judge(row, e2e if row.stage == "e2e" else limits.get(row.component, e2e))
     summary = result.to_json()
     out.add("onestep", None, "time_s", round(result.timings.get("total", 0.0), 3), None, None,
             f"{result.device}, {result.dtype}, {result.image_size} px, sampler {result.sampler}")
     return out, summary, result
 
 
-def save_onestep_png(result, path: str | Path) -> Path:
-    return result.save_png(path)
+def judge(row, limit: Thresholds) -> None:
+    """Set a row of onestep.png's limits and verdict as check_onestep judges its stage: the e2e
+    image by PSNR and SSIM, every other output (the VAE's image too) by the cosine."""
+    row.limits = ({"min_psnr": limit.min_psnr, "min_ssim": limit.min_ssim} if row.stage == "e2e"
+                  else {"min_cosine": limit.min_cosine})
+    row.passed = all(row.metrics[key.removeprefix("min_")] >= value for key, value in row.limits.items())

@@ -53,11 +53,17 @@ def markdown(report) -> str:
         wt = "\n## Worst tensors\n\n| component | tensor | rel RMS | cosine | max abs |\n|---|---|---|---|---|\n" + "".join(
             f"| {w['component']} | {w['tensor']} | {w['rel_rms']:.4g} | {w['cosine']:.6f} | {w['max_abs']:.4g} |\n"
             for w in worst)
-    img = "\n## One step\n\n![reference | candidate | difference](onestep.png)\n" if report.images is not None else ""
+    img = ("\n## One step\n\n![1-step check, a row per stage: reference | candidate | difference | heat map]"
+           "(onestep.png)\n") if _images(report) is not None else ""
     return (f"# ckptkit verify: {'PASS' if report.passed else 'FAIL'}\n\n`{report.path}`"
             + (f" against `{report.against}`" if report.against else "")
             + f"\n\nfamily: {report.family or 'unknown'}, variant: {report.variant or '-'}\n\n{head}{body}{wt}{img}"
             + f"\ntotal time: {report.timings.get('total', 0):.2f} s\n")
+
+
+def _images(report):
+    """The rows of onestep.png (report.images is the 1-step check's OneStepResult), or None."""
+    return getattr(report.images, "images", None)
 
 
 def write_report_dir(report, folder: str | Path) -> list[Path]:
@@ -69,8 +75,10 @@ def write_report_dir(report, folder: str | Path) -> list[Path]:
         with atomic_write(folder / name) as fh:
             fh.write(text.encode("utf-8"))
         written.append(folder / name)
-    if report.images is not None:
-        from ckptkit.verify.onestep_check import save_onestep_png
+    images = _images(report)
+    if images is not None:
+        from ckptkit.verify.images import save_onestep_png
 
-        written.append(save_onestep_png(report.images, folder / "onestep.png"))
+        images.verdict = report.passed
+        written.append(save_onestep_png(images, folder / "onestep.png"))
     return written

@@ -240,17 +240,22 @@ def test_onestep_png(bundles, tmp_path):
     path, _, _ = bundles("sdxl")
     cand = _open(_perturbed(bundles, "sdxl", "diffusion_model", "dm"))
     result = run_onestep(_open(path), cand, device="cpu")
-    _, h, w = result.images.reference.shape
-    assert [h, w] == result.image_size
+    rows = result.images.rows
+    assert [(r.stage, r.component, r.kind) for r in rows] == [
+        ("text_encoder", "clip_l", "hidden"), ("text_encoder", "clip_g", "hidden"),
+        ("diffusion_model", "diffusion_model", "latent"), ("vae", "vae", "image"), ("e2e", "e2e", "image")]
+    assert result.images.kind == "image" and result.images.title.startswith("sdxl")
+    assert list(rows[-1].reference.shape) == [3, *result.image_size]
+    assert list(rows[2].reference.shape) == result.latent_shape
+    assert rows[2].metrics == {"cosine": result.diffusion.outputs["latent"].cosine,
+                               "rel_rms": result.diffusion.outputs["latent"].rel_rms}
+    assert rows[-1].metrics["psnr"] == result.e2e.outputs["image"].psnr
+    assert all(r.passed is None and r.limits == {} for r in rows)  # judged by check_onestep, not the engine
     out = result.save_png(tmp_path / "onestep.png")
     with Image.open(out) as im:
-        assert im.size == imgs.onestep_png_size(h, w) == (3 * w * imgs.panel_scale(h, w),
-                                                          h * imgs.panel_scale(h, w) + imgs.LABEL_HEIGHT)
-        assert im.mode == "RGB"
-        strip = im.crop((0, 0, im.width, imgs.LABEL_HEIGHT)).convert("L")
-        assert strip.getextrema()[0] < 128  # labels drawn
-    diff = result.images.difference
-    assert diff.shape == result.images.reference.shape and float(diff.max()) > 0
+        assert im.size == imgs.onestep_png_size(result.images) and im.mode == "RGB"
+    # the perturbed diffusion model: its latent and the end-to-end image differ, the rest is exact
+    assert [float(imgs.difference_panel(r).max()) for r in rows] == [0.0, 0.0, 1.0, 0.0, 1.0]
 
 
 # ---------------------------------------------------------------- sampler math vs diffusers
