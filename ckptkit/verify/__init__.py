@@ -1,8 +1,9 @@
 """`verify`: integrity, layout, quantization coverage, numeric and 1-step checks, in one report.
 
-run_verify(path, against=...) opens both sets, runs every check that applies and returns a
-VerifyReport; exit code 0 all pass, 1 a check failed (2 is raised as CkptError: unreadable
-reference or a usage error).
+run_verify(path, against=...) opens both sets, plans the 1-step check's memory, runs every check
+that applies and returns a VerifyReport; exit code 0 all pass, 1 a check failed, 2 refused by the
+memory plan (an unreadable reference or a usage error is raised as CkptError, also 2), 130
+interrupted. A refused or interrupted run's report holds the rows of what ran.
 """
 
 from __future__ import annotations

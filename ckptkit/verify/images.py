@@ -156,7 +156,8 @@ def _display(row: StageImage) -> tuple[torch.Tensor, torch.Tensor]:
     what differs in the pictures differs in the tensors."""
     r, c = _grid(row.reference, row.kind), _grid(row.candidate, row.kind)
     if row.kind == "image":
-        return r.clamp(0, 1), c.clamp(0, 1)
+        lo, span = _stretch(r)
+        return ((r - lo) / span).clamp(0, 1), ((c - lo) / span).clamp(0, 1)
     if row.kind == "latent":  # the first 3 channels as RGB, each by the reference's range
         r, c = r.repeat(3, 1, 1)[:3], c.repeat(3, 1, 1)[:3]  # (a latent of 1 or 2 channels repeats them)
         lo, hi = r.amin((1, 2), keepdim=True), r.amax((1, 2), keepdim=True)
@@ -168,6 +169,20 @@ def _display(row: StageImage) -> tuple[torch.Tensor, torch.Tensor]:
         sd = torch.where(sd > 0, sd, torch.ones_like(sd))
         r, c = [0.5 + (t - mean) / (2 * HIDDEN_SIGMAS * sd) for t in (r, c)]
     return r.clamp(0, 1).expand(3, -1, -1), c.clamp(0, 1).expand(3, -1, -1)
+
+
+LOW_CONTRAST = 0.25  # an image whose values span less than this is shown stretched to its range
+
+
+def _stretch(ref: torch.Tensor) -> tuple[float, float]:
+    """(offset, span) that show an image: (0, 1) as it is, or the reference's own range when it is
+    low in contrast (an untrained or random-weight VAE decodes to an almost flat grey, which shows
+    nothing); the candidate is mapped the same way, and the label says so."""
+    finite = ref[torch.isfinite(ref)]
+    if not finite.numel():
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi - lo) if 0 < hi - lo < LOW_CONTRAST else (0.0, 1.0)
 
 
 def _magnitude(row: StageImage) -> torch.Tensor:
@@ -295,7 +310,9 @@ def describe(row: StageImage) -> str:
                 f"{w} (channels 1-3 as RGB by the reference's range)")
     what = {"vae": f"VAE {row.component}: both decoders on the reference's latent",
             "e2e": "end to end: all-reference chain vs all-candidate chain"}
-    return f"{what.get(row.stage, row.stage + ' ' + row.component)}, {h} x {w} px"
+    lo, span = _stretch(_grid(row.reference, "image"))
+    stretched = f", contrast stretched to the reference's range {lo:.3g}..{lo + span:.3g}" if span != 1.0 else ""
+    return f"{what.get(row.stage, row.stage + ' ' + row.component)}, {h} x {w} px{stretched}"
 
 
 def captions(row: StageImage) -> list[str]:

@@ -23,9 +23,12 @@ denoiser takes (Sana's caption embedding); without a VAE the image checks are no
 `result.images` holds each checked stage's output on both sides, the rows of onestep.png.
 
 Models are loaded one at a time (reference, then candidate, per component) and freed after use,
-so the peak is one component. Every phase is timed with time.perf_counter (after a CUDA
-synchronize): load (read + layout + build, without dequantization), dequantize (time inside
-GGUF dequantization), forward. The per-family conventions are `recipes.RECIPES`.
+so the peak is one component; the memory plan (memory.py, made before any model is built) says
+which components are layer-streamed instead (streamed.py: the peak is one layer). Every phase is
+timed with time.perf_counter (after a CUDA synchronize): load (read + layout + build, without
+dequantization; for a streamed model only the build), dequantize (time inside GGUF
+dequantization), forward (for a streamed model the weights are read inside it). The per-family
+conventions are `recipes.RECIPES`.
 """
 
 from __future__ import annotations

@@ -201,3 +201,17 @@ def test_rows_are_judged_with_the_check_s_limits(stage, metrics, passed):
     judge(row, Thresholds(min_cosine=0.999, min_psnr=50.0, min_ssim=0.999, max_rel_rms=0.02))
     assert row.passed is passed
     assert row.limits == ({"min_psnr": 50.0, "min_ssim": 0.999} if stage == "e2e" else {"min_cosine": 0.999})
+
+
+def test_a_flat_image_is_shown_stretched_and_says_so(tmp_path):
+    """A random-weight VAE decodes to an almost flat grey: shown by its own range, labelled."""
+    flat = 0.5 + 0.01 * torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(7))
+    row = StageImage("vae", "vae", "image", flat, flat.clone(), {"psnr": float("inf"), "ssim": 1.0},
+                     {"min_psnr": 30.0, "min_ssim": 0.95}, True)
+    images = OneStepImages([row], verdict=True)
+    png = _save(tmp_path, images)
+    ref = _panel(png, images, 0, 0)
+    assert ref.min() <= 5 and ref.max() >= 250  # the full range, not a flat grey
+    assert "contrast stretched to the reference's range 0.5" in imgs.describe(row)
+    vivid = StageImage("vae", "vae", "image", torch.rand(3, 32, 32), torch.rand(3, 32, 32), {}, {}, None)
+    assert "stretched" not in imgs.describe(vivid)

@@ -186,6 +186,14 @@ def test_nan_fails_integrity(sets, tmp_path):
     bad = row(report, "integrity", "diffusion_model", "nonfinite")
     assert bad["value"] == 1 and bad["threshold"] == 0
     assert report.tables["nonfinite"] == {f"diffusion_model:{name}": {"nan": 1, "inf": 0}}
+    # with a reference the scan rides on the numeric check's pass: the same row, the same counts
+    clean = tmp_path / "clean.safetensors"
+    state[name][0, 1] = 0.0
+    save_safetensors(clean, state)
+    fused = run_verify(path, VerifyOptions(against=str(clean), onestep=False))
+    assert row(fused, "integrity", "diffusion_model", "nonfinite") == bad
+    assert fused.tables["nonfinite"] == report.tables["nonfinite"]
+    assert ("integrity", "diffusion_model", "nonfinite") in failing(fused)
 
 
 def test_truncated_component_is_an_integrity_failure(sets):
