@@ -106,11 +106,11 @@ def rss_bytes() -> int:
 _LIBC = None
 
 
-def trim() -> None:
-    """Hand freed heap memory back to the system (glibc's malloc_trim). A model's tensors of a few
-    MB each are allocated from malloc's arenas once its mmap threshold has grown past them, and
-    freeing them leaves the pages mapped: without this, each model run one after the other adds
-    its size to the resident peak."""
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_ABOVE = 1 << 20  # allocations from 1 MiB up get their own mapping, returned to the system on free
+
+
+def _libc():
     global _LIBC
     if _LIBC is None:
         import ctypes
@@ -119,10 +119,29 @@ def trim() -> None:
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):  # not glibc: nothing to do
             _LIBC = False
-    if _LIBC:
+    return _LIBC
+
+
+def trim() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim). A model's tensors of a few
+    MB each are allocated from malloc's arenas once its mmap threshold has grown past them, and
+    freeing them leaves the pages mapped: without this, each model run one after the other adds
+    its size to the resident peak."""
+    if _libc():
         _LIBC.malloc_trim(0)
+
+
+def bounded_heap() -> None:
+    """Fix glibc's mmap threshold at MMAP_ABOVE for the rest of the process. By default it grows to
+    the largest block freed (up to 32 MB), after which a layer-streamed model's weights (allocated
+    and freed layer by layer) come from malloc's arenas and fragment them: the resident memory then
+    creeps towards the model's size. Tensors of a MiB and more each get a mapping of their own
+    instead, unmapped when freed."""
+    if _libc():
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_ABOVE)
 
 
 def _cgroup_room() -> int | None:

@@ -324,8 +324,10 @@ class _Run:
             config = source_config(mset.spec(name), local_shapes(src.ckpt, src.prefix, set(src.exclude)), src.names,
                                    None, src.ckpt)
         if self.plan is not None and self.plan.streamed(side, name):  # weights read per layer as it runs
+            from ckptkit.verify.memory import bounded_heap
             from ckptkit.verify.streamed import streamed_component
 
+            bounded_heap()
             model = streamed_component(proxy, mset.spec(name), src.prefix, src.names, config, src.exclude,
                                        dtype or self.dtype, self.device)
         else:
