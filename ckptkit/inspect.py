@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ckptkit.errors import CkptError
 from ckptkit.families.detect import Detection, detect
 from ckptkit.formats import Checkpoint, open_checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
@@ -36,6 +37,9 @@ class ComponentReport:
     # the sizes the weights decide that differ from the family's released model: key -> [this, released]
     not_released: dict[str, list] | None = None
     note: str | None = None  # "pruned/distilled: ..." when only depths differ
+    # how its weights are quantized in a safetensors file (formats/scaled.py): scheme, formats,
+    # quantized weight and scale/metadata tensor counts; None for plain weights
+    quantization: dict | None = None
 
 
 @dataclass
@@ -97,6 +101,7 @@ def _component_reports(ckpt: Checkpoint, det: Detection) -> list[ComponentReport
     for name in ckpt.tensors:
         if name not in skip and (comp := det.component_of(name)) is not None:
             members[comp].append(name)
+    scheme, scheme_error = _scheme(ckpt)
     reports = []
     for comp, names in members.items():
         dtypes: Counter = Counter()
@@ -107,8 +112,34 @@ def _component_reports(ckpt: Checkpoint, det: Detection) -> list[ComponentReport
         reports.append(ComponentReport(comp, role, det.components[comp], len(names),
                                        sum(ckpt.tensors[n].numel for n in names),
                                        sum(ckpt.tensors[n].nbytes for n in names), dict(dtypes), config, error,
-                                       differs, note))
+                                       differs, note, _quantization(scheme, scheme_error, names)))
     return reports
+
+
+def _scheme(ckpt: Checkpoint):
+    """(the file's quantization scheme or None, why it cannot be read as values or None)."""
+    from ckptkit.formats.scaled import detect_scheme
+
+    if ckpt.format == "gguf":
+        return None, None
+    try:
+        return detect_scheme(ckpt), None
+    except CkptError as exc:
+        return None, str(exc)
+
+
+def _quantization(scheme, error: str | None, names: list[str]) -> dict | None:
+    if scheme is None:  # an unreadable scheme is a problem of the file (inspect_checkpoint)
+        return None
+    mine = set(names)
+    layers = [layer for w, layer in scheme.layers.items() if w in mine]
+    if not layers:
+        return None
+    formats: dict[str, int] = {}
+    for layer in layers:
+        formats[layer.format] = formats.get(layer.format, 0) + 1
+    return {"scheme": scheme.name, "formats": formats, "quantized": len(layers),
+            "scales": sum(1 for n in mine if n in scheme.aux)}
 
 
 # config keys that count layers or blocks: a model differing from its release only in these is pruned
@@ -295,6 +326,9 @@ def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None, fami
         det = detect(ckpt)
         comps = _component_reports(ckpt, det)
         problems = _problems(ckpt, det, comps)
+        error = _scheme(ckpt)[1]
+        if error:  # never a dead end: described, and every value-reading command refuses it
+            problems.append(Problem("quantization_unknown", error))
         nonfinite = None
         if scan:
             nonfinite = scan_nonfinite(ckpt, progress)

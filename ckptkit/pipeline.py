@@ -151,6 +151,27 @@ def given(ckpt, config: str | os.PathLike | None = None, family: str | None = No
     return ckpt
 
 
+def values(ckpt, dtype: str = "keep"):
+    """The checkpoint as values, for a command that computes with them (a cast, the diffusers
+    layout, quantization): a quantized safetensors file (ComfyUI's scaled fp8, ...) is read as
+    weight x scale, dequantized in `dtype` (keep: the file's own compute dtype), and a scheme this
+    reader does not know is refused (formats/scaled.py). A byte-preserving copy reads the file as
+    stored instead, and keeps each scale with its weight."""
+    from ckptkit.engine.ops import CAST_TARGETS
+    from ckptkit.formats.scaled import dequantizing
+
+    return dequantizing(ckpt, CAST_TARGETS.get(dtype))
+
+
+def _open_values(source):
+    ckpt = open_checkpoint(source)
+    try:
+        return values(ckpt)
+    except BaseException:
+        ckpt.close()
+        raise
+
+
 def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOptions, *, force: bool = False,
           dry_run: bool = False, workers: int = 1, progress: Progress | None = None, allow_overflow: bool = False,
           tokenizer_from: str | None = None, store: str | None = None, config: str | None = None,
@@ -158,6 +179,8 @@ def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOpti
     out_dir = Path(out_dir)
     with open_checkpoint(source) as ckpt:
         given(ckpt, config, family)
+        if opts.dtype != "keep" or opts.layout == "diffusers":
+            ckpt = values(ckpt, opts.dtype)
         det = detect(ckpt)
         plan = plan_split(ckpt, det, opts)
         folders = _tokenizer_folders(plan, tokenizer_from)
@@ -241,6 +264,9 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
             if layout == "original" and det.form == "diffusers":
                 return merge(source, dest, force=force, dry_run=dry_run, workers=workers, progress=progress, family=family)
             raise CkptError(f"{source}: is already a {det.form} in {det.names} names")
+        if layout == "diffusers" or dtype != "keep":
+            ckpt = values(ckpt, dtype)
+            det = detect(ckpt)
         plan = plan_convert_component(ckpt, det, layout, dtype, dest.name)
         if dry_run:
             return RunResult(plan)
@@ -263,6 +289,7 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
     with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
     a directory (component set + manifest), or a file when the source is a single component and
     `out` ends in .gguf/.safetensors."""
+    from ckptkit.formats.scaled import Dequantized
     from ckptkit.quant.plan import open_component_set_source, plan_quantize, source_from_detection
 
     out, src_path = Path(out), Path(source)
@@ -276,8 +303,15 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
     else:
         ckpt = open_checkpoint(source)
         try:
+            ckpt = values(ckpt)  # quantizers take values: weight x scale for a scaled fp8 file
             given(ckpt, family=family)
             src = source_from_detection(ckpt, detect(ckpt))
+        except BaseException:
+            ckpt.close()
+            raise
+    if not isinstance(ckpt, Dequantized):
+        try:
+            ckpt = values(ckpt)
         except BaseException:
             ckpt.close()
             raise
@@ -319,7 +353,7 @@ def trigflow(source: str | os.PathLike, out_dir: str | os.PathLike, opts=None, *
     from ckptkit.convert.trigflow import TrigFlowOptions, plan_trigflow, transform_record
 
     out_dir = Path(out_dir)
-    with open_checkpoint(source) as ckpt:
+    with _open_values(source) as ckpt:
         given(ckpt, config, family)
         plan = plan_trigflow(ckpt, detect(ckpt), opts or TrigFlowOptions())
         if dry_run or not plan.outputs:

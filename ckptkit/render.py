@@ -37,6 +37,11 @@ def inspect_report(r: InspectReport) -> str:
                 for c in r.components]
         out.append(table(rows, ["component", "role", "prefix", "tensors", "params", "bytes", "dtypes"]))
     for c in r.components:
+        q = c.quantization
+        if q:
+            kinds = ", ".join(f"{n} {f}" for f, n in sorted(q["formats"].items()))
+            out.append(f"quantization of {c.name}: {q['scheme']}, {q['quantized']} quantized weights ({kinds}), "
+                       f"{q['scales']} scale/metadata tensors")
         if c.config_error:
             out.append(f"config of {c.name}: {printable(c.config_error)}")
         elif c.config:

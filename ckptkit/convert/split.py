@@ -107,8 +107,11 @@ def plan_split(ckpt: Checkpoint, det: Detection, opts: SplitOptions) -> Plan:
         tensors = tensor_ops(ckpt, ops, cast, opts.fix_position_ids, plan.notes, comp.name)
         metadata = {"ckptkit.component": comp.name, "ckptkit.family": det.family}
         if opts.layout != "diffusers":  # a diffusers folder ships config.json instead
+            from ckptkit.formats.scaled import carried_metadata
+
             carried = config_to_carry(ckpt, comp, prefix, det.names, cmap, exclude, config)
             metadata.update(metadata_value({comp.name: carried} if carried else {}))
+            metadata.update(carried_metadata(ckpt, ops))  # ComfyUI's per-layer quantization, renamed
         plan.outputs.append(OutputFile(path, comp.name, naming if opts.layout != "comfy" else "comfy", tensors,
                                        metadata=metadata))
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,

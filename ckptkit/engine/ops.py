@@ -8,6 +8,7 @@ from ckptkit.engine.plan import TensorOp
 from ckptkit.errors import CkptError, printable
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import DTYPES, FLOAT_CODES
+from ckptkit.formats.scaled import is_marker
 
 CAST_TARGETS = {"keep": None, "fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 POSITION_IDS = "embeddings.position_ids"
@@ -34,7 +35,7 @@ def tensor_ops(ckpt: Checkpoint, ops: dict[str, expr.Expr], cast: str | None, fi
             notes.append(f"{label}: {name} rebuilt as arange({n}) int64")
         sdt = source_dtype(ckpt, e)
         shape = expr.shape_of(e, src_shapes)
-        if 0 in shape:
+        if 0 in shape and not is_marker(name):  # ComfyUI's `scaled_fp8` marker is empty by design
             raise CkptError(f"{label}: tensor {printable(name)} has shape {list(shape)}: a zero-sized dimension "
                             "(no values) in a model component; the file is damaged")
         dtype = cast if cast and sdt in FLOAT_CODES and not name.endswith(POSITION_IDS) else sdt

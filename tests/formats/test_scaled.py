@@ -1,0 +1,193 @@
+"""Quantized safetensors read as values (formats/scaled.py): ComfyUI's scaled fp8 in its old and
+new styles, built as ComfyUI writes them (fixtures/quantized.py), split, converted, quantized and
+inspected; schemes not understood are refused with one line, never read as plain weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ckptkit import pipeline
+from ckptkit.cli import cli
+from ckptkit.convert.split import SplitOptions
+from ckptkit.fixtures.factory import bundle_state, shipped_configs
+from ckptkit.fixtures.quantized import STYLES, comfy_dequantized, comfy_scaled, linear_weights
+from ckptkit.formats import open_checkpoint
+from ckptkit.formats.safetensors import save_safetensors
+from ckptkit.formats.scaled import Dequantized, detect_scheme, dequantizing
+from ckptkit.quant.policy import Policy
+
+DM = "model.diffusion_model."
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    """style -> (path, tensors) of an SDXL bundle (bf16) whose UNet Linear weights are ComfyUI scaled fp8,
+    and the plain bf16 state it was made from."""
+    folder = tmp_path_factory.mktemp("scaled")
+    state = bundle_state("sdxl", dtype=torch.bfloat16, junk=False)
+    weights = linear_weights(state, DM)
+    out = {}
+    for style in STYLES:
+        tensors, meta = comfy_scaled(state, weights, style, marker=DM)
+        path = folder / f"{style}.safetensors"
+        save_safetensors(path, tensors, {**shipped_configs("sdxl"), **meta})
+        out[style] = (path, tensors)
+    out["weights"] = weights
+    out["folder"] = folder
+    return out
+
+
+def _scale(tensors, weight, style):
+    layer = weight[: -len(".weight")]
+    return tensors[f"{layer}.scale_weight" if style == "old" else f"{layer}.weight_scale"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_detected_with_every_layer(sdxl, style):
+    path, tensors = sdxl[style]
+    with open_checkpoint(path) as ck:
+        scheme = detect_scheme(ck)
+    assert scheme.name == ("comfy-scaled-fp8" if style == "old" else "comfy-mixed")
+    assert set(scheme.layers) == set(sdxl["weights"])
+    assert set(scheme.formats()) == {"float8_e4m3fn"}
+    scales = {n for n in tensors if n.endswith((".scale_weight", ".weight_scale", ".scale_input", ".comfy_quant"))}
+    assert scheme.aux == scales | ({DM + "scaled_fp8"} if style == "old" else set())
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_split_with_a_cast_dequantizes_as_comfyui(sdxl, style, tmp_path):
+    """--dtype bf16 gives weight.to(bf16) * scale.to(bf16) (comfy/ops.py), not the fp8 values cast,
+    which are off by amax / 448 (x1000s)."""
+    path, tensors = sdxl[style]
+    pipeline.split(path, tmp_path / "out", SplitOptions(layout="comfy", dtype="bf16"))
+    with open_checkpoint(tmp_path / "out" / "diffusion_model.safetensors") as ck:
+        assert not any(n.endswith(("scale_weight", "weight_scale", "comfy_quant", "scaled_fp8")) for n in ck.tensors)
+        for weight in sdxl["weights"]:
+            got = ck.load(weight[len(DM):])
+            want = comfy_dequantized(tensors[weight], _scale(tensors, weight, style), torch.bfloat16)
+            assert got.dtype == torch.bfloat16 and torch.equal(got, want), weight
+        naive = tensors[sdxl["weights"][0]].to(torch.bfloat16)
+        ratio = float(naive.float().abs().max() / ck.load(sdxl["weights"][0][len(DM):]).float().abs().max())
+        assert ratio > 100  # what reading the stored values as weights would have written
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_plain_split_keeps_bytes_and_scales_together(sdxl, style, tmp_path):
+    path, tensors = sdxl[style]
+    pipeline.split(path, tmp_path / "out", SplitOptions(layout="comfy"))
+    with open_checkpoint(tmp_path / "out" / "diffusion_model.safetensors") as ck:
+        for name, t in tensors.items():
+            if name.startswith(DM):
+                got = ck.load(name[len(DM):])
+                assert got.dtype == t.dtype and torch.equal(got.reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), name
+        scheme = detect_scheme(ck)  # ComfyUI reads the component file as the same scheme
+        assert set(scheme.layers) == {w[len(DM):] for w in sdxl["weights"]}
+        if style == "header":
+            layers = json.loads(ck.metadata["_quantization_metadata"])["layers"]
+            assert set(layers) == {w[len(DM):-len(".weight")] for w in sdxl["weights"]}
+        if style == "old":
+            assert ck.tensors["scaled_fp8"].dtype == "F8_E4M3" and ck.tensors["scaled_fp8"].shape == (0,)
+
+
+def test_diffusers_layout_gets_values(sdxl, tmp_path):
+    path, tensors = sdxl["old"]
+    pipeline.split(path, tmp_path / "d", SplitOptions(layout="diffusers"))
+    with open_checkpoint(tmp_path / "d" / "unet" / "diffusion_pytorch_model.safetensors") as ck:
+        assert {info.dtype for info in ck.tensors.values()} <= {"BF16", "F32", "I64"}
+        assert not any("scale" in n for n in ck.tensors)
+
+
+def test_gguf_from_scaled_equals_gguf_from_its_dequantized_bf16(sdxl, tmp_path):
+    path, tensors = sdxl["tensor"]
+    plain = {}
+    for name, t in tensors.items():
+        if name.endswith((".weight_scale", ".comfy_quant")):
+            continue
+        plain[name] = comfy_dequantized(t, _scale(tensors, name, "tensor"), torch.bfloat16) \
+            if name in sdxl["weights"] else t
+    bf16 = tmp_path / "bf16.safetensors"
+    save_safetensors(bf16, plain, shipped_configs("sdxl"))
+    for src, out in ((path, "a"), (bf16, "b")):
+        pipeline.quantize(src, tmp_path / out, Policy(diffusion_model="q8_0"))
+    with open_checkpoint(tmp_path / "a" / "diffusion_model.gguf") as a, \
+            open_checkpoint(tmp_path / "b" / "diffusion_model.gguf") as b:
+        assert list(a.tensors) == list(b.tensors)
+        for name in a.tensors:
+            assert a.tensors[name].dtype == b.tensors[name].dtype, name
+            assert bytes(a.stored_bytes(name)) == bytes(b.stored_bytes(name)), name
+
+
+def test_inspect_shows_the_scheme(sdxl):
+    path, _ = sdxl["old"]
+    result = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    comps = {c["name"]: c for c in json.loads(result.stdout)["components"]}
+    q = comps["diffusion_model"]["quantization"]
+    n = len(sdxl["weights"])
+    assert q == {"scheme": "comfy-scaled-fp8", "formats": {"float8_e4m3fn": n}, "quantized": n, "scales": 2 * n + 1}
+    assert comps["clip_l"]["quantization"] is None
+    text = CliRunner().invoke(cli, ["inspect", str(path)]).stdout
+    assert f"quantization of diffusion_model: comfy-scaled-fp8, {n} quantized weights" in text
+
+
+def test_dequantized_view_in_another_dtype(sdxl):
+    path, tensors = sdxl["old"]
+    weight = sdxl["weights"][3]
+    with open_checkpoint(path) as ck:
+        view = dequantizing(ck, "F32")
+        assert isinstance(view, Dequantized) and view.tensors[weight].dtype == "F32"
+        want = tensors[weight].float() * _scale(tensors, weight, "old").float()
+        assert torch.equal(view.load(weight), want)
+        assert DM + "scaled_fp8" not in view.tensors
+
+
+# --------------------------------------------------------------------------- refused, never guessed
+def _write(tmp_path, tensors, metadata=None, name="bad.safetensors"):
+    path = tmp_path / name
+    save_safetensors(path, tensors, metadata or {})
+    return path
+
+
+REFUSED = {
+    "scale on a bf16 weight": ({"a.weight": torch.ones(4, 4, dtype=torch.bfloat16), "a.weight_scale": torch.tensor(2.0)},
+                               None, "without metadata saying how"),
+    "block-scaled (musubi)": ({"a.weight": torch.ones(4, 4).to(torch.float8_e4m3fn),
+                               "a.scale_weight": torch.ones(4, 2, 1)}, None, "one scale per tensor"),
+    "nvfp4": ({"a.weight": torch.zeros(4, 2, dtype=torch.uint8), "a.weight_scale": torch.ones(1)},
+              {"_quantization_metadata": json.dumps({"layers": {"a": {"format": "nvfp4"}}})}, "'nvfp4'"),
+    "bitsandbytes": ({"a.weight": torch.zeros(8, 1, dtype=torch.uint8), "a.weight.absmax": torch.ones(1),
+                      "a.weight.quant_state.bitsandbytes__nf4": torch.zeros(4, dtype=torch.uint8)}, None,
+                     "bitsandbytes"),
+    "quanto": ({"a.weight._data": torch.zeros(4, 4, dtype=torch.int8), "a.weight._scale": torch.ones(4, 1)}, None,
+               "optimum-quanto"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_unknown_schemes_are_refused(tmp_path, case):
+    tensors, metadata, words = REFUSED[case]
+    path = _write(tmp_path, tensors, metadata)
+    with open_checkpoint(path) as ck:
+        with pytest.raises(Exception) as info:
+            dequantizing(ck)
+    assert words in str(info.value)
+    result = CliRunner().invoke(cli, ["quantize", str(path), "-o", str(tmp_path / "q"), "--type", "q8_0"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "q").exists()
+    shown = CliRunner().invoke(cli, ["inspect", str(path), "--json"])  # described, never a dead end
+    assert shown.exit_code == 0
+    assert any(p["code"] == "quantization_unknown" for p in json.loads(shown.stdout)["problems"])
+
+
+def test_split_cast_of_a_refused_scheme_exits_2(tmp_path, sdxl):
+    path, tensors = sdxl["old"]
+    bad = dict(tensors)
+    bad[DM + "out.0.scale_weight"] = torch.ones(3, 1)  # a scale whose weight is not fp8
+    path = _write(tmp_path, bad, shipped_configs("sdxl"))
+    result = CliRunner().invoke(cli, ["split", str(path), "-o", str(tmp_path / "o"), "--dtype", "bf16"])
+    assert result.exit_code == 2 and result.stderr.startswith("ckptkit: error: "), result.output
+    assert not (tmp_path / "o").exists()
