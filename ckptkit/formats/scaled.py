@@ -279,6 +279,18 @@ class Dequantized(Checkpoint):
         return getattr(self.inner, key)
 
 
+# the quantized type of a scaled weight, as verify's thresholds name it (thresholds.DEFAULTS)
+STORED_TYPE = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int8_tensorwise": "INT8",
+               "fp8_block128": "F8_E4M3"}
+
+
+def stored_type(ckpt: Checkpoint, name: str) -> str:
+    """The type a tensor is stored in: for a weight read through Dequantized, its quantized type
+    (F8_E4M3, F8_E5M2, INT8), which verify's limits go by; else its dtype."""
+    layer = ckpt.scheme.layers.get(name) if isinstance(ckpt, Dequantized) else None
+    return STORED_TYPE[layer.format] if layer is not None else ckpt.tensors[name].dtype
+
+
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.Tensor:
     """One weight's values, as its library computes them (see the module doc)."""
     if fmt.startswith("float8"):  # comfy/ops.py, comfy_kitchen eager: cast first, multiply in the compute dtype

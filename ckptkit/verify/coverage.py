@@ -11,13 +11,18 @@ from ckptkit.verify.result import Findings
 from ckptkit.verify.sets import ComponentSet, expected_components
 
 INTEGER_OR_PLAIN = set(PLAIN) | {"F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+# stored as they are (a split copies them), but lossy: a component holding them is held to their limits
+LOSSY_STORED = {"F8_E4M3", "F8_E5M2"}
 
 
 def type_summary(comp) -> dict[str, dict[str, int]]:
+    """Stored type -> tensors and bytes (a scaled fp8 weight counts as its fp8 type: formats/scaled.py)."""
+    from ckptkit.formats.scaled import stored_type
+
     summary: dict[str, dict[str, int]] = {}
     for n, info in comp.ckpt.tensors.items():
         if n.startswith(comp.prefix) and n not in comp.exclude:
-            entry = summary.setdefault(info.dtype, {"tensors": 0, "bytes": 0})
+            entry = summary.setdefault(stored_type(comp.ckpt, n), {"tensors": 0, "bytes": 0})
             entry["tensors"] += 1
             entry["bytes"] += info.nbytes
     return summary
@@ -30,7 +35,7 @@ def component_quant_type(summary: dict[str, dict[str, int]]) -> str | None:
     carry Q4_K's error, so it is held to Q4_K's limits."""
     from ckptkit.verify.thresholds import least_precise
 
-    return least_precise(t for t in summary if t not in INTEGER_OR_PLAIN)
+    return least_precise(t for t in summary if t not in INTEGER_OR_PLAIN or t in LOSSY_STORED)
 
 
 def allowed_types(policy: dict) -> set[str] | None:

@@ -10,6 +10,7 @@ import torch
 
 from ckptkit.convert.components import map_component
 from ckptkit.errors import CkptError
+from ckptkit.formats.scaled import stored_type
 from ckptkit.verify.result import Findings
 from ckptkit.verify.sets import Component, ComponentSet
 
@@ -107,7 +108,7 @@ def check_numeric(cand: ComponentSet, ref: ComponentSet, overrides: dict, worst:
             if tname not in r_ops:
                 continue
             c_t, r_t = e.evaluate(reader.load), r_ops[tname].evaluate(other.ckpt.load)
-            dtype = comp.ckpt.tensors[e.sources()[0]].dtype if e.sources() else "F32"
+            dtype = stored_type(comp.ckpt, e.sources()[0]) if e.sources() else "F32"
             limits = for_type(None if dtype in PLAIN else dtype, overrides)
             if c_t.shape != r_t.shape:
                 comp_rows.append({"component": name, "tensor": tname, "rel_rms": float("inf"), "cosine": 0.0,

@@ -16,6 +16,7 @@ from ckptkit.families import BY_NAME
 from ckptkit.families.detect import Detection, detect
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats import Checkpoint, open_checkpoint
+from ckptkit.formats.scaled import dequantizing
 from ckptkit.errors import printable
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
@@ -101,6 +102,17 @@ def _from_checkpoint(path: Path, ckpt: Checkpoint, family: str | None = None) ->
     return cset
 
 
+def _open_values(path) -> Checkpoint:
+    """A file read as values: a scaled fp8 file as weight x scale (formats/scaled.py); a
+    quantization scheme this reader does not know makes it unreadable (CkptError)."""
+    ckpt = open_checkpoint(path)
+    try:
+        return dequantizing(ckpt)
+    except BaseException:
+        ckpt.close()
+        raise
+
+
 def open_set(path: str | Path, family: str | None = None, expect_manifest: str | None = None) -> ComponentSet:
     """Raises CkptError only when nothing at all can be read (or `family`, `--family`, is not in
     it); per-file failures are recorded. expect_manifest: the sha256 the folder's ckptkit.json must
@@ -113,7 +125,7 @@ def open_set(path: str | Path, family: str | None = None, expect_manifest: str |
     if expect_manifest is not None:
         raise CkptError(f"--expect-manifest: {path} is not a component-set folder (no ckptkit.json to pin)")
     try:
-        ckpt = open_checkpoint(path)
+        ckpt = _open_values(path)
     except CkptError as exc:
         if path.is_dir():
             raise
@@ -210,7 +222,7 @@ def _open_folder(folder: Path, family: str | None = None, expect_manifest: str |
             cset.components[name] = Component(name, None, folder, error=file, manifest=entry)
             continue
         try:
-            ckpt = open_checkpoint(file)
+            ckpt = _open_values(file)
         except CkptError as exc:
             cset.components[name] = Component(name, None, file, error=str(exc), manifest=entry)
             continue

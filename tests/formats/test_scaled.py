@@ -191,3 +191,48 @@ def test_split_cast_of_a_refused_scheme_exits_2(tmp_path, sdxl):
     result = CliRunner().invoke(cli, ["split", str(path), "-o", str(tmp_path / "o"), "--dtype", "bf16"])
     assert result.exit_code == 2 and result.stderr.startswith("ckptkit: error: "), result.output
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- verify takes them as candidates
+@pytest.fixture(scope="module")
+def reference(sdxl):
+    path = sdxl["folder"] / "reference.safetensors"
+    save_safetensors(path, bundle_state("sdxl", dtype=torch.bfloat16, junk=False), shipped_configs("sdxl"))
+    return path
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_verify_passes_a_faithful_scaled_file(sdxl, reference, style):
+    from ckptkit.verify import VerifyOptions, run_verify
+
+    path, _ = sdxl[style]
+    report = run_verify(path, VerifyOptions(against=str(reference), device="cpu"))
+    assert report.passed, [(r.check, r.component, r.metric, r.detail) for r in report.results if r.passed is False]
+    assert report.thresholds["diffusion_model"]["max_rel_rms"] == 0.05  # held to fp8 e4m3's limits
+    types = report.tables["types:diffusion_model"]
+    assert types["F8_E4M3"]["tensors"] == len(sdxl["weights"]) and "F8_E4M3" in types
+
+
+def test_verify_fails_a_scaled_file_whose_scales_are_wrong(sdxl, reference, tmp_path):
+    from ckptkit.verify import VerifyOptions, run_verify
+
+    _, tensors = sdxl["old"]
+    broken = {n: (t * 2 if n.endswith(".scale_weight") else t) for n, t in tensors.items()}
+    path = _write(tmp_path, broken, shipped_configs("sdxl"))
+    report = run_verify(path, VerifyOptions(against=str(reference), device="cpu"))
+    failed = {(r.check, r.component, r.metric) for r in report.results if r.passed is False}
+    assert ("numeric", "diffusion_model", "max_rel_rms") in failed
+    assert report.exit_code == 1
+
+
+def test_int8_tensorwise_reads_as_comfy_kitchen(tmp_path):
+    state = bundle_state("sd1", dtype=torch.bfloat16, junk=False)
+    weights = linear_weights(state, DM)
+    tensors, meta = comfy_scaled(state, weights, "header", fp8=torch.int8)
+    path = _write(tmp_path, tensors, {**shipped_configs("sd1"), **meta})
+    with open_checkpoint(path) as ck:
+        view = dequantizing(ck)
+        assert view.scheme.formats() == {"int8_tensorwise": len(weights)}
+        w = weights[0]
+        want = (tensors[w].float() * tensors[w[:-len(".weight")] + ".weight_scale"]).to(torch.bfloat16)
+        assert torch.equal(view.load(w), want)
