@@ -1,7 +1,7 @@
 """Quantized safetensors read as values: ComfyUI's scaled fp8 (old `scaled_fp8` marker with
 `.scale_weight`; new mixed precision with `.comfy_quant` / `_quantization_metadata` and
-`.weight_scale`), plain fp8 + `.weight_scale` files, and DeepSeek-style block fp8
-(`.weight_scale_inv`). Read as if the stored values were the weights, such files give silently
+`.weight_scale`), plain fp8 + `.weight_scale` files, DeepSeek-style block fp8
+(`.weight_scale_inv`), bitsandbytes (4-bit nf4/fp4, LLM.int8) and optimum-quanto (qint8, qfloat8). Read as if the stored values were the weights, such files give silently
 wrong models (fp8 values off by their scale, ~1e-3: stable-diffusion.cpp's white images).
 
     scheme = detect_scheme(ckpt)          # None for a plain file; CkptError for one not understood
@@ -43,9 +43,14 @@ class QuantLayer:
     """One quantized weight: its stored tensor, how to dequantize it and the tensors that do."""
 
     weight: str  # e.g. "model.diffusion_model.input_blocks.4.1.proj_in.weight"
-    format: str  # "float8_e4m3fn" | "float8_e5m2" | "int8_tensorwise" | "fp8_block128"
-    scale: str  # the multiply-to-dequantize tensor
-    aux: tuple[str, ...] = ()  # every other tensor of the layer (input scale, comfy_quant)
+    format: str  # "float8_e4m3fn" | "float8_e5m2" | "int8_tensorwise" | "fp8_block128" | "nf4" | "fp4"
+    #              | "llm_int8" | "qint8" | "qfloat8"
+    scale: str  # the multiply-to-dequantize tensor (bitsandbytes 4-bit: the block absmax)
+    aux: tuple[str, ...] = ()  # every other tensor of the layer (input scale, comfy_quant, quant maps)
+    data: str = ""  # the stored data when not under the weight's own name (quanto: `<weight>._data`)
+    shape: tuple[int, ...] | None = None  # the weight's shape when the data is packed (bitsandbytes 4-bit)
+    params: tuple = ()  # (key, value) pairs of the layer's stored quantization state
+    dtype: str | None = None  # the dtype its library dequantizes to when the file says (bitsandbytes 4-bit)
 
 
 @dataclass
@@ -202,10 +207,12 @@ def detect_scheme(ckpt: Checkpoint) -> Scheme | None:
                 aux = tuple(n for n in (f"{layer}.input_scale",) if n in names)
                 scheme.layers[weight] = QuantLayer(weight, fmt, name, aux)
     if scheme is None:
+        scheme = _bnb(ckpt) or _quanto(ckpt)
+    if scheme is None:
         _refuse_unknown(ckpt)
         return None
     for layer in scheme.layers.values():
-        scheme.aux |= {layer.scale, *layer.aux}
+        scheme.aux |= {layer.scale, *layer.aux} | ({layer.data} if layer.data else set())
     stray = [n for n in names if n.endswith(SCALE_SUFFIXES) and n not in scheme.aux]
     if stray:
         raise CkptError(f"{ckpt.path}: {printable(stray[0])} belongs to no quantized weight of its "
@@ -213,15 +220,96 @@ def detect_scheme(ckpt: Checkpoint) -> Scheme | None:
     return scheme
 
 
+BNB_STATE = ".weight.quant_state.bitsandbytes__"
+TORCH_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def _bnb(ckpt: Checkpoint) -> Scheme | None:
+    """bitsandbytes as transformers/diffusers save it (bitsandbytes nn/modules.py, functional.py
+    QuantState.as_dict): 4-bit `W.weight` (packed, two values a byte, the first in the high nibble)
+    with `.absmax`, `.quant_map`, optional nested double-quantization state and a
+    `.quant_state.bitsandbytes__nf4|fp4` JSON tensor; LLM.int8 `W.weight` int8 with `W.SCB`."""
+    names = ckpt.tensors
+    states = [n for n in names if BNB_STATE in n]
+    scb = [n for n in names if n.endswith(".SCB")]
+    if not states and not scb:
+        return None
+    scheme = Scheme("bitsandbytes")
+    for name in states:
+        weight = name[: name.index(".quant_state.")]
+        raw = ckpt.load(name)
+        try:
+            state = json.loads(bytes(raw.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CkptError(f"{ckpt.path}: {printable(name)} is not bitsandbytes' JSON quant state ({exc})") from None
+        fmt = state.get("quant_type")
+        if fmt not in ("nf4", "fp4") or name.rsplit("__", 1)[-1] != fmt:
+            raise CkptError(f"{ckpt.path}: {printable(name)}: 4-bit type {printable(fmt)!r} is not nf4 or fp4")
+        nested = f"{weight}.nested_absmax" in names
+        aux = [name, f"{weight}.quant_map"] + ([f"{weight}.nested_absmax", f"{weight}.nested_quant_map"] if nested else [])
+        for n in aux + [weight, f"{weight}.absmax"]:
+            _need(ckpt, n, "bitsandbytes tensor")
+        try:
+            shape, blocksize = tuple(int(d) for d in state["shape"]), int(state["blocksize"])
+            params = {"blocksize": blocksize}
+            if nested:
+                params.update(nested_blocksize=int(state["nested_blocksize"]), nested_offset=float(state["nested_offset"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CkptError(f"{ckpt.path}: {printable(name)} lacks {exc} of bitsandbytes' quant state") from None
+        n_values = math.prod(shape)
+        if names[weight].numel * 2 < n_values or names[f"{weight}.absmax"].numel != -(-n_values // blocksize):
+            raise CkptError(f"{ckpt.path}: {printable(weight)} does not hold {list(shape)} values in "
+                            f"{blocksize}-value blocks")
+        scheme.layers[weight] = QuantLayer(weight, fmt, f"{weight}.absmax", tuple(aux), shape=shape,
+                                           params=tuple(sorted(params.items())),
+                                           dtype=TORCH_DTYPES.get(str(state.get("dtype", "")).removeprefix("torch.")))
+    for name in scb:
+        layer = _prefix_of(name, ".SCB")
+        weight = f"{layer}.weight"
+        info = _need(ckpt, weight, "int8 weight")
+        fmt_name = f"{layer}.weight_format"
+        if info.dtype != "I8" or names[name].numel != info.shape[0]:
+            raise CkptError(f"{ckpt.path}: {printable(name)} does not scale the rows of an int8 {printable(weight)}")
+        if fmt_name in names and int(ckpt.load(fmt_name).reshape(-1)[0]) != 0:
+            raise CkptError(f"{ckpt.path}: {printable(fmt_name)} is not bitsandbytes' row format (0); refused")
+        scheme.layers[weight] = QuantLayer(weight, "llm_int8", name, tuple(n for n in (fmt_name,) if n in names))
+    return scheme
+
+
+def _quanto(ckpt: Checkpoint) -> Scheme | None:
+    """optimum-quanto as diffusers/transformers save it (optimum/quanto nn/qmodule.py, tensor/
+    weights/qbytes.py): `W.weight._data` (int8 or fp8) with a per-row `W.weight._scale`, and
+    `W.input_scale` / `W.output_scale`. The packed 4- and 2-bit weights (`W.weight._data._data` with
+    `_shift`) do not hold the layer's shape, so they are refused."""
+    names = ckpt.tensors
+    datas = [n for n in names if n.endswith(".weight._data")]
+    if not datas and not any(n.endswith((".weight._scale", ".weight._data._data")) for n in names):
+        return None
+    packed = next((n for n in names if n.endswith(".weight._data._data")), None)
+    if packed is not None:
+        raise CkptError(f"{ckpt.path}: {printable(packed)} is optimum-quanto's packed 4/2-bit weight, whose layer "
+                        "shape the file does not hold; reading it is not supported (refused, not guessed)")
+    scheme = Scheme("optimum-quanto")
+    for data in datas:
+        weight = _prefix_of(data, "._data")
+        layer = _prefix_of(weight, ".weight")
+        info, scale = names[data], f"{weight}._scale"
+        sinfo = _need(ckpt, scale, "quanto scale")
+        fmt = "qint8" if info.dtype == "I8" else "qfloat8" if info.dtype in FP8 else None
+        if fmt is None or len(info.shape) < 1 or sinfo.numel not in (1, info.shape[0]):
+            raise CkptError(f"{ckpt.path}: {printable(data)} ({info.dtype} {list(info.shape)}) with scale "
+                            f"{list(sinfo.shape)} is not a quanto 8-bit weight this reader knows")
+        aux = tuple(n for n in (f"{layer}.input_scale", f"{layer}.output_scale") if n in names)
+        scheme.layers[weight] = QuantLayer(weight, fmt, scale, aux, data=data)
+    return scheme
+
+
 def _refuse_unknown(ckpt: Checkpoint) -> None:
-    """Other quantized serializations (bitsandbytes, optimum-quanto, ...) must not be read as values."""
+    """Anything that looks like a quantization scale of a scheme not known here is refused."""
     for name in ckpt.tensors:
-        if ".quant_state.bitsandbytes__" in name or name.endswith((".weight.absmax", ".SCB")):
-            raise CkptError(f"{ckpt.path}: a bitsandbytes-quantized file ({printable(name)}); reading its values "
-                            "is not supported yet (refused rather than read as plain weights)")
-        if name.endswith((".weight._data", ".weight._scale", ".weight._data._data")):
-            raise CkptError(f"{ckpt.path}: an optimum-quanto-quantized file ({printable(name)}); reading its values "
-                            "is not supported yet (refused rather than read as plain weights)")
+        if name.endswith((".absmax", ".quant_map", ".SCB", "._scale", "._shift")):
+            raise CkptError(f"{ckpt.path}: {printable(name)} is part of a bitsandbytes/quanto quantization state "
+                            "whose other parts are missing; refused rather than read as plain weights")
         if name.endswith(SCALE_SUFFIXES):
             raise CkptError(f"{ckpt.path}: {printable(name)} looks like a quantization scale of a scheme this "
                             "reader does not know; refused rather than guessed")
@@ -243,11 +331,18 @@ class Dequantized(Checkpoint):
     def __init__(self, ckpt: Checkpoint, scheme: Scheme, dtype: str | None = None):
         dtype = dtype or value_dtype(ckpt, scheme)
         tensors = {}
+        by_data = {la.data: la for la in scheme.layers.values() if la.data}
         for name, info in ckpt.tensors.items():
             if name in scheme.aux:
-                continue
-            if name in scheme.layers:
-                info = TensorInfo(name, info.shape, dtype, info.numel * DTYPES[dtype][1])
+                layer = by_data.get(name)
+                if layer is None:
+                    continue
+                name = layer.weight  # quanto: the weight's values under the weight's own name
+            layer = scheme.layers.get(name)
+            if layer is not None:
+                shape = layer.shape or info.shape
+                out = layer.dtype or dtype
+                info = TensorInfo(name, shape, out, math.prod(shape) * DTYPES[out][1])
             tensors[name] = info
         super().__init__(paths=list(ckpt.paths), format=ckpt.format, tensors=tensors, metadata=dict(ckpt.metadata),
                          config=ckpt.config, user_config=ckpt.user_config, family_override=ckpt.family_override,
@@ -259,7 +354,7 @@ class Dequantized(Checkpoint):
         layer = self.scheme.layers.get(name)
         if layer is None:
             return self.inner.load(name)
-        return dequantize(self.inner.load(name), self.inner.load(layer.scale), layer.format, DTYPES[self.dtype][0])
+        return dequantize_layer(layer, self.inner.load, DTYPES[self.tensors[name].dtype][0])
 
     def stored_layout(self, name: str):
         return None if name in self.scheme.layers else self.inner.stored_layout(name)
@@ -281,7 +376,8 @@ class Dequantized(Checkpoint):
 
 # the quantized type of a scaled weight, as verify's thresholds name it (thresholds.DEFAULTS)
 STORED_TYPE = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int8_tensorwise": "INT8",
-               "fp8_block128": "F8_E4M3"}
+               "fp8_block128": "F8_E4M3", "llm_int8": "INT8", "qint8": "INT8", "qfloat8": "F8_E4M3",
+               "nf4": "Q4_0", "fp4": "Q4_0"}  # 4-bit, blocks of 64 with an absmax: Q4_0's error class
 
 
 def stored_type(ckpt: Checkpoint, name: str) -> str:
@@ -289,6 +385,41 @@ def stored_type(ckpt: Checkpoint, name: str) -> str:
     (F8_E4M3, F8_E5M2, INT8), which verify's limits go by; else its dtype."""
     layer = ckpt.scheme.layers.get(name) if isinstance(ckpt, Dequantized) else None
     return STORED_TYPE[layer.format] if layer is not None else ckpt.tensors[name].dtype
+
+
+def dequantize_layer(layer: QuantLayer, fetch, dtype: torch.dtype) -> torch.Tensor:
+    """One layer's weight as values in `dtype`, its tensors read with `fetch(name)`."""
+    if layer.format in ("nf4", "fp4"):
+        return bnb_4bit(layer, fetch, dtype)
+    if layer.format == "llm_int8":  # bitsandbytes _ops.py int8_vectorwise_dequant: float32 math
+        w, scb = fetch(layer.weight), fetch(layer.scale)
+        return (w.float() * scb.float().view(-1, 1) * 7.874015718698502e-3).to(dtype)
+    if layer.format in ("qint8", "qfloat8"):  # quanto tensor/qbytes.py: _scale * _data in the scale's dtype
+        data, scale = fetch(layer.data), fetch(layer.scale)
+        return (scale * data.to(scale.dtype)).to(dtype)
+    return dequantize(fetch(layer.data or layer.weight), fetch(layer.scale), layer.format, dtype)
+
+
+def bnb_4bit(layer: QuantLayer, fetch, dtype: torch.dtype) -> torch.Tensor:
+    """bitsandbytes' 4-bit dequantization (its default torch backend, backends/default/ops.py): the
+    nested absmax first (8-bit blockwise, blocks of 256, plus the offset), then code[q] x block
+    absmax in float32, then the cast."""
+    params = dict(layer.params)
+    n = math.prod(layer.shape)
+    absmax = fetch(layer.scale)
+    if "nested_offset" in params:
+        prefix = layer.weight
+        nested = fetch(f"{prefix}.nested_absmax").float()
+        code8 = fetch(f"{prefix}.nested_quant_map").float()
+        a = code8[absmax.reshape(-1).long()]
+        a = a * nested.repeat_interleave(params["nested_blocksize"])[: a.numel()]
+        absmax = a + params["nested_offset"]
+    absmax = absmax.float().reshape(-1)
+    packed = fetch(layer.weight).reshape(-1).view(torch.uint8)
+    q = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(-1)[:n].long()
+    code = fetch(f"{layer.weight}.quant_map").float()
+    values = code[q] * absmax.repeat_interleave(params["blocksize"])[:n]
+    return values.reshape(layer.shape).to(dtype)
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, fmt: str, dtype: torch.dtype) -> torch.Tensor:

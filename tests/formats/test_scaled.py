@@ -159,11 +159,14 @@ REFUSED = {
                                "a.scale_weight": torch.ones(4, 2, 1)}, None, "one scale per tensor"),
     "nvfp4": ({"a.weight": torch.zeros(4, 2, dtype=torch.uint8), "a.weight_scale": torch.ones(1)},
               {"_quantization_metadata": json.dumps({"layers": {"a": {"format": "nvfp4"}}})}, "'nvfp4'"),
-    "bitsandbytes": ({"a.weight": torch.zeros(8, 1, dtype=torch.uint8), "a.weight.absmax": torch.ones(1),
-                      "a.weight.quant_state.bitsandbytes__nf4": torch.zeros(4, dtype=torch.uint8)}, None,
-                     "bitsandbytes"),
-    "quanto": ({"a.weight._data": torch.zeros(4, 4, dtype=torch.int8), "a.weight._scale": torch.ones(4, 1)}, None,
-               "optimum-quanto"),
+    "bitsandbytes state without its JSON": ({"a.weight": torch.zeros(8, 1, dtype=torch.uint8),
+                                             "a.weight.absmax": torch.ones(1)}, None, "bitsandbytes/quanto"),
+    "bitsandbytes state that is not JSON": ({"a.weight": torch.zeros(8, 1, dtype=torch.uint8),
+                                             "a.weight.absmax": torch.ones(1),
+                                             "a.weight.quant_state.bitsandbytes__nf4": torch.zeros(4, dtype=torch.uint8)},
+                                            None, "not bitsandbytes' JSON"),
+    "quanto 4-bit": ({"a.weight._data._data": torch.zeros(4, 4, dtype=torch.uint8), "a.weight._scale": torch.ones(8, 1),
+                      "a.weight._shift": torch.zeros(8, 1)}, None, "optimum-quanto's packed"),
 }
 
 
@@ -236,3 +239,107 @@ def test_int8_tensorwise_reads_as_comfy_kitchen(tmp_path):
         w = weights[0]
         want = (tensors[w].float() * tensors[w[:-len(".weight")] + ".weight_scale"]).to(torch.bfloat16)
         assert torch.equal(view.load(w), want)
+
+
+# --------------------------------------------------------------------------- bitsandbytes and optimum-quanto
+def _clip_state():
+    from ckptkit.fixtures.factory import diffusers_state
+
+    return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in diffusers_state("sd1", "clip_l").items()}
+
+
+def _linears(state):
+    return [n for n, t in state.items() if n.endswith(".weight") and t.ndim == 2 and "embedding" not in n]
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_bitsandbytes_4bit_equals_its_own_dequantization(tmp_path, quant_type, nested):
+    import bitsandbytes.functional as F
+
+    state = _clip_state()
+    out, refs = dict(state), {}
+    for name in _linears(state):
+        packed, qs = F.quantize_4bit(state[name], blocksize=64, quant_type=quant_type, compress_statistics=nested)
+        out[name] = packed
+        out.update({f"{name}.{k}": v for k, v in qs.as_dict(packed=True).items()})
+        refs[name] = F.dequantize_4bit(packed, qs)
+    path = _write(tmp_path, out)
+    with open_checkpoint(path) as ck:
+        view = dequantizing(ck)
+        assert view.scheme.name == "bitsandbytes" and view.scheme.formats() == {quant_type: len(refs)}
+        assert list(view.tensors) == list(state)  # every quantization state tensor absorbed
+        for name, ref in refs.items():
+            assert view.tensors[name].shape == tuple(state[name].shape)
+            got = view.load(name)
+            assert got.dtype == ref.dtype and torch.equal(got, ref), name
+
+
+def test_bitsandbytes_int8_equals_its_own_dequantization(tmp_path):
+    import bitsandbytes.functional as F
+
+    state = {k: v.half() if v.is_floating_point() else v for k, v in _clip_state().items()}
+    out, refs = dict(state), {}
+    for name in _linears(state):
+        cb, scb, _ = F.int8_vectorwise_quant(state[name])
+        layer = name[: -len(".weight")]
+        out[name], out[f"{layer}.SCB"] = cb, scb
+        out[f"{layer}.weight_format"] = torch.tensor(0, dtype=torch.uint8)
+        refs[name] = F.int8_vectorwise_dequant(cb, scb)
+    path = _write(tmp_path, out)
+    with open_checkpoint(path) as ck:
+        view = dequantizing(ck)
+        assert view.scheme.formats() == {"llm_int8": len(refs)}
+        for name, ref in refs.items():
+            assert torch.equal(view.load(name), ref.to(torch.float16)), name  # bitsandbytes' float32, then the file's dtype
+
+
+@pytest.mark.parametrize("weights", ["qint8", "qfloat8"])
+def test_quanto_8bit_equals_its_own_dequantization(tmp_path, weights):
+    import optimum.quanto as quanto
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ckptkit.fixtures.configs import TINY
+
+    model = CLIPTextModel(CLIPTextConfig(**TINY["sd1"]["clip_l"])).to(torch.bfloat16)
+    quanto.quantize(model, weights=getattr(quanto, weights))
+    quanto.freeze(model)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = _write(tmp_path, state)
+    qlinears = {n: m for n, m in model.named_modules() if isinstance(getattr(m, "weight", None), quanto.QTensor)}
+    assert qlinears
+    with open_checkpoint(path) as ck:
+        view = dequantizing(ck)
+        assert view.scheme.name == "optimum-quanto" and len(view.scheme.layers) == len(qlinears)
+        assert not any(n.endswith(("._data", "._scale", "input_scale", "output_scale")) for n in view.tensors)
+        for name, module in qlinears.items():
+            assert torch.equal(view.load(f"{name}.weight"), module.weight.dequantize()), name
+
+
+def test_quantized_text_encoder_quantizes_like_its_values(tmp_path):
+    """GGUF Q8_0 from a bitsandbytes nf4 CLIP-L file equals GGUF Q8_0 from its dequantized values."""
+    import bitsandbytes.functional as F
+
+    state = _clip_state()
+    out, plain = dict(state), dict(state)
+    for name in _linears(state):
+        packed, qs = F.quantize_4bit(state[name], blocksize=64, quant_type="nf4")
+        out[name] = packed
+        out.update({f"{name}.{k}": v for k, v in qs.as_dict(packed=True).items()})
+        plain[name] = F.dequantize_4bit(packed, qs)
+    configs = shipped_configs("sd1", ["clip_l"])
+    a, b = _write(tmp_path, out, configs, "nf4.safetensors"), _write(tmp_path, plain, configs, "plain.safetensors")
+    for src, dst in ((a, "a.gguf"), (b, "b.gguf")):
+        pipeline.quantize(src, tmp_path / dst, Policy(diffusion_model="q8_0", client="sdcpp"))
+    with open_checkpoint(tmp_path / "a.gguf") as ga, open_checkpoint(tmp_path / "b.gguf") as gb:
+        assert list(ga.tensors) == list(gb.tensors)
+        assert sum(info.dtype == "Q8_0" for info in ga.tensors.values()) >= len(_linears(state)) // 2
+        assert all(bytes(ga.stored_bytes(n)) == bytes(gb.stored_bytes(n)) for n in ga.tensors)
+
+
+def test_quanto_packed_4bit_is_refused(tmp_path):
+    path = _write(tmp_path, {"l.weight._data._data": torch.zeros(2, 128, dtype=torch.uint8),
+                             "l.weight._scale": torch.ones(4, 1), "l.weight._shift": torch.zeros(4, 1)})
+    with open_checkpoint(path) as ck:
+        with pytest.raises(Exception, match="packed 4/2-bit"):
+            dequantizing(ck)
