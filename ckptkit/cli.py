@@ -33,15 +33,18 @@ def _error_line(text: object) -> str:
 
 class Group(click.Group):
     def invoke(self, ctx):
-        import signal
-
+        import logging
         import os
+        import signal
         import warnings
 
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
             signal.signal(signal.SIGTERM, _on_sigterm)
         if not os.environ.get("PYTHONWARNINGS"):  # libraries' warnings must not precede or bury our one line
             warnings.simplefilter("ignore")
+            # bitsandbytes' CPU backend (imported by transformers/diffusers when installed) logs a warning
+            # on import about an optional kernel it cannot fetch: not ours to print
+            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a bad option or argument: one line too
@@ -273,8 +276,11 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str),
               help="A directory (component set), or a .gguf/.safetensors file for a single component "
                    "(a .gguf of every component with --client sdcpp).")
-@click.option("--to", "target", type=click.Choice(["gguf"]), default="gguf", show_default=True)
-@click.option("--type", "type_name", help="Type for the diffusion model: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...")
+@click.option("--to", "target", type=click.Choice(["gguf", "comfy"]), default="gguf", show_default=True,
+              help="gguf: GGUF files; comfy: ComfyUI's mixed-precision safetensors (Linear weights in fp8 or "
+                   "int8 with per-tensor scales).")
+@click.option("--type", "type_name", help="Type for the diffusion model: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... "
+                                          "(--to comfy: fp8_e4m3, fp8_e5m2, int8)")
 @click.option("--component", "component_types", multiple=True, metavar="NAME=TYPE",
               help="Type for one component, e.g. t5xxl=q5_k_m, clip_l=q8_0, vae=f16 (repeatable).")
 @click.option("--rule", "rules", multiple=True, metavar="REGEX=TYPE",
@@ -303,7 +309,7 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
     policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
                     rules=list(_pairs(_rule_items(rules), "--rule", "REGEX=TYPE", split_last=True).items()),
                     force_vae=force_vae,
-                    arch=_arch(arch), client=client, imatrix=imatrix)
+                    arch=_arch(arch), client=client, imatrix=imatrix, backend=target)
     if policy_file:
         policy = load_policy_file(policy_file, policy)
     result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,

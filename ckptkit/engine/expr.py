@@ -5,6 +5,7 @@ serialise for `--dry-run`) and are evaluated lazily: with a fetch that loads rea
 give bytes, with a fetch that returns meta tensors they give shapes at no memory cost.
 Every operation but `zeros` preserves bytes, so a layout change is bit-exact; `zeros` stands in
 for a buffer an original file must carry but the diffusers model does not hold (Sana's pos_embed).
+`fn` applies a transform another layer registered (FUNCTIONS; ComfyUI's fp8 quantization).
 `full` and `randn` (INIT_OPS with `zeros`) make new tensors from nothing but their arguments, for
 layers a transform adds (the TrigFlow guidance embedder): `randn` is seeded and generated on the CPU,
 so the same plan gives the same bytes on every machine. A fetch with a `device` attribute (e.g. one
@@ -54,6 +55,8 @@ class Expr:
             return torch.zeros(a[0], dtype=like.dtype, device=like.device)
         if op in ("full", "randn", "eye"):
             return _init(op, a, getattr(fetch, "device", None))
+        if op == "fn":  # a registered transform of one tensor (FUNCTIONS): name, input, parameters
+            return FUNCTIONS[a[0]][0](a[1].evaluate(fetch), *a[2:])
         raise ValueError(f"unknown op {op}")
 
     def __str__(self) -> str:
@@ -76,12 +79,31 @@ class Expr:
             return f"randn({list(a[0])}, seed {a[1]}, std {a[2]!r}, {a[3]})"
         if op == "eye":
             return f"eye({a[0][0]}, {a[1]})"
+        if op == "fn":
+            return f"{a[0]}({', '.join(map(str, a[1:]))})"
         return f"t({a[0]})"
 
     def to_json(self):
         if self.op == "src":
             return self.args[0]
         return {"op": self.op, "args": [x.to_json() if isinstance(x, Expr) else x for x in self.args]}
+
+
+# name -> (evaluate(tensor, *params) -> tensor, shape(input shape) -> shape): value transforms that
+# other layers register (quant/comfy.py: ComfyUI's fp8 data and scale), so that a plan can name
+# them as data while the engine stays free of their code. Not byte-preserving.
+FUNCTIONS: dict[str, tuple[Callable, Callable]] = {}
+
+
+def register(name: str, evaluate: Callable, shape: Callable) -> None:
+    FUNCTIONS[name] = (evaluate, shape)
+
+
+def fn(name: str, e: Expr, *params) -> Expr:
+    """`name` (registered in FUNCTIONS) applied to `e`."""
+    if name not in FUNCTIONS:
+        raise ValueError(f"unknown function {name}")
+    return Expr("fn", (name, e, *params))
 
 
 def src(name: str) -> Expr:
@@ -153,6 +175,8 @@ def _infer_shape(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple
     op, a = e.op, e.args
     if op == "src":
         return tuple(source_shapes[a[0]])
+    if op == "fn":
+        return tuple(FUNCTIONS[a[0]][1](_infer_shape(a[1], source_shapes)))
     if op in ("zeros", "full", "randn", "eye"):
         return tuple(a[0])
     if op == "arange":

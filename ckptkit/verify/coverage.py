@@ -84,6 +84,45 @@ def _requested(out: Findings, name: str, comp, quantized: dict, summary: dict, k
     return True
 
 
+def _comfy_requested(out: Findings, name: str, comp, policy: dict) -> None:
+    """A `--to comfy` component: the file holds the requested format in as many layers as the
+    manifest says were quantized, and exactly the tensors per stored dtype it recorded."""
+    from ckptkit.formats.scaled import Dequantized
+    from ckptkit.quant.comfy import TYPES, comfy_type
+
+    requested = policy.get("requested")
+    raw = comp.ckpt.inner if isinstance(comp.ckpt, Dequantized) else comp.ckpt
+    layers = comp.ckpt.scheme.layers.values() if isinstance(comp.ckpt, Dequantized) else ()
+    if requested in (None, "keep"):
+        bad = [la.weight for la in layers if la.weight.startswith(comp.prefix)]
+        out.add("coverage", name, "requested", len(bad), 0, not bad,
+                f"{len(bad)} quantized layers where the manifest requests none" if bad else "kept as stored")
+        return
+    try:
+        fmt = TYPES[comfy_type(requested)][0]
+    except CkptError:
+        out.add("coverage", name, "requested", requested, "a --to comfy type", False, "not a type --to comfy writes")
+        return
+    count = sum(1 for la in layers if la.format == fmt and la.weight.startswith(comp.prefix))
+    foreign = sorted({la.format for la in layers if la.format != fmt})
+    want = policy.get("quantized_tensors")
+    ok = count > 0 and count == want and not foreign
+    out.add("coverage", name, "quantized", count, want, ok,
+            f"{count} layers {fmt}" + (f"; also {', '.join(foreign)}" if foreign else "")
+            + ("" if count == want else f"; the manifest says {want}"))
+    stored: dict[str, dict[str, int]] = {}
+    for n, info in raw.tensors.items():
+        if n.startswith(comp.prefix) and n not in comp.exclude:
+            entry = stored.setdefault(info.dtype, {"tensors": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["bytes"] += info.nbytes
+    recorded = policy.get("types")
+    same = recorded is not None and {t: (v["tensors"], v["bytes"]) for t, v in recorded.items()} == \
+        {t: (v["tensors"], v["bytes"]) for t, v in stored.items()}
+    out.add("coverage", name, "types_recorded", None, None, same,
+            "" if same else f"the file holds {stored}, the manifest records {recorded}")
+
+
 def _recorded(out: Findings, name: str, policy: dict, summary: dict, actual: str) -> None:
     """The file holds exactly the tensors per type the manifest says the quantizer wrote."""
     recorded = policy.get("types")
@@ -112,6 +151,9 @@ def check_coverage(cset: ComponentSet, ref: ComponentSet | None = None) -> Findi
         if comp.spec.role == "vae" and quantized:
             out.add("coverage", name, "vae_types", sorted(quantized), "F32/F16/BF16", False,
                     "a VAE must not be quantized (fp16 at most)")
+            continue
+        if policy.get("backend") == "comfy":  # ComfyUI mixed precision (quant/comfy.py)
+            _comfy_requested(out, name, comp, policy)
             continue
         if not _requested(out, name, comp, quantized, summary, kind):
             continue

@@ -48,8 +48,9 @@ DEFAULTS: dict[str, Thresholds] = {
     # Worst per tensor (all fixtures, f32): int8 tensorwise cosine 0.99993 / rel RMS 0.012, fp8 e4m3
     # 0.99964 / 0.027, e5m2 0.9985 / 0.054. Worst end to end (bf16 sd1/sdxl/sd3/flux_dev): int8 61.8 dB
     # / SSIM 0.99998, e4m3 47.0 dB / 0.9995 (latent cosine 0.99983), e5m2 40.5 dB / 0.9979 (0.9993).
+    # An e4m3 text encoder (sdxl clip_g, `quantize --to comfy`): pooled output cosine 0.9986.
     "INT8": Thresholds(0.999, 50.0, 0.999, 0.03),
-    "F8_E4M3": Thresholds(0.999, 40.0, 0.995, 0.05),
+    "F8_E4M3": Thresholds(0.997, 40.0, 0.995, 0.05),
     "Q6_K": Thresholds(0.99, 40.0, 0.998, 0.06),
     "F8_E5M2": Thresholds(0.995, 35.0, 0.99, 0.1),
     "Q5_K": Thresholds(0.98, 35.0, 0.99, 0.12),
