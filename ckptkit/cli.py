@@ -276,11 +276,13 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str),
               help="A directory (component set), or a .gguf/.safetensors file for a single component "
                    "(a .gguf of every component with --client sdcpp).")
-@click.option("--to", "target", type=click.Choice(["gguf", "comfy"]), default="gguf", show_default=True,
-              help="gguf: GGUF files; comfy: ComfyUI's mixed-precision safetensors (Linear weights in fp8 or "
-                   "int8 with per-tensor scales).")
+@click.option("--to", "target", type=click.Choice(["gguf", "comfy", "bnb", "quanto"]), default="gguf",
+              show_default=True,
+              help="gguf: GGUF files; comfy: ComfyUI's mixed-precision safetensors; bnb: bitsandbytes; quanto: "
+                   "optimum-quanto (the last three quantize Linear weights, as their loaders read them).")
 @click.option("--type", "type_name", help="Type for the diffusion model: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... "
-                                          "(--to comfy: fp8_e4m3, fp8_e5m2, int8)")
+                                          "(--to comfy: fp8_e4m3, fp8_e5m2, int8; --to bnb: nf4, fp4, nf4_dq, "
+                                          "fp4_dq, int8; --to quanto: qint8, qfloat8)")
 @click.option("--component", "component_types", multiple=True, metavar="NAME=TYPE",
               help="Type for one component, e.g. t5xxl=q5_k_m, clip_l=q8_0, vae=f16 (repeatable).")
 @click.option("--rule", "rules", multiple=True, metavar="REGEX=TYPE",

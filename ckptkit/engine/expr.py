@@ -89,7 +89,7 @@ class Expr:
         return {"op": self.op, "args": [x.to_json() if isinstance(x, Expr) else x for x in self.args]}
 
 
-# name -> (evaluate(tensor, *params) -> tensor, shape(input shape) -> shape): value transforms that
+# name -> (evaluate(tensor, *params) -> tensor, shape(input shape, *params) -> shape): value transforms that
 # other layers register (quant/comfy.py: ComfyUI's fp8 data and scale), so that a plan can name
 # them as data while the engine stays free of their code. Not byte-preserving.
 FUNCTIONS: dict[str, tuple[Callable, Callable]] = {}
@@ -176,7 +176,7 @@ def _infer_shape(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple
     if op == "src":
         return tuple(source_shapes[a[0]])
     if op == "fn":
-        return tuple(FUNCTIONS[a[0]][1](_infer_shape(a[1], source_shapes)))
+        return tuple(FUNCTIONS[a[0]][1](_infer_shape(a[1], source_shapes), *a[2:]))
     if op in ("zeros", "full", "randn", "eye"):
         return tuple(a[0])
     if op == "arange":

@@ -130,10 +130,10 @@ def open_component_set_source(folder, family: str | None = None) -> tuple[Checkp
 def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Policy, single_file: str | None = None,
                   scan: bool = True, progress: Callable[[int], None] | None = None) -> Plan:
     src = source_from_detection(ckpt, source) if isinstance(source, Detection) else source
-    if policy.backend == "comfy":  # ComfyUI's mixed-precision safetensors (quant/comfy.py)
-        from ckptkit.quant.comfy import plan_comfy
+    if policy.backend != "gguf":  # quantized safetensors for ComfyUI, bitsandbytes, quanto (quant/layerwise.py)
+        from ckptkit.quant.layerwise import plan_layerwise
 
-        return plan_comfy(ckpt, src, policy, single_file)
+        return plan_layerwise(ckpt, src, policy, single_file)
     rules = policy.compiled_rules()
     plan = Plan("quantize", str(ckpt.path), [], info={"family": src.family, "variant": src.variant,
                                                       "layout": "comfy", "components": {}})

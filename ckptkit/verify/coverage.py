@@ -84,11 +84,11 @@ def _requested(out: Findings, name: str, comp, quantized: dict, summary: dict, k
     return True
 
 
-def _comfy_requested(out: Findings, name: str, comp, policy: dict) -> None:
-    """A `--to comfy` component: the file holds the requested format in as many layers as the
-    manifest says were quantized, and exactly the tensors per stored dtype it recorded."""
+def _layerwise_requested(out: Findings, name: str, comp, policy: dict) -> None:
+    """A `--to comfy|bnb|quanto` component: the file holds the requested format in as many layers
+    as the manifest says were quantized, and exactly the tensors per stored dtype it recorded."""
     from ckptkit.formats.scaled import Dequantized
-    from ckptkit.quant.comfy import TYPES, comfy_type
+    from ckptkit.quant.layerwise import get_backend
 
     requested = policy.get("requested")
     raw = comp.ckpt.inner if isinstance(comp.ckpt, Dequantized) else comp.ckpt
@@ -99,9 +99,10 @@ def _comfy_requested(out: Findings, name: str, comp, policy: dict) -> None:
                 f"{len(bad)} quantized layers where the manifest requests none" if bad else "kept as stored")
         return
     try:
-        fmt = TYPES[comfy_type(requested)][0]
-    except CkptError:
-        out.add("coverage", name, "requested", requested, "a --to comfy type", False, "not a type --to comfy writes")
+        backend = get_backend(policy["backend"])
+        fmt = backend.types[backend.type_of(requested)]
+    except CkptError as exc:
+        out.add("coverage", name, "requested", requested, f"a --to {policy['backend']} type", False, str(exc))
         return
     count = sum(1 for la in layers if la.format == fmt and la.weight.startswith(comp.prefix))
     foreign = sorted({la.format for la in layers if la.format != fmt})
@@ -152,8 +153,8 @@ def check_coverage(cset: ComponentSet, ref: ComponentSet | None = None) -> Findi
             out.add("coverage", name, "vae_types", sorted(quantized), "F32/F16/BF16", False,
                     "a VAE must not be quantized (fp16 at most)")
             continue
-        if policy.get("backend") == "comfy":  # ComfyUI mixed precision (quant/comfy.py)
-            _comfy_requested(out, name, comp, policy)
+        if policy.get("backend") not in (None, "gguf"):  # quantized safetensors (quant/layerwise.py)
+            _layerwise_requested(out, name, comp, policy)
             continue
         if not _requested(out, name, comp, quantized, summary, kind):
             continue

@@ -1,0 +1,84 @@
+"""bitsandbytes' serialization, written (`ckptkit quantize --to bnb --type nf4|fp4|nf4_dq|fp4_dq|int8`):
+the state-dict layout transformers and diffusers save and `Params4bit.from_prequantized` /
+`Int8Params` load (bitsandbytes nn/modules.py `_save_to_state_dict`, functional.py
+`QuantState.as_dict(packed=True)`):
+
+    4-bit  L.weight (uint8, two values a byte), L.weight.absmax, L.weight.quant_map,
+           [_dq: L.weight.nested_absmax, L.weight.nested_quant_map], L.weight.quant_state.bitsandbytes__nf4
+    int8   L.weight (int8, row-wise), L.SCB (float32 per row), L.weight_format (0: row)
+
+Quantized by bitsandbytes itself (`quantize_4bit`, blocks of 64; `int8_vectorwise_quant` of the
+fp16 weight as `Int8Params` does), one weight at a time; the quant state's JSON is padded with
+spaces to a fixed length (JSON allows it; bitsandbytes reads it with json.loads) so the plan knows
+every shape before any value is read.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ckptkit.engine import expr
+from ckptkit.engine.plan import TensorOp
+from ckptkit.errors import CkptError
+from ckptkit.quant.layerwise import Backend, quantized
+
+BLOCKSIZE = 64  # bitsandbytes' default (transformers/diffusers BitsAndBytesConfig)
+NESTED_BLOCKSIZE = 256
+STATE_BYTES = 512
+TYPES = {"nf4": "nf4", "fp4": "fp4", "nf4_dq": "nf4", "fp4_dq": "fp4", "int8": "llm_int8"}
+
+
+def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
+    """The layer's serialized tensors, by suffix after the layer name."""
+    import bitsandbytes.functional as F
+
+    if type_name == "int8":  # Int8Params._quantize: the fp16 weight, row-wise
+        cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
+        return {"weight": cb, "SCB": scb, "weight_format": torch.tensor(0, dtype=torch.uint8)}
+    packed, state = F.quantize_4bit(w.contiguous(), blocksize=BLOCKSIZE, quant_type=TYPES[type_name],
+                                    compress_statistics=type_name.endswith("_dq"))
+    out = {"weight": packed}
+    for key, value in state.as_dict(packed=True).items():
+        if key.startswith("quant_state."):
+            raw = bytes(value.tolist())
+            if len(raw) > STATE_BYTES:
+                raise CkptError(f"bitsandbytes quant state of {len(raw)} bytes exceeds {STATE_BYTES}")
+            value = torch.tensor(list(raw + b" " * (STATE_BYTES - len(raw))), dtype=torch.uint8)
+        out[f"weight.{key}"] = value
+    return out
+
+
+def _part(w: torch.Tensor, type_name: str, key: str, source: str) -> torch.Tensor:
+    return quantized((source, type_name), w, lambda: _quantize(w, type_name))[key]
+
+
+def _shapes(shape: tuple[int, ...], type_name: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Suffix -> (shape, dtype code) of a layer's tensors, from its weight's shape alone."""
+    if type_name == "int8":
+        return {"weight": (shape, "I8"), "SCB": ((shape[0],), "F32"), "weight_format": ((), "U8")}
+    n = math.prod(shape)
+    blocks = -(-n // BLOCKSIZE)
+    out = {"weight": (((n + 1) // 2, 1), "U8")}
+    if type_name.endswith("_dq"):
+        out.update({"weight.absmax": ((blocks,), "U8"), "weight.quant_map": ((16,), "F32"),
+                    "weight.nested_absmax": ((-(-blocks // NESTED_BLOCKSIZE),), "F32"),
+                    "weight.nested_quant_map": ((256,), "F32")})
+    else:
+        out.update({"weight.absmax": ((blocks,), "F32"), "weight.quant_map": ((16,), "F32")})
+    out[f"weight.quant_state.bitsandbytes__{TYPES[type_name]}"] = ((STATE_BYTES,), "U8")
+    return out
+
+
+def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
+    ops = []
+    for key, (part_shape, code) in _shapes(tuple(shape), type_name).items():
+        note = f"bnb:{type_name}" if key == "weight" else f"bitsandbytes {key}"
+        ops.append(TensorOp(f"{layer}.{key}", expr.fn("bnb_part", e, type_name, key, str(e)), part_shape, code, code,
+                            note))
+    return ops
+
+
+BACKEND = Backend("bnb", "bitsandbytes", TYPES, _layer, requires="bitsandbytes")
+expr.register("bnb_part", _part, lambda shape, t, key, source: _shapes(tuple(shape), t)[key][0])

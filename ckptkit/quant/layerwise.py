@@ -1,0 +1,189 @@
+"""Quantized safetensors written layer by layer, for the libraries that load them back
+(`ckptkit quantize --to comfy|bnb|quanto`). One planner for all of them: per component, the GGUF
+policy's high-precision decisions (quant/policy.py, decided once on final names) narrowed to what
+these formats quantize, 2-D Linear weights; each quantized weight becomes the tensors its library
+serializes (a backend's `layer` function), every other tensor is kept as stored. Streaming like
+every plan: one weight is read and quantized at a time, by the executor.
+
+A backend's outputs of one weight come from one quantization: `quantized(key, source, make)` keeps
+the last few results so that the 2-6 tensors of a layer, produced one after the other, quantize once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ckptkit.engine import expr
+from ckptkit.engine.plan import OutputFile, TensorOp
+from ckptkit.errors import CkptError
+from ckptkit.formats.dtypes import FLOAT_CODES
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # the --to value
+    title: str
+    types: dict[str, str]  # --type -> the format as formats/scaled.py names a layer read back
+    # (layer name, weight Expr, shape, source dtype, --type) -> the layer's TensorOps (the weight's name first)
+    layer: Callable
+    metadata: Callable = lambda layers: {}  # {layer: --type} -> the file's header metadata
+    aliases: dict[str, str] = field(default_factory=dict)
+    requires: str | None = None  # a package it quantizes with (an optional extra)
+
+    def type_of(self, name: str) -> str:
+        key = self.aliases.get(name.lower(), name.lower())
+        if key not in self.types:
+            raise CkptError(f"--to {self.name}: unknown type {name!r}; choose one of {', '.join(self.types)}")
+        return key
+
+
+MODULES = {"comfy": "ckptkit.quant.comfy", "bnb": "ckptkit.quant.bnb", "quanto": "ckptkit.quant.quanto"}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in MODULES:
+        raise CkptError(f"--to {name}: not a safetensors backend ({', '.join(MODULES)})")
+    backend = importlib.import_module(MODULES[name]).BACKEND
+    if backend.requires:
+        try:
+            importlib.import_module(backend.requires)
+        except ImportError:
+            raise CkptError(f"--to {name} quantizes with {backend.requires}, which is not installed: "
+                            "pip install 'ckptkit[quant]'") from None
+    return backend
+
+
+_CACHE: OrderedDict = OrderedDict()
+_LOCK = threading.Lock()
+CACHED = 4  # results kept: a layer's outputs are produced together, a few ahead with --workers
+
+
+def quantized(key, source: torch.Tensor, make: Callable):
+    """make() once for the outputs of one weight's quantization: a result is reused for the same
+    key (the weight's expression and type) only when the source tensor is equal to the one it was
+    made from (so two files with the same names never share a result)."""
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+    if hit is not None and hit[0].shape == source.shape and hit[0].dtype == source.dtype \
+            and torch.equal(hit[0], source):
+        return hit[1]
+    value = make()
+    with _LOCK:
+        _CACHE[key] = (source, value)
+        while len(_CACHE) > CACHED:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], type_name: str, path: str,
+                     notes: list[str]) -> OutputFile:
+    """One component in `backend`'s serialization: the quantized Linear weights and everything else as stored."""
+    from ckptkit.engine.ops import source_dtype
+    from ckptkit.quant.policy import decide
+    from ckptkit.quant.types import parse_request
+
+    like = parse_request("q8_0")  # the GGUF policy's high-precision decisions, per final name
+    src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    tensors, layers = [], {}
+    for name, e in ops.items():
+        shape = expr.shape_of(e, src_shapes)
+        sdt = source_dtype(ckpt, e)
+        linear = (name.endswith(".weight") and len(shape) == 2 and sdt in FLOAT_CODES
+                  and sdt not in ("F8_E4M3", "F8_E5M2"))
+        if not linear or not decide(name, shape, sdt, comp, like, [], False).quantized:
+            tensors.append(TensorOp(name, e, shape, sdt, sdt, "kept" if linear else ""))
+            continue
+        layer = name[: -len(".weight")]
+        tensors += backend.layer(layer, e, shape, sdt, type_name)
+        layers[layer] = type_name
+    if not layers:
+        raise CkptError(f"{comp.name}: asked for {type_name} but it has no Linear weight the policy quantizes")
+    notes.append(f"{comp.name}: {len(layers)} Linear weights as {backend.title} {type_name}; every other tensor "
+                 f"as stored ({backend.title} quantizes nn.Linear weights only)")
+    return OutputFile(path, comp.name, "comfy", tensors,
+                      metadata={"ckptkit.component": comp.name, **backend.metadata(layers)})
+
+
+def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
+    """The quantize plan for `--to comfy|bnb|quanto`: one safetensors file per component (or
+    `single_file` for a single-component source), the requested ones quantized, the others as stored."""
+    from ckptkit.convert.components import config_to_carry, map_component, target_naming
+    from ckptkit.convert.configs import metadata_value
+    from ckptkit.engine.ops import POSITION_IDS, source_dtype
+    from ckptkit.engine.plan import Plan
+
+    backend = get_backend(policy.backend)
+    if policy.rules or policy.imatrix or policy.client or policy.arch:
+        raise CkptError(f"--to {backend.name} takes --type and --component only (--rule, --imatrix, --client and "
+                        "--arch are for GGUF)")
+    if single_file and not single_file.endswith(".safetensors"):
+        raise CkptError(f"{single_file}: --to {backend.name} writes safetensors; name the output .safetensors")
+    comps = src.components
+    names = [c.name for c, *_ in comps]
+    if single_file and len(comps) != 1:
+        raise CkptError(f"the source holds {len(comps)} components ({', '.join(names)}); give a directory as output")
+    unknown = set(policy.components) - set(names)
+    if unknown:
+        raise CkptError(f"--component {', '.join(sorted(unknown))}: not in this source (it has {', '.join(names)})")
+    asked = {}
+    for comp, *_ in comps:
+        name = policy.components.get(comp.name)
+        if name is None and (comp.role == "diffusion_model" or src.single):
+            name = policy.diffusion_model
+        asked[comp.name] = backend.type_of(name) if name and name.lower() != "keep" else None
+    if not any(asked.values()):
+        raise CkptError("nothing to quantize: give --type (diffusion model) or --component NAME=TYPE")
+    plan = Plan("quantize", str(ckpt.path), [], info={"family": src.family, "variant": src.variant,
+                                                      "layout": "comfy", "components": {}})
+    plan.dropped.update(src.dropped)
+    for comp, prefix, naming_in, config in comps:
+        type_name = asked[comp.name]
+        if type_name and comp.role == "vae":
+            raise CkptError(f"{comp.name}: a VAE is not quantized ({backend.title} quantizes the Linear weights of "
+                            "diffusion models and text encoders)")
+        cmap = map_component(ckpt, comp, prefix, naming_in, target_naming(comp, "comfy"), src.exclude, config)
+        plan.dropped.update(cmap.dropped)
+        ops = {}
+        for name, e in cmap.ops.items():
+            if name.endswith(POSITION_IDS):
+                for source in e.sources():
+                    plan.dropped[source] = "position_ids: not written (loaders rebuild them)"
+            else:
+                ops[name] = e
+        path = single_file or f"{comp.name}.safetensors"
+        if type_name:
+            out = component_output(backend, ckpt, comp, ops, type_name, path, plan.notes)
+        else:
+            shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+            out = OutputFile(path, comp.name, "comfy",
+                             [TensorOp(n, e, expr.shape_of(e, shapes), source_dtype(ckpt, e), source_dtype(ckpt, e),
+                                       "kept") for n, e in ops.items()], metadata={"ckptkit.component": comp.name})
+        carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
+        if carried:
+            out.metadata.update(metadata_value({comp.name: carried}))
+        plan.outputs.append(out)
+        plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": target_naming(comp, "comfy"),
+                                              "diffusers_class": comp.diffusers_class,
+                                              "policy": _report(backend, out, type_name)}
+    return plan
+
+
+def _report(backend: Backend, out: OutputFile, type_name: str | None) -> dict:
+    types: dict = {}
+    for t in out.tensors:
+        entry = types.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["bytes"] += t.nbytes
+    kept = Counter(t.note for t in out.tensors if t.note == "kept") if type_name else Counter()
+    return {"requested": type_name or "keep", "format": "safetensors", "backend": backend.name,
+            "quantized_tensors": sum(1 for t in out.tensors if t.note == f"{backend.name}:{type_name}")
+            if type_name else 0,
+            "types": types, "kept_high_precision": dict(kept), "fallbacks": {}}
