@@ -4,7 +4,9 @@ stopping at the first, so integrity can report them."""
 
 from __future__ import annotations
 
+
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,10 +202,10 @@ def _open_folder(folder: Path, family: str | None = None, expect_manifest: str |
         rows.append(ManifestRow("manifest", len(manifest["components"]), None, True,
                                 f"{len(manifest['components'])} components listed"))
     files = _manifest_files(folder, manifest, rows) if manifest else {}
-    listed = {p.resolve() for p in files.values() if isinstance(p, Path)}
+    listed = {os.path.realpath(p) for p in files.values() if isinstance(p, Path)}  # never raises (link loops)
     on_disk = {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
     if manifest:  # a weight file the manifest does not list is either a leftover or a hidden component
-        unlisted = sorted(p.name for p in on_disk.values() if p.resolve() not in listed)
+        unlisted = sorted(p.name for p in on_disk.values() if os.path.realpath(p) not in listed)
         if unlisted:
             rows.append(ManifestRow("unlisted_file", len(unlisted), 0, False,
                                     f"{', '.join(printable(n) for n in unlisted[:3])}"
