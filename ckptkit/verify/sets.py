@@ -4,7 +4,6 @@ stopping at the first, so integrity can report them."""
 
 from __future__ import annotations
 
-
 import hashlib
 import os
 import re

@@ -1,0 +1,128 @@
+"""`quantize --to bnb` and `--to quanto`: files in the state-dict layout bitsandbytes and
+optimum-quanto load, checked with the libraries' own loaders on the CPU: the same values as the
+library quantizing the same weights itself, and forward outputs close to the unquantized model.
+Also read back by formats/scaled.py and passed by `verify`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ckptkit import pipeline
+from ckptkit.fixtures.configs import TINY
+from ckptkit.fixtures.factory import diffusers_state, shipped_configs
+from ckptkit.formats import open_checkpoint
+from ckptkit.formats.safetensors import save_safetensors
+from ckptkit.formats.scaled import dequantizing
+from ckptkit.quant.policy import Policy
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A CLIP-L text encoder file in transformers names (bf16), and its state."""
+    folder = tmp_path_factory.mktemp("libq")
+    state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+             for k, v in diffusers_state("sd1", "clip_l").items()}
+    path = folder / "clip_l.safetensors"
+    save_safetensors(path, state, shipped_configs("sd1", ["clip_l"]))
+    return path, state
+
+
+def _quantize(clip, tmp_path, backend, type_name):
+    path, _ = clip
+    out = tmp_path / f"{backend}-{type_name}.safetensors"
+    pipeline.quantize(path, out, Policy(diffusion_model=type_name, backend=backend))
+    ck = open_checkpoint(out)
+    return ck, {n: ck.load(n).clone() for n in ck.tensors}
+
+
+def _layers(state, suffix):
+    return sorted(n[: -len(suffix)] for n in state if n.endswith(suffix))
+
+
+@pytest.mark.parametrize("type_name", ["nf4", "fp4", "nf4_dq", "fp4_dq"])
+def test_bitsandbytes_4bit_loads_in_bitsandbytes(clip, tmp_path, type_name):
+    import bitsandbytes.functional as F
+
+    _, source = clip
+    ck, out = _quantize(clip, tmp_path, "bnb", type_name)
+    base = type_name[:3]
+    layers = _layers(out, f".weight.quant_state.bitsandbytes__{base}")
+    assert layers
+    view = dequantizing(ck)
+    for layer in layers:
+        prefix = f"{layer}.weight."
+        stats = {n[len(prefix):]: t for n, t in out.items() if n.startswith(prefix)}
+        state = F.QuantState.from_dict(stats, device=torch.device("cpu"))  # what Params4bit.from_prequantized does
+        ours = F.dequantize_4bit(out[f"{layer}.weight"], state)
+        theirs = F.dequantize_4bit(*F.quantize_4bit(source[f"{layer}.weight"], blocksize=64, quant_type=base,
+                                                    compress_statistics=type_name.endswith("_dq")))
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs), layer
+        assert torch.equal(view.load(f"{layer}.weight"), theirs), layer
+    ck.close()
+
+
+def test_bitsandbytes_int8_as_int8params_quantizes(clip, tmp_path):
+    import bitsandbytes.functional as F
+
+    _, source = clip
+    ck, out = _quantize(clip, tmp_path, "bnb", "int8")
+    layers = _layers(out, ".SCB")
+    assert layers
+    for layer in layers:
+        cb, scb, _ = F.int8_vectorwise_quant(source[f"{layer}.weight"].to(torch.float16))
+        assert torch.equal(out[f"{layer}.weight"], cb) and torch.equal(out[f"{layer}.SCB"], scb), layer
+        assert int(out[f"{layer}.weight_format"]) == 0
+    ck.close()
+
+
+@pytest.mark.parametrize("type_name", ["qint8", "qfloat8"])
+def test_quanto_loads_with_requantize(clip, tmp_path, type_name):
+    import optimum.quanto as quanto
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _, source = clip
+    ck, out = _quantize(clip, tmp_path, "quanto", type_name)
+    ck.close()
+    qtype = quanto.qint8 if type_name == "qint8" else quanto.qfloat8_e4m3fn
+
+    def names(state):  # this transformers' CLIPTextModel holds its text_model's tensors at the top
+        keys = set(CLIPTextModel(CLIPTextConfig(**TINY["sd1"]["clip_l"])).state_dict())
+        return {n if n in keys else n.removeprefix("text_model."): t for n, t in state.items()}
+
+    def fresh():
+        model = CLIPTextModel(CLIPTextConfig(**TINY["sd1"]["clip_l"])).to(torch.bfloat16).eval()
+        missing, unexpected = model.load_state_dict(names(source), strict=False)
+        assert not unexpected and all(m.endswith("position_ids") for m in missing)
+        return model
+
+    reference = fresh()
+    theirs = fresh()
+    quanto.quantize(theirs, weights=qtype)
+    quanto.freeze(theirs)
+    ours_state = names(out)
+    qmap = {n: {"weights": str(qtype.name), "activations": "none"} for n in _layers(ours_state, ".weight._data")}
+    ours = fresh()
+    quanto.requantize(ours, state_dict=ours_state, quantization_map=qmap, device=torch.device("cpu"))
+    # requantize loads with strict=False: the key sets must agree by themselves
+    assert {n for n in theirs.state_dict() if not n.endswith("position_ids")} == set(ours_state)
+    ids = torch.arange(1, 17)[None]
+    with torch.no_grad():
+        a = ours(ids).last_hidden_state.float()
+        b = theirs(ids).last_hidden_state.float()
+        r = reference(ids).last_hidden_state.float()
+    assert torch.equal(a, b)  # the same file quanto would have written itself
+    cos = torch.nn.functional.cosine_similarity(a.reshape(-1), r.reshape(-1), dim=0)
+    assert cos > (0.999 if type_name == "qint8" else 0.995), float(cos)
+
+
+@pytest.mark.parametrize("backend, type_name", [("bnb", "nf4"), ("bnb", "int8"), ("quanto", "qint8")])
+def test_verify_passes_library_sets(tmp_path, backend, type_name):
+    from ckptkit.fixtures.factory import write_bundle
+    from ckptkit.verify import VerifyOptions, run_verify
+
+    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=torch.bfloat16)
+    pipeline.quantize(bundle, tmp_path / "set", Policy(diffusion_model=type_name, backend=backend))
+    report = run_verify(tmp_path / "set", VerifyOptions(against=str(bundle), device="cpu"))
+    assert report.passed, [(r.check, r.component, r.metric, r.detail) for r in report.results if r.passed is False]
+    assert report.exit_code == 0
