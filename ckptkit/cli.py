@@ -285,6 +285,9 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
                                           "fp4_dq, int8; --to quanto: qint8, qfloat8)")
 @click.option("--component", "component_types", multiple=True, metavar="NAME=TYPE",
               help="Type for one component, e.g. t5xxl=q5_k_m, clip_l=q8_0, vae=f16 (repeatable).")
+@click.option("--layout", "layout", type=click.Choice(["comfy", "diffusers"]), default=None,
+              help="--to bnb|quanto: diffusers writes component folders with config.json and its "
+                   "quantization_config (from_pretrained loads them); default comfy (component files).")
 @click.option("--rule", "rules", multiple=True, metavar="REGEX=TYPE",
               help="Per-tensor override on final names; first match wins (repeatable, or sd.cpp's "
                    "--tensor-type-rules form 'REGEX=TYPE,REGEX=TYPE').")
@@ -302,8 +305,8 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @config_option
 @family_option
 @run_options
-def quantize(source, out, target, type_name, component_types, rules, policy_file, force_vae, no_scan, arch, client,
-             imatrix, config, family, dry_run, as_json, force, workers):
+def quantize(source, out, target, type_name, component_types, layout, rules, policy_file, force_vae, no_scan, arch,
+             client, imatrix, config, family, dry_run, as_json, force, workers):
     """Quantize each component with its own policy (GGUF, K-quants included)."""
     from ckptkit import pipeline
     from ckptkit.quant.policy import Policy, load_policy_file
@@ -311,7 +314,9 @@ def quantize(source, out, target, type_name, component_types, rules, policy_file
     policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
                     rules=list(_pairs(_rule_items(rules), "--rule", "REGEX=TYPE", split_last=True).items()),
                     force_vae=force_vae,
-                    arch=_arch(arch), client=client, imatrix=imatrix, backend=target)
+                    arch=_arch(arch), client=client, imatrix=imatrix, backend=target, layout=layout)
+    if layout is not None and target == "gguf":
+        raise click.UsageError("--layout is for --to comfy|bnb|quanto (GGUF files keep their clients' names: --client)")
     if policy_file:
         policy = load_policy_file(policy_file, policy)
     result = pipeline.quantize(source, out, policy, force=force, dry_run=dry_run, workers=workers,

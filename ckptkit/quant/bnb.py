@@ -80,5 +80,18 @@ def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
     return ops
 
 
-BACKEND = Backend("bnb", "bitsandbytes", TYPES, _layer, requires="bitsandbytes")
+def _quantization_config(type_name: str, kept: list[str], library: str, dtype: str) -> dict:
+    """BitsAndBytesConfig.to_dict() (diffusers and transformers write the same fields)."""
+    four = type_name != "int8"
+    compute = {"BF16": "bfloat16", "F16": "float16"}.get(dtype, "float32")
+    return {"quant_method": "bitsandbytes", "_load_in_4bit": four, "_load_in_8bit": not four,
+            "load_in_4bit": four, "load_in_8bit": not four, "llm_int8_threshold": 6.0,
+            "llm_int8_skip_modules": kept or None, "llm_int8_enable_fp32_cpu_offload": False,
+            "llm_int8_has_fp16_weight": False, "bnb_4bit_quant_type": TYPES[type_name] if four else "fp4",
+            "bnb_4bit_use_double_quant": type_name.endswith("_dq"), "bnb_4bit_compute_dtype": compute,
+            "bnb_4bit_quant_storage": "uint8"}
+
+
+BACKEND = Backend("bnb", "bitsandbytes", TYPES, _layer, requires="bitsandbytes",
+                  quantization_config=_quantization_config)
 expr.register("bnb_part", _part, lambda shape, t, key, source: _shapes(tuple(shape), t)[key][0])

@@ -35,6 +35,12 @@ class Backend:
     metadata: Callable = lambda layers: {}  # {layer: --type} -> the file's header metadata
     aliases: dict[str, str] = field(default_factory=dict)
     requires: str | None = None  # a package it quantizes with (an optional extra)
+    # (--type, Linear modules left unquantized, "diffusers" | "transformers", the weights' dtype code) ->
+    # the `quantization_config` of config.json, as that library's save_pretrained writes it (None:
+    # the format has no diffusers/transformers loader)
+    quantization_config: Callable | None = None
+    loads_prequantized: dict = field(default_factory=dict)  # library -> False where it cannot load such files
+    skips_by_child_name: tuple = ()  # libraries whose modules_to_not_convert names a module by its last name
 
     def type_of(self, name: str) -> str:
         key = self.aliases.get(name.lower(), name.lower())
@@ -84,23 +90,37 @@ def quantized(key, source: torch.Tensor, make: Callable):
 
 
 def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], type_name: str, path: str,
-                     notes: list[str]) -> OutputFile:
-    """One component in `backend`'s serialization: the quantized Linear weights and everything else as stored."""
+                     notes: list[str], by_child_name: bool = False) -> OutputFile:
+    """One component in `backend`'s serialization: the quantized Linear weights and everything else
+    as stored. `by_child_name`: the loader skips modules by their last name only (diffusers' quanto
+    `modules_to_not_convert`), so a weight is kept whenever another kept one has its last name."""
     from ckptkit.engine.ops import source_dtype
     from ckptkit.quant.policy import decide
     from ckptkit.quant.types import parse_request
 
     like = parse_request("q8_0")  # the GGUF policy's high-precision decisions, per final name
     src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    linear, kept = {}, set()
+    for name, e in ops.items():
+        shape, sdt = expr.shape_of(e, src_shapes), source_dtype(ckpt, e)
+        if name.endswith(".weight") and len(shape) == 2 and sdt in FLOAT_CODES and sdt not in ("F8_E4M3", "F8_E5M2"):
+            linear[name] = (shape, sdt)
+            if not decide(name, shape, sdt, comp, like, [], False).quantized:
+                kept.add(name)
+    if by_child_name:
+        children = {_child(n) for n in kept}
+        widened = {n for n in linear if _child(n) in children} - kept
+        if widened:
+            notes.append(f"{comp.name}: {len(widened)} more Linear weights kept: the loader skips modules by their "
+                         f"last name ({', '.join(sorted(children))})")
+        kept |= widened
     tensors, layers = [], {}
     for name, e in ops.items():
-        shape = expr.shape_of(e, src_shapes)
-        sdt = source_dtype(ckpt, e)
-        linear = (name.endswith(".weight") and len(shape) == 2 and sdt in FLOAT_CODES
-                  and sdt not in ("F8_E4M3", "F8_E5M2"))
-        if not linear or not decide(name, shape, sdt, comp, like, [], False).quantized:
-            tensors.append(TensorOp(name, e, shape, sdt, sdt, "kept" if linear else ""))
+        if name not in linear or name in kept:
+            sdt = source_dtype(ckpt, e)
+            tensors.append(TensorOp(name, e, expr.shape_of(e, src_shapes), sdt, sdt, "kept" if name in kept else ""))
             continue
+        shape, sdt = linear[name]
         layer = name[: -len(".weight")]
         tensors += backend.layer(layer, e, shape, sdt, type_name)
         layers[layer] = type_name
@@ -112,15 +132,26 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
                       metadata={"ckptkit.component": comp.name, **backend.metadata(layers)})
 
 
+def _child(weight: str) -> str:
+    return weight[: -len(".weight")].rsplit(".", 1)[-1]
+
+
 def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
     """The quantize plan for `--to comfy|bnb|quanto`: one safetensors file per component (or
     `single_file` for a single-component source), the requested ones quantized, the others as stored."""
-    from ckptkit.convert.components import config_to_carry, map_component, target_naming
+    from ckptkit.convert.components import config_to_carry, map_component, output_path, target_naming
     from ckptkit.convert.configs import metadata_value
+    from ckptkit.convert.models import model_class
     from ckptkit.engine.ops import POSITION_IDS, source_dtype
     from ckptkit.engine.plan import Plan
 
     backend = get_backend(policy.backend)
+    layout = policy.layout or "comfy"
+    if layout == "diffusers" and backend.quantization_config is None:
+        raise CkptError(f"--to {backend.name}: {backend.title} files are not loaded by diffusers/transformers; "
+                        "--layout diffusers is for --to bnb and --to quanto")
+    if layout not in ("comfy", "diffusers"):
+        raise CkptError(f"--layout {layout}: --to {backend.name} writes comfy or diffusers layouts")
     if policy.rules or policy.imatrix or policy.client or policy.arch:
         raise CkptError(f"--to {backend.name} takes --type and --component only (--rule, --imatrix, --client and "
                         "--arch are for GGUF)")
@@ -142,14 +173,15 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
     if not any(asked.values()):
         raise CkptError("nothing to quantize: give --type (diffusion model) or --component NAME=TYPE")
     plan = Plan("quantize", str(ckpt.path), [], info={"family": src.family, "variant": src.variant,
-                                                      "layout": "comfy", "components": {}})
+                                                      "layout": layout, "components": {}})
     plan.dropped.update(src.dropped)
     for comp, prefix, naming_in, config in comps:
+        naming = target_naming(comp, layout)
         type_name = asked[comp.name]
         if type_name and comp.role == "vae":
             raise CkptError(f"{comp.name}: a VAE is not quantized ({backend.title} quantizes the Linear weights of "
                             "diffusion models and text encoders)")
-        cmap = map_component(ckpt, comp, prefix, naming_in, target_naming(comp, "comfy"), src.exclude, config)
+        cmap = map_component(ckpt, comp, prefix, naming_in, naming, src.exclude, config)
         plan.dropped.update(cmap.dropped)
         ops = {}
         for name, e in cmap.ops.items():
@@ -158,22 +190,50 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
                     plan.dropped[source] = "position_ids: not written (loaders rebuild them)"
             else:
                 ops[name] = e
-        path = single_file or f"{comp.name}.safetensors"
+        path = single_file or output_path(comp, layout)
+        library = "transformers" if model_class(comp.diffusers_class)[1] is not None else "diffusers"
+        if type_name and layout == "diffusers" and not backend.loads_prequantized.get(library, True):
+            raise CkptError(f"{comp.name}: {library} does not load pre-quantized {backend.title} weights "
+                            f"({comp.diffusers_class}); write it with --layout comfy and load it with "
+                            f"{backend.title}'s own loader, or leave {comp.name} unquantized")
         if type_name:
-            out = component_output(backend, ckpt, comp, ops, type_name, path, plan.notes)
+            out = component_output(backend, ckpt, comp, ops, type_name, path, plan.notes,
+                                   by_child_name=layout == "diffusers" and library in backend.skips_by_child_name)
         else:
             shapes = {n: t.shape for n, t in ckpt.tensors.items()}
             out = OutputFile(path, comp.name, "comfy",
                              [TensorOp(n, e, expr.shape_of(e, shapes), source_dtype(ckpt, e), source_dtype(ckpt, e),
                                        "kept") for n, e in ops.items()], metadata={"ckptkit.component": comp.name})
-        carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
-        if carried:
-            out.metadata.update(metadata_value({comp.name: carried}))
+        if layout == "diffusers":  # config.json beside it, with the library's quantization_config
+            plan.sidecars[f"{comp.diffusers_folder}/config.json"] = _config_json(backend, comp, cmap.config, out,
+                                                                               type_name)
+        else:
+            carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
+            if carried:
+                out.metadata.update(metadata_value({comp.name: carried}))
+        out.layout = layout
         plan.outputs.append(out)
-        plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": target_naming(comp, "comfy"),
+        plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": naming,
                                               "diffusers_class": comp.diffusers_class,
                                               "policy": _report(backend, out, type_name)}
     return plan
+
+
+def _config_json(backend: Backend, comp, config: dict, out: OutputFile, type_name: str | None) -> str:
+    import json
+
+    from ckptkit.convert.components import config_json
+    from ckptkit.convert.models import model_class
+
+    text = config_json(comp, config)
+    if not type_name:
+        return text
+    data = json.loads(text)
+    library = "transformers" if model_class(comp.diffusers_class)[1] is not None else "diffusers"
+    kept = sorted(t.name[: -len(".weight")] for t in out.tensors if t.note == "kept")
+    dtype = next((t.src_dtype for t in out.tensors if t.note == f"{backend.name}:{type_name}"), "F32")
+    data["quantization_config"] = backend.quantization_config(type_name, kept, library, dtype)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _report(backend: Backend, out: OutputFile, type_name: str | None) -> dict:

@@ -58,7 +58,8 @@ class Policy:
     arch: str | None = None  # --arch: general.architecture of the GGUF files (default: the family's)
     client: str | None = None  # --client: who loads the GGUF files (quant/clients.py); None: comfy
     imatrix: str | None = None  # --imatrix ones|FILE[,FILE]: ggml's weighted search (quant/imatrix.py)
-    backend: str = "gguf"  # --to: gguf | comfy (ComfyUI's mixed-precision safetensors, quant/comfy.py)
+    backend: str = "gguf"  # --to: gguf | comfy | bnb | quanto (quantized safetensors, quant/layerwise.py)
+    layout: str | None = None  # --layout for the safetensors backends: comfy (default) | diffusers
 
     def request_for(self, comp: ComponentSpec, single: bool = False) -> Request | None:
         """`--component NAME=TYPE` first; `--type` applies to the diffusion model, or to the one

@@ -48,5 +48,18 @@ def _shape(shape, type_name: str, key: str, source: str):
     return {"weight._data": tuple(shape), "weight._scale": (shape[0], 1)}.get(key, ())
 
 
-BACKEND = Backend("quanto", "optimum-quanto", TYPES, _layer, requires="optimum.quanto")
+def _quantization_config(type_name: str, kept: list[str], library: str, dtype: str) -> dict:
+    """diffusers' QuantoConfig / transformers' QuantoConfig, as their to_dict() writes them."""
+    weights = "int8" if type_name == "qint8" else "float8"
+    if library == "diffusers":  # it skips modules by their last name
+        return {"quant_method": "quanto", "weights_dtype": weights,
+                "modules_to_not_convert": sorted({k.rsplit(".", 1)[-1] for k in kept})}
+    return {"quant_method": "quanto", "weights": weights, "activations": None, "modules_to_not_convert": kept}
+
+
+# transformers (5.x) quantizes quanto models on load only (its quantizer is not serializable), and
+# diffusers' modules_to_not_convert matches a module's last name (diffusers quantizers/quanto/utils.py)
+BACKEND = Backend("quanto", "optimum-quanto", TYPES, _layer, requires="optimum.quanto",
+                  quantization_config=_quantization_config, loads_prequantized={"transformers": False},
+                  skips_by_child_name=("diffusers",))
 expr.register("quanto_part", _part, _shape)

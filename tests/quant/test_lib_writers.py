@@ -5,6 +5,8 @@ Also read back by formats/scaled.py and passed by `verify`."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -126,3 +128,49 @@ def test_verify_passes_library_sets(tmp_path, backend, type_name):
     report = run_verify(tmp_path / "set", VerifyOptions(against=str(bundle), device="cpu"))
     assert report.passed, [(r.check, r.component, r.metric, r.detail) for r in report.results if r.passed is False]
     assert report.exit_code == 0
+
+
+def test_quanto_diffusers_folder_loads_with_from_pretrained(tmp_path):
+    """`--layout diffusers`: diffusers' own from_pretrained builds the quantized UNet from our
+    folder, and its forward equals diffusers quantizing the same weights itself (QuantoConfig)."""
+    import warnings
+
+    from diffusers import QuantoConfig, UNet2DConditionModel
+
+    from ckptkit.convert.split import SplitOptions
+    from ckptkit.fixtures.factory import write_bundle
+
+    # float32: quanto's int8 x bfloat16 CPU kernel crashes (segfault, torch 2.13) on int8 data that a
+    # safetensors mapping leaves unaligned, and diffusers' from_pretrained maps the file as it is
+    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=None)
+    pipeline.quantize(bundle, tmp_path / "q", Policy(diffusion_model="qint8", backend="quanto", layout="diffusers"))
+    pipeline.split(bundle, tmp_path / "plain", SplitOptions(layout="diffusers"))
+    config = json.loads((tmp_path / "q" / "unet" / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "quanto" and config["weights_dtype"] == "int8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates QuantoConfig (still its loader in 0.42)
+        ours = UNet2DConditionModel.from_pretrained(tmp_path / "q" / "unet").eval()
+        theirs = UNet2DConditionModel.from_pretrained(
+            tmp_path / "plain" / "unet",
+            quantization_config=QuantoConfig(weights_dtype="int8", modules_to_not_convert=config["modules_to_not_convert"])
+        ).eval()
+    qlinears = [n for n, m in ours.named_modules() if type(m).__name__ == "QLinear"]
+    assert qlinears and qlinears == [n for n, m in theirs.named_modules() if type(m).__name__ == "QLinear"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 7, ours.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        a = ours(x, 999, encoder_hidden_states=ctx).sample
+        b = theirs(x, 999, encoder_hidden_states=ctx).sample
+    assert torch.equal(a, b)
+
+
+def test_quanto_text_encoder_in_diffusers_layout_is_refused(tmp_path):
+    from ckptkit.errors import CkptError
+    from ckptkit.fixtures.factory import write_bundle
+
+    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=torch.bfloat16)
+    with pytest.raises(CkptError, match="does not load pre-quantized optimum-quanto"):
+        pipeline.quantize(bundle, tmp_path / "q", Policy(diffusion_model="qint8", components={"clip_l": "qint8"},
+                                                         backend="quanto", layout="diffusers"))
+    assert not (tmp_path / "q").exists()
