@@ -388,7 +388,10 @@ def test_bad_thresholds_file_exits_2(sets, tmp_path, text, message):
     ({"Q5_0": 9000, "Q4_K": 10}, "Q4_K"),
     ({"Q6_K": 10, "Q8_0": 10**6}, "Q6_K"),
     ({"IQ4_XS": 10, "Q4_K": 10**6}, "IQ4_XS"),  # a type the thresholds do not list counts as least precise
-    ({"F16": 10, "BF16": 10, "F8_E4M3": 10}, None),
+    ({"F16": 10, "BF16": 10}, None),
+    # fp8 is lossy whether scaled or not (an fp8 checkpoint): held to fp8's limits, not plain's
+    ({"F16": 10, "BF16": 10, "F8_E4M3": 10}, "F8_E4M3"),
+    ({"F8_E5M2": 10, "F8_E4M3": 10}, "F8_E5M2"),
 ])
 def test_a_component_is_judged_by_its_least_precise_quantized_type(summary, want):
     from ckptkit.verify.coverage import component_quant_type
