@@ -86,7 +86,7 @@ def _write_safetensors(out: OutputFile, target: Path, source: Checkpoint, pool, 
     specs = [(t.name, t.dtype, t.shape) for t in out.tensors]
     hasher = _Hasher()
     overflow: list[str] = []
-    writer = SafetensorsWriter(target, specs, out.metadata)
+    writer = SafetensorsWriter(target, specs, out.metadata, out.align)
     writer.wrap = lambda fh: _HashingFile(fh, hasher)
     try:
         with writer:
@@ -109,7 +109,8 @@ def output_digest(out: OutputFile, source: Checkpoint, workers: int = 1) -> str:
     (for the content-addressed store: a component already stored is not written again)."""
     if out.format != "safetensors":
         raise CkptError("the store holds safetensors outputs only")
-    h = hashlib.sha256(SafetensorsWriter(out.path, [(t.name, t.dtype, t.shape) for t in out.tensors], out.metadata).header)
+    h = hashlib.sha256(SafetensorsWriter(out.path, [(t.name, t.dtype, t.shape) for t in out.tensors], out.metadata,
+                                         out.align).header)
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
         for _op, tensor in tensors_in_order(out.tensors, source, pool, max(2, workers)):

@@ -62,6 +62,7 @@ class OutputFile:
     metadata: dict[str, str] = field(default_factory=dict)
     gguf_arch: str | None = None  # GGUF outputs only
     kv: dict = field(default_factory=dict)  # GGUF key/values (file type, comfy.gguf.orig_shape.*, ...)
+    align: int = 8  # safetensors: the data section's alignment in the file (SafetensorsWriter)
 
     def to_json(self) -> dict:
         return {"path": self.path, "component": self.component, "layout": self.layout, "format": self.format,

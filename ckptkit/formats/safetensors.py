@@ -278,7 +278,10 @@ class SafetensorsWriter:
     final name only when every tensor was written."""
 
     def __init__(self, path: str | os.PathLike, specs: Iterable[tuple[str, str, tuple[int, ...]]],
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, align: int = 8):
+        """`align`: the data section starts at a multiple of it (the header is padded with spaces, as
+        safetensors pads to 8), so that a tensor at an offset that is a multiple of it is aligned in
+        a mapping of the file (quanto's int8 CPU kernels crash on unaligned data)."""
         self.path = Path(path)
         self._order: list[tuple[str, str, tuple[int, ...], int]] = []
         header: dict[str, object] = {}
@@ -294,6 +297,7 @@ class SafetensorsWriter:
             offset += nbytes
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8 bytes with spaces
+        blob += b" " * (-(8 + len(blob)) % max(8, align))
         self._header = struct.pack("<Q", len(blob)) + blob
         self._next = 0
         self._ctx = None

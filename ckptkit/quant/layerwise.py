@@ -41,6 +41,7 @@ class Backend:
     quantization_config: Callable | None = None
     loads_prequantized: dict = field(default_factory=dict)  # library -> False where it cannot load such files
     skips_by_child_name: tuple = ()  # libraries whose modules_to_not_convert names a module by its last name
+    aligned: bool = False  # lay the file out so its quantized data is ALIGN-aligned in a mapping
 
     def type_of(self, name: str) -> str:
         key = self.aliases.get(name.lower(), name.lower())
@@ -128,8 +129,18 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
         raise CkptError(f"{comp.name}: asked for {type_name} but it has no Linear weight the policy quantizes")
     notes.append(f"{comp.name}: {len(layers)} Linear weights as {backend.title} {type_name}; every other tensor "
                  f"as stored ({backend.title} quantizes nn.Linear weights only)")
-    return OutputFile(path, comp.name, "comfy", tensors,
-                      metadata={"ckptkit.component": comp.name, **backend.metadata(layers)})
+    # Every tensor whose size is a multiple of ALIGN first, in plan order (a layer's parts stay
+    # together), the others after: with the data section aligned too, each of the first lies
+    # aligned in a mapping of the file, as the libraries' CPU kernels need (quanto's int8 x bf16
+    # matmul crashes on unaligned int8 data in torch 2.13).
+    if backend.aligned:
+        tensors.sort(key=lambda t: t.nbytes % ALIGN != 0)
+    return OutputFile(path, comp.name, "comfy", tensors, metadata={"ckptkit.component": comp.name,
+                                                                   **backend.metadata(layers)},
+                      align=ALIGN if backend.aligned else 8)
+
+
+ALIGN = 64
 
 
 def _child(weight: str) -> str:

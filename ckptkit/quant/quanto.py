@@ -33,6 +33,8 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
 
 
 def _part(w: torch.Tensor, type_name: str, key: str, source: str) -> torch.Tensor:
+    if key in ("input_scale", "output_scale"):  # 1.0: no activation quantization (laid out last, see _layer)
+        return torch.ones((), dtype=w.dtype)
     return quantized((source, type_name), w, lambda: _quantize(w, type_name))[key]
 
 
@@ -61,5 +63,5 @@ def _quantization_config(type_name: str, kept: list[str], library: str, dtype: s
 # diffusers' modules_to_not_convert matches a module's last name (diffusers quantizers/quanto/utils.py)
 BACKEND = Backend("quanto", "optimum-quanto", TYPES, _layer, requires="optimum.quanto",
                   quantization_config=_quantization_config, loads_prequantized={"transformers": False},
-                  skips_by_child_name=("diffusers",))
+                  skips_by_child_name=("diffusers",), aligned=True)
 expr.register("quanto_part", _part, _shape)

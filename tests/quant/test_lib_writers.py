@@ -6,6 +6,7 @@ Also read back by formats/scaled.py and passed by `verify`."""
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 import torch
@@ -140,25 +141,31 @@ def test_quanto_diffusers_folder_loads_with_from_pretrained(tmp_path):
     from ckptkit.convert.split import SplitOptions
     from ckptkit.fixtures.factory import write_bundle
 
-    # float32: quanto's int8 x bfloat16 CPU kernel crashes (segfault, torch 2.13) on int8 data that a
-    # safetensors mapping leaves unaligned, and diffusers' from_pretrained maps the file as it is
-    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=None)
+    # bfloat16: quanto's int8 x bfloat16 CPU kernel crashes (segfault, torch 2.13) on int8 data a
+    # mapping of the file leaves unaligned, and from_pretrained maps the file as it is: our quanto files
+    # lay their quantized data out 64-byte aligned (quant/layerwise.py)
+    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=torch.bfloat16)
     pipeline.quantize(bundle, tmp_path / "q", Policy(diffusion_model="qint8", backend="quanto", layout="diffusers"))
     pipeline.split(bundle, tmp_path / "plain", SplitOptions(layout="diffusers"))
     config = json.loads((tmp_path / "q" / "unet" / "config.json").read_text())["quantization_config"]
+    raw = (tmp_path / "q" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    data = [v["data_offsets"][0] for k, v in header.items() if k.endswith(".weight._data")]
+    assert data and all((8 + n + off) % 64 == 0 for off in data)  # aligned in any mapping of the file
     assert config["quant_method"] == "quanto" and config["weights_dtype"] == "int8"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # diffusers deprecates QuantoConfig (still its loader in 0.42)
-        ours = UNet2DConditionModel.from_pretrained(tmp_path / "q" / "unet").eval()
+        ours = UNet2DConditionModel.from_pretrained(tmp_path / "q" / "unet", torch_dtype=torch.bfloat16).eval()
         theirs = UNet2DConditionModel.from_pretrained(
-            tmp_path / "plain" / "unet",
+            tmp_path / "plain" / "unet", torch_dtype=torch.bfloat16,
             quantization_config=QuantoConfig(weights_dtype="int8", modules_to_not_convert=config["modules_to_not_convert"])
         ).eval()
     qlinears = [n for n, m in ours.named_modules() if type(m).__name__ == "QLinear"]
     assert qlinears and qlinears == [n for n, m in theirs.named_modules() if type(m).__name__ == "QLinear"]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    ctx = torch.randn(1, 7, ours.config.cross_attention_dim, generator=g)
+    x = torch.randn(1, 4, 8, 8, generator=g).to(torch.bfloat16)
+    ctx = torch.randn(1, 7, ours.config.cross_attention_dim, generator=g).to(torch.bfloat16)
     with torch.no_grad():
         a = ours(x, 999, encoder_hidden_states=ctx).sample
         b = theirs(x, 999, encoder_hidden_states=ctx).sample
