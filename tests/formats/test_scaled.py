@@ -343,3 +343,24 @@ def test_quanto_packed_4bit_is_refused(tmp_path):
     with open_checkpoint(path) as ck:
         with pytest.raises(Exception, match="packed 4/2-bit"):
             dequantizing(ck)
+
+
+def test_convert_of_a_scaled_component_file_gets_values(sdxl, tmp_path):
+    """A plain split keeps the scaled component; converting that file to diffusers dequantizes it."""
+    path, tensors = sdxl["tensor"]
+    pipeline.split(path, tmp_path / "set", SplitOptions(layout="comfy"))
+    pipeline.convert(tmp_path / "set" / "diffusion_model.safetensors", tmp_path / "unet", "diffusers")
+    with open_checkpoint(tmp_path / "unet" / "diffusion_pytorch_model.safetensors") as ck:
+        assert {info.dtype for info in ck.tensors.values()} == {"BF16"}
+        assert not any("scale" in n or "comfy_quant" in n for n in ck.tensors)
+        from ckptkit.families import get_family
+        from ckptkit.convert.components import map_component
+
+        with open_checkpoint(tmp_path / "set" / "diffusion_model.safetensors") as src:
+            view = dequantizing(src)
+            spec = get_family("sdxl").component("diffusion_model")
+            ops = map_component(view, spec, "", "original", "diffusers", set(), None, strict=False).ops
+            weight = sdxl["weights"][0]
+            name = next(n for n, e in ops.items() if e.sources() == [weight[len(DM):]])
+            want = comfy_dequantized(tensors[weight], _scale(tensors, weight, "tensor"), torch.bfloat16)
+            assert torch.equal(ck.load(name), want)
