@@ -1,7 +1,8 @@
 """Quantized safetensors read as values: ComfyUI's scaled fp8 (old `scaled_fp8` marker with
 `.scale_weight`; new mixed precision with `.comfy_quant` / `_quantization_metadata` and
 `.weight_scale`), plain fp8 + `.weight_scale` files, DeepSeek-style block fp8
-(`.weight_scale_inv`), bitsandbytes (4-bit nf4/fp4, LLM.int8) and optimum-quanto (qint8, qfloat8). Read as if the stored values were the weights, such files give silently
+(`.weight_scale_inv`), bitsandbytes (4-bit nf4/fp4, LLM.int8) and optimum-quanto (qint8, qfloat8,
+qint4 when the file holds the layer's shape: a bias, or ckptkit's recorded shapes). Read as if the stored values were the weights, such files give silently
 wrong models (fp8 values off by their scale, ~1e-3: stable-diffusion.cpp's white images).
 
     scheme = detect_scheme(ckpt)          # None for a plain file; CkptError for one not understood
@@ -285,11 +286,27 @@ def _quanto(ckpt: Checkpoint) -> Scheme | None:
     datas = [n for n in names if n.endswith(".weight._data")]
     if not datas and not any(n.endswith((".weight._scale", ".weight._data._data")) for n in names):
         return None
-    packed = next((n for n in names if n.endswith(".weight._data._data")), None)
-    if packed is not None:
-        raise CkptError(f"{ckpt.path}: {printable(packed)} is optimum-quanto's packed 4/2-bit weight, whose layer "
-                        "shape the file does not hold; reading it is not supported (refused, not guessed)")
     scheme = Scheme("optimum-quanto")
+    recorded = json.loads(ckpt.metadata.get("ckptkit.quanto_shapes", "{}")) if ckpt.metadata else {}
+    for packed in [n for n in names if n.endswith(".weight._data._data")]:
+        weight = _prefix_of(packed, "._data._data")
+        layer = _prefix_of(weight, ".weight")
+        scale, shift = f"{weight}._scale", f"{weight}._shift"
+        p, rows = names[packed], _need(ckpt, scale, "quanto scale").shape[0]
+        _need(ckpt, shift, "quanto shift")
+        if p.dtype != "U8" or len(p.shape) != 2 or p.shape[0] != -(-rows // 2):
+            raise CkptError(f"{ckpt.path}: {printable(packed)} {p.dtype} {list(p.shape)} is not quanto's 4-bit packing "
+                            f"of {rows} rows (2-bit and other packings are refused)")
+        cols = p.shape[1]
+        shape = recorded.get(layer)
+        if shape is None and f"{layer}.bias" in names:  # the output width; the input width follows
+            out_f = names[f"{layer}.bias"].numel
+            shape = [out_f, rows * cols // out_f] if rows * cols % out_f == 0 else None
+        if shape is None or math.prod(shape) != rows * cols:
+            raise CkptError(f"{ckpt.path}: {printable(packed)}: the layer's shape is not in the file (no bias, no "
+                            "recorded shape); a packed quanto weight is refused rather than guessed")
+        aux = tuple(n for n in (shift, f"{layer}.input_scale", f"{layer}.output_scale") if n in names)
+        scheme.layers[weight] = QuantLayer(weight, "qint4", scale, aux, data=packed, shape=tuple(shape))
     for data in datas:
         weight = _prefix_of(data, "._data")
         layer = _prefix_of(weight, ".weight")
@@ -377,7 +394,7 @@ class Dequantized(Checkpoint):
 # the quantized type of a scaled weight, as verify's thresholds name it (thresholds.DEFAULTS)
 STORED_TYPE = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int8_tensorwise": "INT8",
                "fp8_block128": "F8_E4M3", "llm_int8": "INT8", "qint8": "INT8", "qfloat8": "F8_E4M3",
-               "nf4": "Q4_0", "fp4": "Q4_0"}  # 4-bit, blocks of 64 with an absmax: Q4_0's error class
+               "nf4": "Q4_0", "fp4": "Q4_0", "qint4": "Q4_1"}  # 4-bit with a scale and a shift: Q4_1's class  # 4-bit, blocks of 64 with an absmax: Q4_0's error class
 
 
 def stored_type(ckpt: Checkpoint, name: str) -> str:
@@ -397,6 +414,16 @@ def dequantize_layer(layer: QuantLayer, fetch, dtype: torch.dtype) -> torch.Tens
     if layer.format in ("qint8", "qfloat8"):  # quanto tensor/qbytes.py: _scale * _data in the scale's dtype
         data, scale = fetch(layer.data), fetch(layer.scale)
         return (scale * data.to(scale.dtype)).to(dtype)
+    if layer.format == "qint4":  # quanto tensor/qbits.py QBitsDequantizer, packing from tensor/packed.py
+        packed, scale = fetch(layer.data).view(torch.uint8), fetch(layer.scale)
+        shift = fetch(f"{layer.weight}._shift")
+        rows = scale.shape[0]
+        values = torch.cat([(packed >> (4 * i)) & 0x0F for i in range(2)], dim=0)[:rows]
+        if shift.dtype.is_floating_point:
+            w = scale * values - shift
+        else:
+            w = scale * (values.to(torch.int8) - shift.to(torch.int8))
+        return w.reshape(layer.shape).to(dtype)
     return dequantize(fetch(layer.data or layer.weight), fetch(layer.scale), layer.format, dtype)
 
 

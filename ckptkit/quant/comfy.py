@@ -51,7 +51,7 @@ def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
             TensorOp(f"{layer}.weight_scale", expr.fn("comfy_scale", e, type_name), (), "F32", "F32", f"{fmt} scale")]
 
 
-def _metadata(layers: dict[str, str]) -> dict[str, str]:
+def _metadata(layers: dict[str, str], shapes: dict) -> dict[str, str]:
     return {"_quantization_metadata": json.dumps(
         {"format_version": "1.0", "layers": {layer: {"format": TYPES[t][0]} for layer, t in layers.items()}})}
 

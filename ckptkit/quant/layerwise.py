@@ -32,7 +32,7 @@ class Backend:
     types: dict[str, str]  # --type -> the format as formats/scaled.py names a layer read back
     # (layer name, weight Expr, shape, source dtype, --type) -> the layer's TensorOps (the weight's name first)
     layer: Callable
-    metadata: Callable = lambda layers: {}  # {layer: --type} -> the file's header metadata
+    metadata: Callable = lambda layers, shapes: {}  # ({layer: --type}, {layer: shape}) -> header metadata
     aliases: dict[str, str] = field(default_factory=dict)
     requires: str | None = None  # a package it quantizes with (an optional extra)
     # (--type, Linear modules left unquantized, "diffusers" | "transformers", the weights' dtype code) ->
@@ -115,7 +115,7 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
             notes.append(f"{comp.name}: {len(widened)} more Linear weights kept: the loader skips modules by their "
                          f"last name ({', '.join(sorted(children))})")
         kept |= widened
-    tensors, layers = [], {}
+    tensors, layers, shapes = [], {}, {}
     for name, e in ops.items():
         if name not in linear or name in kept:
             sdt = source_dtype(ckpt, e)
@@ -125,6 +125,7 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
         layer = name[: -len(".weight")]
         tensors += backend.layer(layer, e, shape, sdt, type_name)
         layers[layer] = type_name
+        shapes[layer] = list(shape)
     if not layers:
         raise CkptError(f"{comp.name}: asked for {type_name} but it has no Linear weight the policy quantizes")
     notes.append(f"{comp.name}: {len(layers)} Linear weights as {backend.title} {type_name}; every other tensor "
@@ -136,7 +137,7 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
     if backend.aligned:
         tensors.sort(key=lambda t: t.nbytes % ALIGN != 0)
     return OutputFile(path, comp.name, "comfy", tensors, metadata={"ckptkit.component": comp.name,
-                                                                   **backend.metadata(layers)},
+                                                                   **backend.metadata(layers, shapes)},
                       align=ALIGN if backend.aligned else 8)
 
 

@@ -1,12 +1,15 @@
-"""optimum-quanto's serialization, written (`ckptkit quantize --to quanto --type qint8|qfloat8`):
+"""optimum-quanto's serialization, written (`ckptkit quantize --to quanto --type qint8|qfloat8|qint4`):
 the state dict of a frozen quanto QLinear as diffusers/transformers `save_pretrained` writes it
-(optimum/quanto nn/qmodule.py, tensor/weights/qbytes.py):
+(optimum/quanto nn/qmodule.py, tensor/weights/qbytes.py, qbits.py):
 
-    L.weight._data (int8 / float8_e4m3fn, [out, in]), L.weight._scale ([out, 1], the weight's dtype),
-    L.input_scale, L.output_scale (scalars 1.0 in the weight's dtype: no activation quantization)
+    8-bit  L.weight._data (int8 / float8_e4m3fn, [out, in]), L.weight._scale ([out, 1])
+    4-bit  L.weight._data._data (uint8, two values a byte, packed along rows), L.weight._scale and
+           L.weight._shift ([groups, 1]; groups of 128 inputs, or fewer, as QModuleMixin picks)
+    both   L.input_scale, L.output_scale (scalars 1.0 in the weight's dtype: no activation quantization)
 
-Quantized by quanto itself (`quantize_weight` with its AbsmaxOptimizer, per output row, as
-QLinear.qweight does), one weight at a time.
+Quantized by quanto itself, one weight at a time: each weight goes through a one-layer QLinear
+(quantize, freeze, state_dict), so the bytes are exactly what quanto writes for it. The 4-bit
+weights' shapes, which those tensors do not hold, go in the header (`ckptkit.quanto_shapes`).
 """
 
 from __future__ import annotations
@@ -17,42 +20,76 @@ from ckptkit.engine import expr
 from ckptkit.engine.plan import TensorOp
 from ckptkit.quant.layerwise import Backend, quantized
 
-TYPES = {"qint8": "qint8", "qfloat8": "qfloat8"}
+TYPES = {"qint8": "qint8", "qfloat8": "qfloat8", "qint4": "qint4"}
 DATA = {"qint8": "I8", "qfloat8": "F8_E4M3"}
+SHAPES_KEY = "ckptkit.quanto_shapes"  # header metadata: {layer: [out, in]} of the packed 4-bit weights
+
+
+def group_size(in_features: int, bits: int) -> int | None:
+    """QModuleMixin's choice (optimum/quanto nn/qmodule.py): 128, stepping down by 32 until it divides
+    the input width; None (one scale per row) for 8 bits or when none divides."""
+    if bits == 8 or in_features <= 128:
+        return None
+    size = 128
+    while in_features % size != 0 and size > 32:
+        size -= 32
+    return size if in_features % size == 0 else None
 
 
 def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
+    """The layer's tensors as quanto itself serializes a frozen QLinear holding `w`."""
     import optimum.quanto as quanto
-    from optimum.quanto.tensor.optimizers import AbsmaxOptimizer
 
-    qtype = quanto.qint8 if type_name == "qint8" else quanto.qfloat8_e4m3fn
-    scale = AbsmaxOptimizer()(w, qtype=qtype, axis=0)
-    q = quanto.quantize_weight(w, qtype=qtype, axis=0, scale=scale, shift=None, group_size=None)
-    one = torch.ones((), dtype=w.dtype)
-    return {"weight._data": q._data, "weight._scale": q._scale, "input_scale": one, "output_scale": one}
+    qtype = {"qint8": quanto.qint8, "qfloat8": quanto.qfloat8_e4m3fn, "qint4": quanto.qint4}[type_name]
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    holder = torch.nn.Sequential(linear)
+    quanto.quantize(holder, weights=qtype)
+    quanto.freeze(holder)
+    return {k.removeprefix("0."): v.contiguous() for k, v in holder.state_dict().items()}
 
 
 def _part(w: torch.Tensor, type_name: str, key: str, source: str) -> torch.Tensor:
-    if key in ("input_scale", "output_scale"):  # 1.0: no activation quantization (laid out last, see _layer)
+    if key in ("input_scale", "output_scale"):  # 1.0: no activation quantization (laid out last)
         return torch.ones((), dtype=w.dtype)
     return quantized((source, type_name), w, lambda: _quantize(w, type_name))[key]
 
 
+def _parts(shape, sdt: str, type_name: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    out_f, in_f = shape
+    if type_name != "qint4":
+        parts = {"weight._data": ((out_f, in_f), DATA[type_name]), "weight._scale": ((out_f, 1), sdt)}
+    else:
+        g = group_size(in_f, 4)
+        rows, cols = (out_f * in_f // g, g) if g else (out_f, in_f)
+        parts = {"weight._data._data": ((-(-rows // 2), cols), "U8"), "weight._scale": ((rows, 1), sdt),
+                 "weight._shift": ((rows, 1), sdt)}
+    return {**parts, "input_scale": ((), sdt), "output_scale": ((), sdt)}
+
+
 def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
-    parts = {"weight._data": (tuple(shape), DATA[type_name]), "weight._scale": ((shape[0], 1), sdt),
-             "input_scale": ((), sdt), "output_scale": ((), sdt)}
+    data = "weight._data._data" if type_name == "qint4" else "weight._data"
     return [TensorOp(f"{layer}.{key}", expr.fn("quanto_part", e, type_name, key, str(e)), part_shape, code, code,
-                     f"quanto:{type_name}" if key == "weight._data" else f"quanto {key}")
-            for key, (part_shape, code) in parts.items()]
+                     f"quanto:{type_name}" if key == data else f"quanto {key}")
+            for key, (part_shape, code) in _parts(tuple(shape), sdt, type_name).items()]
 
 
 def _shape(shape, type_name: str, key: str, source: str):
-    return {"weight._data": tuple(shape), "weight._scale": (shape[0], 1)}.get(key, ())
+    return _parts(tuple(shape), "F32", type_name)[key][0]
+
+
+def _metadata(layers: dict[str, str], shapes: dict) -> dict[str, str]:
+    """The packed 4-bit weights' shapes, which quanto's tensors do not hold (formats/scaled.py reads them)."""
+    import json
+
+    packed = {layer: shapes[layer] for layer, t in layers.items() if t == "qint4"}
+    return {SHAPES_KEY: json.dumps(packed, separators=(",", ":"))} if packed else {}
 
 
 def _quantization_config(type_name: str, kept: list[str], library: str, dtype: str) -> dict:
     """diffusers' QuantoConfig / transformers' QuantoConfig, as their to_dict() writes them."""
-    weights = "int8" if type_name == "qint8" else "float8"
+    weights = {"qint8": "int8", "qfloat8": "float8", "qint4": "int4"}[type_name]
     if library == "diffusers":  # it skips modules by their last name
         return {"quant_method": "quanto", "weights_dtype": weights,
                 "modules_to_not_convert": sorted({k.rsplit(".", 1)[-1] for k in kept})}
@@ -61,7 +98,7 @@ def _quantization_config(type_name: str, kept: list[str], library: str, dtype: s
 
 # transformers (5.x) quantizes quanto models on load only (its quantizer is not serializable), and
 # diffusers' modules_to_not_convert matches a module's last name (diffusers quantizers/quanto/utils.py)
-BACKEND = Backend("quanto", "optimum-quanto", TYPES, _layer, requires="optimum.quanto",
+BACKEND = Backend("quanto", "optimum-quanto", TYPES, _layer, _metadata, requires="optimum.quanto",
                   quantization_config=_quantization_config, loads_prequantized={"transformers": False},
                   skips_by_child_name=("diffusers",), aligned=True)
 expr.register("quanto_part", _part, _shape)

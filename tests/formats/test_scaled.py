@@ -166,7 +166,7 @@ REFUSED = {
                                              "a.weight.quant_state.bitsandbytes__nf4": torch.zeros(4, dtype=torch.uint8)},
                                             None, "not bitsandbytes' JSON"),
     "quanto 4-bit": ({"a.weight._data._data": torch.zeros(4, 4, dtype=torch.uint8), "a.weight._scale": torch.ones(8, 1),
-                      "a.weight._shift": torch.zeros(8, 1)}, None, "optimum-quanto's packed"),
+                      "a.weight._shift": torch.zeros(8, 1)}, None, "shape is not in the file"),
 }
 
 
@@ -341,7 +341,7 @@ def test_quanto_packed_4bit_is_refused(tmp_path):
     path = _write(tmp_path, {"l.weight._data._data": torch.zeros(2, 128, dtype=torch.uint8),
                              "l.weight._scale": torch.ones(4, 1), "l.weight._shift": torch.zeros(4, 1)})
     with open_checkpoint(path) as ck:
-        with pytest.raises(Exception, match="packed 4/2-bit"):
+        with pytest.raises(Exception, match="shape is not in the file"):
             dequantizing(ck)
 
 

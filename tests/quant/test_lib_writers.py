@@ -79,7 +79,7 @@ def test_bitsandbytes_int8_as_int8params_quantizes(clip, tmp_path):
     ck.close()
 
 
-@pytest.mark.parametrize("type_name", ["qint8", "qfloat8"])
+@pytest.mark.parametrize("type_name", ["qint8", "qfloat8", "qint4"])
 def test_quanto_loads_with_requantize(clip, tmp_path, type_name):
     import optimum.quanto as quanto
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -87,7 +87,7 @@ def test_quanto_loads_with_requantize(clip, tmp_path, type_name):
     _, source = clip
     ck, out = _quantize(clip, tmp_path, "quanto", type_name)
     ck.close()
-    qtype = quanto.qint8 if type_name == "qint8" else quanto.qfloat8_e4m3fn
+    qtype = {"qint8": quanto.qint8, "qfloat8": quanto.qfloat8_e4m3fn, "qint4": quanto.qint4}[type_name]
 
     def names(state):  # this transformers' CLIPTextModel holds its text_model's tensors at the top
         keys = set(CLIPTextModel(CLIPTextConfig(**TINY["sd1"]["clip_l"])).state_dict())
@@ -104,7 +104,8 @@ def test_quanto_loads_with_requantize(clip, tmp_path, type_name):
     quanto.quantize(theirs, weights=qtype)
     quanto.freeze(theirs)
     ours_state = names(out)
-    qmap = {n: {"weights": str(qtype.name), "activations": "none"} for n in _layers(ours_state, ".weight._data")}
+    qmap = {n.split(".weight._data")[0]: {"weights": str(qtype.name), "activations": "none"}
+            for n in ours_state if ".weight._data" in n}
     ours = fresh()
     quanto.requantize(ours, state_dict=ours_state, quantization_map=qmap, device=torch.device("cpu"))
     # requantize loads with strict=False: the key sets must agree by themselves
@@ -116,10 +117,15 @@ def test_quanto_loads_with_requantize(clip, tmp_path, type_name):
         r = reference(ids).last_hidden_state.float()
     assert torch.equal(a, b)  # the same file quanto would have written itself
     cos = torch.nn.functional.cosine_similarity(a.reshape(-1), r.reshape(-1), dim=0)
-    assert cos > (0.999 if type_name == "qint8" else 0.995), float(cos)
+    assert cos > {"qint8": 0.999, "qfloat8": 0.995, "qint4": 0.97}[type_name], float(cos)
+    with open_checkpoint(tmp_path / f"quanto-{type_name}.safetensors") as ck:  # read back: quanto's own values
+        view = dequantizing(ck)
+        for name in qmap:
+            assert torch.equal(view.load(f"text_model.{name}.weight" if not name.startswith("text_model.") else
+                                         f"{name}.weight"), dict(theirs.named_modules())[name].weight.dequantize())
 
 
-@pytest.mark.parametrize("backend, type_name", [("bnb", "nf4"), ("bnb", "int8"), ("quanto", "qint8")])
+@pytest.mark.parametrize("backend, type_name", [("bnb", "nf4"), ("bnb", "int8"), ("quanto", "qint8"), ("quanto", "qint4")])
 def test_verify_passes_library_sets(tmp_path, backend, type_name):
     from ckptkit.fixtures.factory import write_bundle
     from ckptkit.verify import VerifyOptions, run_verify
