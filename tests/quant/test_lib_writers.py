@@ -125,7 +125,8 @@ def test_quanto_loads_with_requantize(clip, tmp_path, type_name):
                                          f"{name}.weight"), dict(theirs.named_modules())[name].weight.dequantize())
 
 
-@pytest.mark.parametrize("backend, type_name", [("bnb", "nf4"), ("bnb", "int8"), ("quanto", "qint8"), ("quanto", "qint4")])
+@pytest.mark.parametrize("backend, type_name", [("bnb", "nf4"), ("bnb", "int8"), ("quanto", "qint8"),
+                                                ("quanto", "qint4")])
 def test_verify_passes_library_sets(tmp_path, backend, type_name):
     from ckptkit.fixtures.factory import write_bundle
     from ckptkit.verify import VerifyOptions, run_verify
