@@ -103,9 +103,15 @@ def _from_checkpoint(path: Path, ckpt: Checkpoint, family: str | None = None) ->
     return cset
 
 
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
 def _open_values(path) -> Checkpoint:
     """A file read as values: a scaled fp8 file as weight x scale (formats/scaled.py); a
     quantization scheme this reader does not know makes it unreadable (CkptError)."""
+    path = Path(path)
+    if path.name in DIFFUSERS_WEIGHTS and (path.parent / "config.json").is_file():
+        path = path.parent  # a diffusers component folder: its config.json says what the weights cannot
     ckpt = open_checkpoint(path)
     try:
         return dequantizing(ckpt)

@@ -188,3 +188,22 @@ def test_quanto_text_encoder_in_diffusers_layout_is_refused(tmp_path):
         pipeline.quantize(bundle, tmp_path / "q", Policy(diffusion_model="qint8", components={"clip_l": "qint8"},
                                                          backend="quanto", layout="diffusers"))
     assert not (tmp_path / "q").exists()
+
+
+def test_bitsandbytes_diffusers_folder_needs_a_gpu_in_diffusers_but_verifies_here(tmp_path):
+    """Trap: diffusers refuses bitsandbytes without a GPU. Our own reader (verify's) dequantizes the
+    same folder on the CPU."""
+    from diffusers import UNet2DConditionModel
+
+    from ckptkit.fixtures.factory import write_bundle
+    from ckptkit.verify import VerifyOptions, run_verify
+
+    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=torch.bfloat16)
+    pipeline.quantize(bundle, tmp_path / "q", Policy(diffusion_model="nf4", backend="bnb", layout="diffusers"))
+    config = json.loads((tmp_path / "q" / "unet" / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "bitsandbytes" and config["load_in_4bit"] and config["bnb_4bit_quant_type"] == "nf4"
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="GPU"):
+            UNet2DConditionModel.from_pretrained(tmp_path / "q" / "unet")
+    report = run_verify(tmp_path / "q", VerifyOptions(against=str(bundle), device="cpu"))
+    assert report.passed, [(r.check, r.component, r.metric, r.detail) for r in report.results if r.passed is False]
