@@ -90,8 +90,36 @@ def quantized(key, source: torch.Tensor, make: Callable):
     return value
 
 
+def linear_sources(ckpt, comp, prefix: str, naming_in: str, exclude, config) -> set[str] | None:
+    """The source tensors that are nn.Linear weights in the component's diffusers/transformers class
+    (built on the meta device): a 2-D weight is not always a Linear's (T5's relative_attention_bias
+    and token embeddings are nn.Embedding), and these libraries quantize Linear layers only. None when
+    the class cannot be built (an unknown model: every 2-D weight counts)."""
+    import torch.nn as nn
+    from accelerate import init_empty_weights
+
+    from ckptkit.convert.components import map_component
+    from ckptkit.convert.models import instantiate
+
+    if comp.role == "unknown" or not comp.diffusers_class:
+        return None
+    try:
+        dmap = map_component(ckpt, comp, prefix, naming_in, "diffusers", set(exclude), config)
+        with init_empty_weights():
+            model = instantiate(comp.diffusers_class, dmap.config)
+    except (CkptError, ValueError, TypeError):
+        return None
+    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    found = set()
+    for name, e in dmap.ops.items():
+        if name in linear or name.removeprefix("text_model.") in linear:  # transformers 5 CLIP holds no text_model
+            found |= set(e.sources())
+    return found
+
+
 def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], type_name: str, path: str,
-                     notes: list[str], by_child_name: bool = False) -> OutputFile:
+                     notes: list[str], by_child_name: bool = False, linear_weights: set[str] | None = None
+                     ) -> OutputFile:
     """One component in `backend`'s serialization: the quantized Linear weights and everything else
     as stored. `by_child_name`: the loader skips modules by their last name only (diffusers' quanto
     `modules_to_not_convert`), so a weight is kept whenever another kept one has its last name."""
@@ -104,7 +132,8 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
     linear, kept = {}, set()
     for name, e in ops.items():
         shape, sdt = expr.shape_of(e, src_shapes), source_dtype(ckpt, e)
-        if name.endswith(".weight") and len(shape) == 2 and sdt in FLOAT_CODES and sdt not in ("F8_E4M3", "F8_E5M2"):
+        if name.endswith(".weight") and len(shape) == 2 and sdt in FLOAT_CODES and sdt not in ("F8_E4M3", "F8_E5M2") \
+                and (linear_weights is None or set(e.sources()) <= linear_weights):
             linear[name] = (shape, sdt)
             if not decide(name, shape, sdt, comp, like, [], False).quantized:
                 kept.add(name)
@@ -210,7 +239,8 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
                             f"{backend.title}'s own loader, or leave {comp.name} unquantized")
         if type_name:
             out = component_output(backend, ckpt, comp, ops, type_name, path, plan.notes,
-                                   by_child_name=layout == "diffusers" and library in backend.skips_by_child_name)
+                                   by_child_name=layout == "diffusers" and library in backend.skips_by_child_name,
+                                   linear_weights=linear_sources(ckpt, comp, prefix, naming_in, src.exclude, config))
         else:
             shapes = {n: t.shape for n, t in ckpt.tensors.items()}
             out = OutputFile(path, comp.name, "comfy",
