@@ -207,3 +207,23 @@ def test_bitsandbytes_diffusers_folder_needs_a_gpu_in_diffusers_but_verifies_her
             UNet2DConditionModel.from_pretrained(tmp_path / "q" / "unet")
     report = run_verify(tmp_path / "q", VerifyOptions(against=str(bundle), device="cpu"))
     assert report.passed, [(r.check, r.component, r.metric, r.detail) for r in report.results if r.passed is False]
+
+
+def test_only_linear_weights_are_quantized(tmp_path):
+    """A 2-D weight is not always a Linear's: T5's relative_attention_bias and token embeddings are
+    nn.Embedding, which quanto leaves alone; so do we (the key set then matches quanto's own)."""
+    import optimum.quanto as quanto
+    from transformers import T5Config, T5EncoderModel
+
+    from ckptkit.fixtures.factory import write_bundle
+
+    bundle = write_bundle("sd3", tmp_path / "sd3.safetensors", dtype=torch.bfloat16)
+    pipeline.quantize(bundle, tmp_path / "q", Policy(components={"t5xxl": "qint8"}, backend="quanto"))
+    with open_checkpoint(tmp_path / "q" / "t5xxl.safetensors") as ck:
+        names = set(ck.tensors)
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in names
+    model = T5EncoderModel(T5Config(**TINY["sd3"]["t5xxl"])).to(torch.bfloat16)
+    quanto.quantize(model, weights=quanto.qint8)
+    quanto.freeze(model)
+    theirs = {n for n in model.state_dict() if "_data" in n}
+    assert {n for n in names if "_data" in n} == theirs
