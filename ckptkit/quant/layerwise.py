@@ -93,8 +93,9 @@ def quantized(key, source: torch.Tensor, make: Callable):
 def linear_sources(ckpt, comp, prefix: str, naming_in: str, exclude, config) -> set[str] | None:
     """The source tensors that are nn.Linear weights in the component's diffusers/transformers class
     (built on the meta device): a 2-D weight is not always a Linear's (T5's relative_attention_bias
-    and token embeddings are nn.Embedding), and these libraries quantize Linear layers only. None when
-    the class cannot be built (an unknown model: every 2-D weight counts)."""
+    and token embeddings are nn.Embedding), and these libraries quantize Linear layers only, never
+    the class's `_keep_in_fp32_modules`. None when the class cannot be built (an unknown model:
+    every 2-D weight counts)."""
     import torch.nn as nn
     from accelerate import init_empty_weights
 
@@ -109,7 +110,10 @@ def linear_sources(ckpt, comp, prefix: str, naming_in: str, exclude, config) -> 
             model = instantiate(comp.diffusers_class, dmap.config)
     except (CkptError, ValueError, TypeError):
         return None
-    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    # the class's own high-precision modules (T5's `wo`): its loader keeps them unquantized whatever the file holds
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    linear = {f"{n}.weight" for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and not keep & set(n.split("."))}
     found = set()
     for name, e in dmap.ops.items():
         if name in linear or name.removeprefix("text_model.") in linear:  # transformers 5 CLIP holds no text_model
