@@ -39,26 +39,23 @@ import math
 import mmap
 import os
 import platform
+import re
 import shutil
 import statistics
 import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from benchdoc import WRAPPER, publish  # noqa: E402
+
 GB = 1e9
+MIN_FREE = 3e9  # a FLUX run is stopped when the shared disk gets this full
 HEADING = "## Library backends: `ckptkit quantize --to quanto|bnb|comfy` vs the libraries' own route"
-WRAPPER = """\
-import json, resource, subprocess, sys, time
-t0 = time.perf_counter()
-rc = subprocess.run(sys.argv[2:]).returncode
-wall = time.perf_counter() - t0
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-with open(sys.argv[1], "w") as fh:
-    json.dump({"rc": rc, "wall_s": wall, "peak_rss": ru.ru_maxrss * 1024, "cpu_s": ru.ru_utime + ru.ru_stime}, fh)
-"""
 
 # part: (manifest, components, transformers class, config class, config)
 PARTS = {
@@ -75,7 +72,7 @@ PARTS = {
 }
 TARGETS = [("quanto", "qint8"), ("bnb", "nf4"), ("bnb", "int8"), ("comfy", "fp8_e4m3")]
 FLUX_TARGETS = [("quanto", "qint8")]
-QUANT_SUFFIXES = ("._data", "._scale", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".SCB")
+LAYER_MARKS = (".weight._data", ".weight.absmax", ".SCB")
 
 
 # --- the library's own route (run in a fresh process: `bench_lib_quant.py lib BACKEND TYPE PART SRC OUT`)
@@ -140,13 +137,21 @@ def warm(path: Path) -> None:
             pass
 
 
-def measure(cmd: list[str], log: Path) -> dict:
+def measure(cmd: list[str], log: Path, min_free: float = 0) -> dict:
+    """One run under the wrapper; stopped (its process group) if the disk's free space falls under min_free."""
     result = log.with_suffix(".json")
     result.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     with open(log, "w") as fh:
-        subprocess.run([sys.executable, "-c", WRAPPER, str(result), *cmd], cwd=ROOT, env=env, stdout=fh,
-                       stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(result), *cmd], cwd=ROOT, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            time.sleep(1)
+            if min_free and shutil.disk_usage(log.parent).free < min_free:
+                os.killpg(proc.pid, 9)  # the group this run started, nothing else
+                proc.wait()
+                return {"rc": "stopped", "wall_s": 0, "cpu_s": 0, "peak_rss": 0,
+                        "error": f"stopped: under {min_free / GB:.0f} GB free on the (shared) disk"}
     r = json.loads(result.read_text())
     if r["rc"] != 0:
         r["error"] = ([ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] or ["?"])[-1][:300]
@@ -174,23 +179,40 @@ def digests(path: Path) -> dict[str, tuple[str, tuple, str, bytes]]:
     return out
 
 
+def quantized_layers(d: dict) -> set[str]:
+    """The layers L a file holds quantized: L.weight._data (quanto), L.weight.absmax (bnb 4-bit), L.SCB (bnb int8)."""
+    return {n[: -len(suf)] for n in d for suf in LAYER_MARKS if n.endswith(suf)}
+
+
+def layer_of(name: str, layers: set[str]) -> str | None:
+    parts = name.split(".")
+    return next((p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in layers), None)
+
+
+def grouped(layers: set[str]) -> str:
+    counts = Counter(re.sub(r"\.\d+\.", ".N.", L) for L in layers)
+    return ", ".join(f"{c} x {L}" if c > 1 else L for L, c in sorted(counts.items())) or "none"
+
+
 def compare(ours: dict, lib: dict) -> str:
-    common = set(ours) & set(lib)
-    quant = {n for n in common if n.endswith(QUANT_SUFFIXES) or ".quant_state." in n
-             or lib[n][0] in ("I8", "U8", "F8_E4M3") or ours[n][0] in ("I8", "U8", "F8_E4M3")}
+    lo, ll = quantized_layers(ours), quantized_layers(lib)
+    both = lo & ll
+    in_both = [{n for n in d if layer_of(n, both)} for d in (ours, lib)]
+    common = in_both[0] & in_both[1]
     same = {n for n in common if ours[n][:3] == lib[n][:3]}
     padded = {n for n in common - same if ours[n][3] and ours[n][3] == lib[n][3]}  # the same quant_state JSON
-    text = f"quantized tensors: {len(quant & same)}/{len(quant)} byte-identical"
-    if quant & padded:
-        text += f" (+{len(quant & padded)} quant_state JSON equal but for ckptkit's space padding)"
-    rest = common - quant
-    text += f"; other tensors: {len(rest & same)}/{len(rest)} identical"
-    for label, names in (("only in ours", set(ours) - set(lib)), ("only in the library's", set(lib) - set(ours))):
+    text = f"{len(both)} layers quantized by both: {len(same)}/{len(common)} of their tensors byte-identical"
+    if padded:
+        text += f" (+{len(padded)} quant_state JSON equal but for ckptkit's space padding)"
+    if in_both[0] != in_both[1]:
+        text += f", names differ ({len(in_both[0] ^ in_both[1])})"
+    text += f"; quantized by ckptkit only: {grouped(lo - ll)}; by the library only: {grouped(ll - lo)}"
+    rest = [{n for n in d if not layer_of(n, lo | ll)} for d in (ours, lib)]
+    others = rest[0] & rest[1]
+    text += f"; other tensors: {len([n for n in others if ours[n][:3] == lib[n][:3]])}/{len(others)} identical"
+    for label, names in (("only in ckptkit's file", rest[0] - rest[1]), ("only in the library's", rest[1] - rest[0])):
         if names:
-            text += f"; {len(names)} names {label} (e.g. {', '.join(sorted(names)[:2])})"
-    differ = sorted(common - same - padded)
-    if differ:
-        text += f"; DIFFER: {', '.join(f'{n} {ours[n][:2]} vs {lib[n][:2]}' for n in differ[:3])}"
+            text += f", {label}: {', '.join(sorted(names)[:3])}"
     return text
 
 
@@ -215,9 +237,14 @@ def run_pairs(part: str, src: Path, backend: str, type_name: str, runs: int, wor
     for i in range(runs):
         for who in (whos if i % 2 == 0 else whos[::-1]):
             remove(outs[who])
+            if who == "library" and mem_available() < 1.6 * src.stat().st_size + GB:
+                row["runs"][who].append({"rc": "skipped", "wall_s": 0, "cpu_s": 0, "peak_rss": 0,
+                                         "error": f"not run: {mem_available() / GB:.1f} GB of memory available"})
+                continue
             if small:
                 warm(src)
-            r = measure(command(who, backend, type_name, part, src, outs[who]), workdir / f"{part}.{backend}-{type_name}.{who}.log")
+            r = measure(command(who, backend, type_name, part, src, outs[who]),
+                        workdir / f"{part}.{backend}-{type_name}.{who}.log", MIN_FREE if ours_only else 0)
             row["runs"][who].append(r)
             print(f"  {part} {backend} {type_name} {who} run {i + 1}: rc {r['rc']}, {r['wall_s']:.1f} s wall, "
                   f"{r['cpu_s']:.1f} s CPU, peak RSS {r['peak_rss'] / GB:.2f} GB" + (f"  ERROR: {r['error']}" if r["rc"] else ""),
@@ -231,6 +258,11 @@ def run_pairs(part: str, src: Path, backend: str, type_name: str, runs: int, wor
         row["same"] = compare(dig["ours"], dig["library"])
         print(f"  {part} {backend} {type_name}: {row['same']}", flush=True)
     return row
+
+
+def revision() -> str:
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "ckptkit") else "")
 
 
 def mem_total() -> int:
@@ -260,7 +292,7 @@ def fmt_ratio(vals: list[float]) -> str:
 
 
 def fmt(v, unit: str) -> str:
-    return "-" if v is None else f"{v:.1f} s" if unit == "s" else f"{v / GB:.2f} GB"
+    return "-" if v is None else f"{v:.1f} s" if unit == "s" else f"{v / GB:.2f} GB" if unit == "GB" else f"{v / 1e6:,.1f} MB"
 
 
 def render(results: dict, args) -> str:
@@ -269,7 +301,9 @@ def render(results: dict, args) -> str:
              f"Command: `python bench/bench_lib_quant.py --runs {args.runs}"
              + (f" --parts {args.parts}" if args.parts != DEFAULT_PARTS else "") + " --write-doc` (from the "
              "repository root; it builds its inputs in bench/out/lib_quant on first use). "
-             f"Date {m['date']}.", "",
+             f"Date {m['date']}, ckptkit at {results['rev'][0]}"
+             + (f" (at the end: {results['rev'][1]}; the tree changed during the run)" if len(set(results["rev"])) > 1 else "")
+             + ".", "",
              f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, Python "
              f"{m['python']}, torch {m['torch']}, transformers {m['transformers']}, optimum-quanto {m['quanto']}, "
              f"bitsandbytes {m['bnb']}. Shared with another engineer's tests: 1-minute load average "
@@ -277,7 +311,7 @@ def render(results: dict, args) -> str:
              "Inputs: standalone component files, real names and shapes from ../shared/manifests/, random N(0, 0.02) "
              "bf16 weights: " + "; ".join(f"{p} {f['params'] / 1e9:.3f}B params, {f['bytes'] / GB:.2f} GB ({f['source']})"
                                           for p, f in results["files"].items()) + ".", "",
-             f"Each route is its own process, {args.runs} run(s) per (component, target), alternating which goes "
+             f"Each route is its own process, {args.runs} run{'s' * (args.runs > 1)} per (component, target), alternating which goes "
              "first; medians, and the ratio of each pair (median, then every pair). Time ratio: library / ckptkit "
              "(> 1: ckptkit faster). RSS ratio: ckptkit / library. Peak RSS: `getrusage(RUSAGE_CHILDREN).ru_maxrss` "
              "of a wrapper that only runs the route (mapped file pages count). Inputs under half the RAM are read "
@@ -290,9 +324,9 @@ def render(results: dict, args) -> str:
         lib_note = "-" if not t else None  # no library route run
         lines.append(f"| {r['part']} | {r['backend']} {r['type']} | {fmt(median(o, 'wall_s'), 's')} | "
                      f"{lib_note or fmt(median(t, 'wall_s'), 's')} | {fmt_ratio(pair_ratios(r, 'wall_s', True))} | "
-                     f"{fmt(median(o, 'peak_rss'), 'b')} | {lib_note or fmt(median(t, 'peak_rss'), 'b')} | "
-                     f"{fmt_ratio(pair_ratios(r, 'peak_rss', False))} | {fmt(r['bytes'].get('ours'), 'b')} | "
-                     f"{fmt(r['bytes'].get('library'), 'b')} |")
+                     f"{fmt(median(o, 'peak_rss'), 'GB')} | {lib_note or fmt(median(t, 'peak_rss'), 'GB')} | "
+                     f"{fmt_ratio(pair_ratios(r, 'peak_rss', False))} | {fmt(r['bytes'].get('ours'), 'MB')} | "
+                     f"{fmt(r['bytes'].get('library'), 'MB')} |")
     lines += ["", "Same tensors? (first pair's outputs, raw bytes per tensor; `text_model.` prefix normalised):", ""]
     for r in results["rows"]:
         if r["same"]:
@@ -302,25 +336,24 @@ def render(results: dict, args) -> str:
     lines += ["", "Routes (IN the input file):", ""]
     for cmd in dict.fromkeys(f"{who}: `{c}`" for r in results["rows"] for who, c in r["commands"].items()):
         lines.append(f"- {cmd}")
-    lines += ["- comfy: no library route; ComfyUI has no packaged save route for its mixed-precision files "
-              "(ckptkit's writer is checked byte for byte against an independent implementation of comfy_kitchen's "
-              "quantizer in tests/quant/test_comfy_writer.py)."]
+    lines += ["- comfy: no library route measured (neither ComfyUI nor comfy_kitchen is installed here); ckptkit's "
+              "writer is checked byte for byte against an independent implementation of comfy_kitchen's quantizer "
+              "in tests/quant/test_comfy_writer.py."]
     lines += [f"- {note}" for note in results["notes"]]
+    if "flux" in args.parts.split(","):
+        lines.append(f"- {flux_memory_note(results)}")
     return "\n".join(lines) + "\n"
 
 
 def machine() -> dict:
-    import bitsandbytes
-    import optimum.quanto
-    import torch
-    import transformers
+    from importlib.metadata import version
 
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.processor())
     return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gib": round(mem_total() / 2**30, 1),
-            "kernel": platform.release(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "quanto": getattr(optimum.quanto, "__version__", "?"),
-            "bnb": bitsandbytes.__version__, "date": time.strftime("%Y-%m-%d")}
+            "kernel": platform.release(), "python": platform.python_version(), "torch": version("torch"),
+            "transformers": version("transformers"), "quanto": version("optimum-quanto"),
+            "bnb": version("bitsandbytes"), "date": time.strftime("%Y-%m-%d")}
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -345,28 +378,42 @@ def build(part: str, workdir: Path) -> tuple[Path, dict]:
 
 
 def flux_room(workdir: Path, notes: list) -> bool:
+    """Room for the bf16 input and one qint8 output, with 6 GB to spare on a disk others write to too;
+    the cached T5 input (rebuilt on the next run) is dropped when that makes the room."""
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_clients import manifest_specs
 
     params = sum(math.prod(s) for _, s, _ in manifest_specs("flux1_dev", ["transformer"]))
-    need = params * 2 + params * 1.05 + 2 * GB  # the bf16 input, one qint8 output, 2 GB to spare
+    need = params * 2 + params * 1.05 + 6 * GB
     t5 = workdir / "t5xxl.safetensors"
-    if shutil.disk_usage(workdir).free < need and t5.exists():
+    free = shutil.disk_usage(workdir).free
+    if free < need and t5.exists() and free + t5.stat().st_size >= need:
         print(f"flux: dropping the cached {t5.name} to make room", flush=True)
         t5.unlink()
-    free = shutil.disk_usage(workdir).free
-    bf16 = params * 2
-    notes.append(f"FLUX.1 library route not run: the transformer is {params / 1e9:.2f}B parameters = "
-                 f"{bf16 / GB:.1f} GB ({bf16 / 2**30:.1f} GiB) in bf16, and quanto's quantize/freeze (or diffusers' "
-                 "from_pretrained with a QuantoConfig) works on the whole model in memory: the bf16 model, the "
-                 f"interpreter and torch (~0.6 GB) and the int8 weights as they are made, >= {(bf16 + 0.6 * GB) / GB:.1f} GB, "
-                 f"against {mem_total() / GB:.1f} GB ({mem_total() / 2**30:.1f} GiB) of RAM here, "
-                 f"{mem_available() / GB:.1f} GB available when checked.")
+        free = shutil.disk_usage(workdir).free
     if free < need:
-        notes.append(f"FLUX.1 skipped: {free / GB:.1f} GB free on disk, {need / GB:.1f} GB needed "
-                     "(the bf16 input and one qint8 output).")
+        notes.append(f"FLUX.1 skipped: {free / GB:.1f} GB free on the disk, {need / GB:.1f} GB wanted "
+                     "(the bf16 input, one qint8 output, 6 GB to spare).")
         return False
     return True
+
+
+def flux_memory_note(results: dict) -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_clients import manifest_specs
+
+    bf16 = 2 * sum(math.prod(s) for _, s, _ in manifest_specs("flux1_dev", ["transformer"]))
+    text = (f"FLUX.1 library route not run: quanto's quantize + freeze (as diffusers' from_pretrained with a "
+            f"QuantoConfig) works on the whole model in memory, and its bf16 weights alone are {bf16 / GB:.1f} GB "
+            f"({bf16 / 2**30:.1f} GiB); this machine has {mem_total() / GB:.1f} GB ({mem_total() / 2**30:.1f} GiB) "
+            f"of RAM, {results['mem_available'] / GB:.1f} GB available at the start")
+    t5 = next((r for r in results["rows"] if (r["part"], r["backend"]) == ("t5xxl", "quanto")), None)
+    peak = t5 and median(t5["runs"].get("library", []), "peak_rss")
+    if peak:
+        ratio = peak / results["files"]["t5xxl"]["bytes"]
+        text += (f". The same route's peak RSS on T5-XXL above is {ratio:.2f}x its bf16 input; at that ratio "
+                 f"FLUX.1 needs about {ratio * bf16 / GB:.0f} GB")
+    return text + "."
 
 
 def main() -> None:
@@ -379,7 +426,7 @@ def main() -> None:
     ap.add_argument("--write-doc", action="store_true", help="replace this benchmark's section in docs/BENCHMARKS.md")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "load_before": os.getloadavg()[0], "files": {}, "rows": [], "notes": []}
+    results = {"machine": machine(), "rev": [revision()], "load_before": os.getloadavg()[0], "mem_available": mem_available(), "files": {}, "rows": [], "notes": []}
     for part in args.parts.split(","):
         flux = part == "flux"
         if flux and not flux_room(args.workdir, results["notes"]):
@@ -393,15 +440,9 @@ def main() -> None:
             if flux:
                 src.unlink(missing_ok=True)  # 24 GB: not kept
     results["load_after"] = os.getloadavg()[0]
+    results["rev"].append(revision())
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
-    section = render(results, args)
-    print("\n" + section)
-    if args.write_doc:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from benchdoc import write_section
-
-        write_section(HEADING, section)
-        print("wrote docs/BENCHMARKS.md")
+    publish(HEADING, render(results, args), args.write_doc)
 
 
 if __name__ == "__main__":

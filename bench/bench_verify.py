@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 from bench_clients import MANIFESTS, manifest_specs, write_file  # noqa: E402
-from benchdoc import write_section  # noqa: E402
+from benchdoc import WRAPPER, write_section  # noqa: E402
 
 HEADING = "## Verify: real-shape SDXL Q8_0 set against its fp16 bundle (1-step check, CPU, float32)"
 GOAL_S = 120.0  # the whole verify, the 1-step check included, in under 2 minutes
@@ -70,15 +70,6 @@ GB = 1e9
 # script also samples the tree every 50 ms (the sum of VmRSS over the wrapper's descendants, from
 # /proc: psutil is not in the venv) and reports how many processes it saw and the sampled peak; a
 # sampled peak above ru_maxrss (or more than one process) means the assumption broke, and is printed.
-WRAPPER = """\
-import json, resource, subprocess, sys, time
-t0 = time.perf_counter()
-rc = subprocess.run(sys.argv[2:]).returncode
-wall = time.perf_counter() - t0
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-with open(sys.argv[1], "w") as fh:
-    json.dump({"rc": rc, "wall_s": wall, "peak_rss": ru.ru_maxrss * 1024, "cpu_s": ru.ru_utime + ru.ru_stime}, fh)
-"""
 
 
 # --- the inputs ----------------------------------------------------------------------------------

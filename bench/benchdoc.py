@@ -20,3 +20,25 @@ def write_section(heading: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+
+
+# A wrapper process that only runs a command and records its exit code, wall and CPU time and peak RSS
+# (`getrusage(RUSAGE_CHILDREN).ru_maxrss`: the kernel's exact high-water mark of the command, which a
+# poll of RSS can miss): python -c WRAPPER RESULT.json CMD...
+WRAPPER = """\
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+rc = subprocess.run(sys.argv[2:]).returncode
+wall = time.perf_counter() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"rc": rc, "wall_s": wall, "peak_rss": ru.ru_maxrss * 1024, "cpu_s": ru.ru_utime + ru.ru_stime}, fh)
+"""
+
+
+def publish(heading: str, section: str, write: bool) -> None:
+    """Print a benchmark's section; with `write` (--write-doc) put it in docs/BENCHMARKS.md too."""
+    print("\n" + section)
+    if write:
+        write_section(heading, section)
+        print(f"wrote {DOC.relative_to(DOC.parents[1])}")
