@@ -410,9 +410,14 @@ def flux_memory_note(results: dict) -> str:
     t5 = next((r for r in results["rows"] if (r["part"], r["backend"]) == ("t5xxl", "quanto")), None)
     peak = t5 and median(t5["runs"].get("library", []), "peak_rss")
     if peak:
-        ratio = peak / results["files"]["t5xxl"]["bytes"]
-        text += (f". The same route's peak RSS on T5-XXL above is {ratio:.2f}x its bf16 input; at that ratio "
-                 f"FLUX.1 needs about {ratio * bf16 / GB:.0f} GB")
+        size = results["files"]["t5xxl"]["bytes"]
+        ratio = peak / size
+        text += (f". On T5-XXL above the same route peaked at {peak / GB:.1f} GB, {ratio:.2f}x its bf16 input (the "
+                 f"input's {size / GB:.1f} GB mapped from the file, plus {(peak - size) / GB:.1f} GB: the int8 copy "
+                 f"and the interpreter); at that ratio FLUX.1 needs about {ratio * bf16 / GB:.0f} GB, more than the "
+                 "RAM. The mapped part is page cache the kernel can drop and read again, so such a run would thrash "
+                 "rather than surely fail; a model held in anonymous memory (built, then loaded) needs the "
+                 f"{bf16 / GB:.1f} GB plus the interpreter with nothing to drop")
     return text + "."
 
 
@@ -436,6 +441,7 @@ def main() -> None:
         try:
             for backend, type_name in FLUX_TARGETS if flux else TARGETS:
                 results["rows"].append(run_pairs(part, src, backend, type_name, args.runs, args.workdir, flux))
+                (args.workdir / "results.json").write_text(json.dumps(results, indent=2))  # so far
         finally:
             if flux:
                 src.unlink(missing_ok=True)  # 24 GB: not kept
