@@ -289,7 +289,6 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
     with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
     a directory (component set + manifest), or a file when the source is a single component and
     `out` ends in .gguf/.safetensors."""
-    from ckptkit.formats.scaled import Dequantized
     from ckptkit.quant.plan import open_component_set_source, plan_quantize, source_from_detection
 
     out, src_path = Path(out), Path(source)
@@ -301,20 +300,15 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
             get_family(family)
         ckpt, src = open_component_set_source(src_path, family)
     else:
-        ckpt = open_checkpoint(source)
-        try:
-            ckpt = values(ckpt)  # quantizers take values: weight x scale for a scaled fp8 file
+        ckpt, src = open_checkpoint(source), None
+    try:
+        ckpt = values(ckpt)  # quantizers take values: weight x scale for a scaled fp8 file
+        if src is None:
             given(ckpt, family=family)
             src = source_from_detection(ckpt, detect(ckpt))
-        except BaseException:
-            ckpt.close()
-            raise
-    if not isinstance(ckpt, Dequantized):
-        try:
-            ckpt = values(ckpt)
-        except BaseException:
-            ckpt.close()
-            raise
+    except BaseException:
+        ckpt.close()
+        raise
     with ckpt:
         given(ckpt, config)  # --family is applied above
 

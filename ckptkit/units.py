@@ -1,4 +1,4 @@
-"""Sizes and counts for people: 1.2 GB, 3.50B."""
+"""Sizes and counts for people (1.2 GB, 3.50B), and the per-type tally reports share."""
 
 from __future__ import annotations
 
@@ -30,3 +30,14 @@ def parse_bytes(text: str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {text!r} (e.g. 4GB, 3.5GiB, 800MB)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def tally(items) -> dict[str, dict[str, int]]:
+    """(type, bytes) pairs -> {type: {"tensors": count, "bytes": total}}: the per-type summary of a
+    plan's output file (quantize reports) and of a stored file (verify's coverage)."""
+    out: dict[str, dict[str, int]] = {}
+    for kind, nbytes in items:
+        entry = out.setdefault(kind, {"tensors": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["bytes"] += nbytes
+    return out

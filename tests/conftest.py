@@ -28,9 +28,25 @@ def _private_hash_cache(tmp_path_factory):
     import os
 
     old = os.environ.get("CKPTKIT_CACHE_DIR")
-    os.environ["CKPTKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("ckptkit-cache"))
+    os.environ["CKPTKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-ckptkit-cache"))
     yield
     if old is None:
         os.environ.pop("CKPTKIT_CACHE_DIR", None)
     else:
         os.environ["CKPTKIT_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_files_removed(tmp_path_factory):
+    """A test module's shared folders (module-scoped fixtures' `mktemp`) are removed when the module
+    ends: the suite writes several GB of synthetic checkpoints, more than a CI disk may have free.
+    A passed test's own `tmp_path` goes as it passes (tmp_path_retention_policy = "failed"); a
+    failed test's (named test_...) is kept for a look, as are the session's (named session-...)."""
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith(("test_", "session-")):
+            shutil.rmtree(path, ignore_errors=True)

@@ -5,7 +5,9 @@ serialise for `--dry-run`) and are evaluated lazily: with a fetch that loads rea
 give bytes, with a fetch that returns meta tensors they give shapes at no memory cost.
 Every operation but `zeros` preserves bytes, so a layout change is bit-exact; `zeros` stands in
 for a buffer an original file must carry but the diffusers model does not hold (Sana's pos_embed).
-`fn` applies a transform another layer registered (FUNCTIONS; ComfyUI's fp8 quantization).
+`fn` applies a transform another layer registered (FUNCTIONS; ComfyUI's fp8 quantization); `part`
+picks one tensor of a transform that makes several (a library's quantized layer: data, scales, state),
+and the executor evaluates such a transform once for all its parts (engine/produce.py).
 `full` and `randn` (INIT_OPS with `zeros`) make new tensors from nothing but their arguments, for
 layers a transform adds (the TrigFlow guidance embedder): `randn` is seeded and generated on the CPU,
 so the same plan gives the same bytes on every machine. A fetch with a `device` attribute (e.g. one
@@ -57,6 +59,8 @@ class Expr:
             return _init(op, a, getattr(fetch, "device", None))
         if op == "fn":  # a registered transform of one tensor (FUNCTIONS): name, input, parameters
             return FUNCTIONS[a[0]][0](a[1].evaluate(fetch), *a[2:])
+        if op == "part":  # one tensor of a transform that makes a dict of them
+            return a[0].evaluate(fetch)[a[1]]
         raise ValueError(f"unknown op {op}")
 
     def __str__(self) -> str:
@@ -81,6 +85,8 @@ class Expr:
             return f"eye({a[0][0]}, {a[1]})"
         if op == "fn":
             return f"{a[0]}({', '.join(map(str, a[1:]))})"
+        if op == "part":
+            return f"{a[0]}[{a[1]}]"
         return f"t({a[0]})"
 
     def to_json(self):
@@ -104,6 +110,14 @@ def fn(name: str, e: Expr, *params) -> Expr:
     if name not in FUNCTIONS:
         raise ValueError(f"unknown function {name}")
     return Expr("fn", (name, e, *params))
+
+
+def part(group: Expr, key: str) -> Expr:
+    """The tensor `key` of `group`, an `fn` whose function returns a dict of tensors (and whose shape
+    rule a dict of shapes)."""
+    if group.op != "fn":
+        raise ValueError(f"part of {group}: not a function")
+    return Expr("part", (group, key))
 
 
 def src(name: str) -> Expr:
@@ -177,6 +191,9 @@ def _infer_shape(e: Expr, source_shapes: Mapping[str, tuple[int, ...]]) -> tuple
         return tuple(source_shapes[a[0]])
     if op == "fn":
         return tuple(FUNCTIONS[a[0]][1](_infer_shape(a[1], source_shapes), *a[2:]))
+    if op == "part":
+        g = a[0].args
+        return tuple(FUNCTIONS[g[0]][1](_infer_shape(g[1], source_shapes), *g[2:])[a[1]])
     if op in ("zeros", "full", "randn", "eye"):
         return tuple(a[0])
     if op == "arange":

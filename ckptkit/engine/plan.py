@@ -28,7 +28,7 @@ class TensorOp:
             return "init"  # a new tensor (e.g. the TrigFlow guidance embedder), made from no source
         if self.expr.op == "src":
             return "copy" if self.dtype == self.src_dtype or self.stored else "cast"
-        if self.expr.op == "fn":
+        if self.expr.op in ("fn", "part"):
             return "quantize"  # a registered transform: a library's quantized tensors (quant/layerwise.py)
         return "layout" if self.dtype == self.src_dtype else "layout+cast"
 

@@ -22,7 +22,7 @@ import torch
 from ckptkit.engine import expr
 from ckptkit.engine.plan import TensorOp
 from ckptkit.errors import CkptError
-from ckptkit.quant.layerwise import Backend, quantized
+from ckptkit.quant.layerwise import Backend
 
 BLOCKSIZE = 64  # bitsandbytes' default (transformers/diffusers BitsAndBytesConfig)
 NESTED_BLOCKSIZE = 256
@@ -50,10 +50,6 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _part(w: torch.Tensor, type_name: str, key: str, source: str) -> torch.Tensor:
-    return quantized((source, type_name), w, lambda: _quantize(w, type_name))[key]
-
-
 def _shapes(shape: tuple[int, ...], type_name: str) -> dict[str, tuple[tuple[int, ...], str]]:
     """Suffix -> (shape, dtype code) of a layer's tensors, from its weight's shape alone."""
     if type_name == "int8":
@@ -72,11 +68,10 @@ def _shapes(shape: tuple[int, ...], type_name: str) -> dict[str, tuple[tuple[int
 
 
 def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
-    ops = []
+    ops, group = [], expr.fn("bnb_layer", e, type_name)  # one quantization, all its parts (engine/produce.py)
     for key, (part_shape, code) in _shapes(tuple(shape), type_name).items():
         note = f"bnb:{type_name}" if key == "weight" else f"bitsandbytes {key}"
-        ops.append(TensorOp(f"{layer}.{key}", expr.fn("bnb_part", e, type_name, key, str(e)), part_shape, code, code,
-                            note))
+        ops.append(TensorOp(f"{layer}.{key}", expr.part(group, key), part_shape, code, code, note))
     return ops
 
 
@@ -94,4 +89,4 @@ def _quantization_config(type_name: str, kept: list[str], library: str, dtype: s
 
 BACKEND = Backend("bnb", "bitsandbytes", TYPES, _layer, requires="bitsandbytes",
                   quantization_config=_quantization_config)
-expr.register("bnb_part", _part, lambda shape, t, key, source: _shapes(tuple(shape), t)[key][0])
+expr.register("bnb_layer", _quantize, lambda shape, t: {k: v[0] for k, v in _shapes(tuple(shape), t).items()})

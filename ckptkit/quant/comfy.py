@@ -44,11 +44,15 @@ def quantized(w: torch.Tensor, type_name: str) -> torch.Tensor:
     return torch.clamp(w * (1.0 / scale).to(w.dtype), -top, top).to(TYPES[type_name][2])
 
 
+def _quantized_layer(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
+    return {"weight": quantized(w, type_name), "weight_scale": scale_of(w, type_name)}
+
+
 def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
     fmt, code, _ = TYPES[type_name]
-    return [TensorOp(f"{layer}.weight", expr.fn("comfy_quantized", e, type_name), shape, code, code,
-                     f"comfy:{type_name}"),
-            TensorOp(f"{layer}.weight_scale", expr.fn("comfy_scale", e, type_name), (), "F32", "F32", f"{fmt} scale")]
+    group = expr.fn("comfy_layer", e, type_name)  # one read of the weight for both (engine/produce.py)
+    return [TensorOp(f"{layer}.weight", expr.part(group, "weight"), shape, code, code, f"comfy:{type_name}"),
+            TensorOp(f"{layer}.weight_scale", expr.part(group, "weight_scale"), (), "F32", "F32", f"{fmt} scale")]
 
 
 def _metadata(layers: dict[str, str], shapes: dict) -> dict[str, str]:
@@ -59,5 +63,4 @@ def _metadata(layers: dict[str, str], shapes: dict) -> dict[str, str]:
 BACKEND = Backend("comfy", "ComfyUI mixed precision", {t: v[0] for t, v in TYPES.items()}, _layer, _metadata,
                   aliases={"fp8": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2",
                            "int8_tensorwise": "int8"})
-expr.register("comfy_quantized", quantized, lambda shape, t: shape)
-expr.register("comfy_scale", scale_of, lambda shape, t: ())
+expr.register("comfy_layer", _quantized_layer, lambda shape, t: {"weight": tuple(shape), "weight_scale": ()})

@@ -5,19 +5,16 @@ these formats quantize, 2-D Linear weights; each quantized weight becomes the te
 serializes (a backend's `layer` function), every other tensor is kept as stored. Streaming like
 every plan: one weight is read and quantized at a time, by the executor.
 
-A backend's outputs of one weight come from one quantization: `quantized(key, source, make)` keeps
-the last few results so that the 2-6 tensors of a layer, produced one after the other, quantize once.
+A backend's outputs of one weight come from one quantization: each is an `expr.part` of one
+transform of the weight, which the executor evaluates once for all of them (engine/produce.py).
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
-
-import torch
 
 from ckptkit.engine import expr
 from ckptkit.engine.plan import OutputFile, TensorOp
@@ -66,30 +63,6 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-_CACHE: OrderedDict = OrderedDict()
-_LOCK = threading.Lock()
-CACHED = 4  # results kept: a layer's outputs are produced together, a few ahead with --workers
-
-
-def quantized(key, source: torch.Tensor, make: Callable):
-    """make() once for the outputs of one weight's quantization: a result is reused for the same
-    key (the weight's expression and type) only when the source tensor is equal to the one it was
-    made from (so two files with the same names never share a result)."""
-    with _LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-    if hit is not None and hit[0].shape == source.shape and hit[0].dtype == source.dtype \
-            and torch.equal(hit[0], source):
-        return hit[1]
-    value = make()
-    with _LOCK:
-        _CACHE[key] = (source, value)
-        while len(_CACHE) > CACHED:
-            _CACHE.popitem(last=False)
-    return value
-
-
 def linear_sources(ckpt, comp, prefix: str, naming_in: str, exclude, config) -> set[str] | None:
     """The source tensors that are nn.Linear weights in the component's diffusers/transformers class
     (built on the meta device): a 2-D weight is not always a Linear's (T5's relative_attention_bias
@@ -133,12 +106,13 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
 
     like = parse_request("q8_0")  # the GGUF policy's high-precision decisions, per final name
     src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
-    linear, kept = {}, set()
+    typed = {name: (expr.shape_of(e, src_shapes), source_dtype(ckpt, e)) for name, e in ops.items()}
+    linear, kept = set(), set()
     for name, e in ops.items():
-        shape, sdt = expr.shape_of(e, src_shapes), source_dtype(ckpt, e)
+        shape, sdt = typed[name]
         if name.endswith(".weight") and len(shape) == 2 and sdt in FLOAT_CODES and sdt not in ("F8_E4M3", "F8_E5M2") \
                 and (linear_weights is None or set(e.sources()) <= linear_weights):
-            linear[name] = (shape, sdt)
+            linear.add(name)
             if not decide(name, shape, sdt, comp, like, [], False).quantized:
                 kept.add(name)
     if by_child_name:
@@ -150,11 +124,10 @@ def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], ty
         kept |= widened
     tensors, layers, shapes = [], {}, {}
     for name, e in ops.items():
+        shape, sdt = typed[name]
         if name not in linear or name in kept:
-            sdt = source_dtype(ckpt, e)
-            tensors.append(TensorOp(name, e, expr.shape_of(e, src_shapes), sdt, sdt, "kept" if name in kept else ""))
+            tensors.append(TensorOp(name, e, shape, sdt, sdt, "kept" if name in kept else ""))
             continue
-        shape, sdt = linear[name]
         layer = name[: -len(".weight")]
         tensors += backend.layer(layer, e, shape, sdt, type_name)
         layers[layer] = type_name
@@ -247,11 +220,12 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
                                    linear_weights=linear_sources(ckpt, comp, prefix, naming_in, src.exclude, config))
         else:
             shapes = {n: t.shape for n, t in ckpt.tensors.items()}
-            out = OutputFile(path, comp.name, "comfy",
-                             [TensorOp(n, e, expr.shape_of(e, shapes), source_dtype(ckpt, e), source_dtype(ckpt, e),
-                                       "kept") for n, e in ops.items()], metadata={"ckptkit.component": comp.name})
+            out = OutputFile(path, comp.name, "comfy", [], metadata={"ckptkit.component": comp.name})
+            for n, e in ops.items():
+                sdt = source_dtype(ckpt, e)
+                out.tensors.append(TensorOp(n, e, expr.shape_of(e, shapes), sdt, sdt, "kept"))
         if layout == "diffusers":  # config.json beside it, with the library's quantization_config
-            plan.sidecars[f"{comp.diffusers_folder}/config.json"] = _config_json(backend, comp, cmap.config, out,
+            plan.sidecars[f"{comp.diffusers_folder}/config.json"] = _config_json(backend, ckpt, comp, cmap.config, out,
                                                                                type_name)
         else:
             carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
@@ -265,7 +239,7 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
     return plan
 
 
-def _config_json(backend: Backend, comp, config: dict, out: OutputFile, type_name: str | None) -> str:
+def _config_json(backend: Backend, ckpt, comp, config: dict, out: OutputFile, type_name: str | None) -> str:
     import json
 
     from ckptkit.convert.components import config_json
@@ -276,18 +250,20 @@ def _config_json(backend: Backend, comp, config: dict, out: OutputFile, type_nam
         return text
     data = json.loads(text)
     library = "transformers" if model_class(comp.diffusers_class)[1] is not None else "diffusers"
+    from ckptkit.engine.ops import source_dtype
+
     kept = sorted(t.name[: -len(".weight")] for t in out.tensors if t.note == "kept")
-    dtype = next((t.src_dtype for t in out.tensors if t.note == f"{backend.name}:{type_name}"), "F32")
+    # the dtype of the weights quantized: a layer's data is a part of its weight's transform
+    dtype = next((source_dtype(ckpt, t.expr.args[0].args[1]) for t in out.tensors
+                  if t.note == f"{backend.name}:{type_name}"), "F32")
     data["quantization_config"] = backend.quantization_config(type_name, kept, library, dtype)
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def _report(backend: Backend, out: OutputFile, type_name: str | None) -> dict:
-    types: dict = {}
-    for t in out.tensors:
-        entry = types.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
-        entry["tensors"] += 1
-        entry["bytes"] += t.nbytes
+    from ckptkit.units import tally
+
+    types = tally((t.dtype, t.nbytes) for t in out.tensors)
     kept = Counter(t.note for t in out.tensors if t.note == "kept") if type_name else Counter()
     return {"requested": type_name or "keep", "format": "safetensors", "backend": backend.name,
             "quantized_tensors": sum(1 for t in out.tensors if t.note == f"{backend.name}:{type_name}")

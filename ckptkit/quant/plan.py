@@ -452,14 +452,13 @@ def scales_overflow(t: torch.Tensor, d: Decision) -> bool:
 def policy_report(out: OutputFile, request: Request | None, rules=()) -> dict:
     """Per component: what was asked, tensors and bytes per type, what stayed in high precision
     and why, and which tensors fell back to another type (row length, non-finite values)."""
-    types: dict[str, dict] = {}
+    from ckptkit.units import tally
+
+    types = tally((t.dtype, t.nbytes) for t in out.tensors)
     kept: Counter = Counter()
     fallbacks: Counter = Counter()
     quantized = request is not None and request.quantized
     for t in out.tensors:
-        entry = types.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
-        entry["tensors"] += 1
-        entry["bytes"] += t.nbytes
         kind = t.note.split(";")[0]
         if quantized and t.dtype in PLAIN:
             kept[kind] += 1

@@ -18,7 +18,7 @@ import torch
 
 from ckptkit.engine import expr
 from ckptkit.engine.plan import TensorOp
-from ckptkit.quant.layerwise import Backend, quantized
+from ckptkit.quant.layerwise import Backend
 
 TYPES = {"qint8": "qint8", "qfloat8": "qfloat8", "qint4": "qint4"}
 DATA = {"qint8": "I8", "qfloat8": "F8_E4M3"}
@@ -50,13 +50,8 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("0."): v.contiguous() for k, v in holder.state_dict().items()}
 
 
-def _part(w: torch.Tensor, type_name: str, key: str, source: str) -> torch.Tensor:
-    if key in ("input_scale", "output_scale"):  # 1.0: no activation quantization (laid out last)
-        return torch.ones((), dtype=w.dtype)
-    return quantized((source, type_name), w, lambda: _quantize(w, type_name))[key]
-
-
 def _parts(shape, sdt: str, type_name: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Suffix -> (shape, dtype code) of a layer's tensors, from its weight's shape alone."""
     out_f, in_f = shape
     if type_name != "qint4":
         parts = {"weight._data": ((out_f, in_f), DATA[type_name]), "weight._scale": ((out_f, 1), sdt)}
@@ -70,13 +65,19 @@ def _parts(shape, sdt: str, type_name: str) -> dict[str, tuple[tuple[int, ...], 
 
 def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
     data = "weight._data._data" if type_name == "qint4" else "weight._data"
-    return [TensorOp(f"{layer}.{key}", expr.fn("quanto_part", e, type_name, key, str(e)), part_shape, code, code,
-                     f"quanto:{type_name}" if key == data else f"quanto {key}")
-            for key, (part_shape, code) in _parts(tuple(shape), sdt, type_name).items()]
+    group = expr.fn("quanto_layer", e, type_name)  # one quantization, all its parts (engine/produce.py)
+    ops = []
+    for key, (part_shape, code) in _parts(tuple(shape), sdt, type_name).items():
+        if key in ("input_scale", "output_scale"):  # 1.0: no activation quantization
+            ops.append(TensorOp(f"{layer}.{key}", expr.full((), 1.0, sdt), part_shape, code, code, f"quanto {key}"))
+        else:
+            ops.append(TensorOp(f"{layer}.{key}", expr.part(group, key), part_shape, code, code,
+                                f"quanto:{type_name}" if key == data else f"quanto {key}"))
+    return ops
 
 
-def _shape(shape, type_name: str, key: str, source: str):
-    return _parts(tuple(shape), "F32", type_name)[key][0]
+def _shapes(shape, type_name: str):
+    return {k: v[0] for k, v in _parts(tuple(shape), "F32", type_name).items()}
 
 
 def _metadata(layers: dict[str, str], shapes: dict) -> dict[str, str]:
@@ -101,4 +102,4 @@ def _quantization_config(type_name: str, kept: list[str], library: str, dtype: s
 BACKEND = Backend("quanto", "optimum-quanto", TYPES, _layer, _metadata, requires="optimum.quanto",
                   quantization_config=_quantization_config, loads_prequantized={"transformers": False},
                   skips_by_child_name=("diffusers",), aligned=True)
-expr.register("quanto_part", _part, _shape)
+expr.register("quanto_layer", _quantize, _shapes)

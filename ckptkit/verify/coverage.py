@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ckptkit.errors import CkptError
 from ckptkit.quant.types import FALLBACK, PLAIN, parse_request
+from ckptkit.units import tally
 from ckptkit.verify.result import Findings
 from ckptkit.verify.sets import ComponentSet, expected_components
 
@@ -19,13 +20,8 @@ def type_summary(comp) -> dict[str, dict[str, int]]:
     """Stored type -> tensors and bytes (a scaled fp8 weight counts as its fp8 type: formats/scaled.py)."""
     from ckptkit.formats.scaled import stored_type
 
-    summary: dict[str, dict[str, int]] = {}
-    for n, info in comp.ckpt.tensors.items():
-        if n.startswith(comp.prefix) and n not in comp.exclude:
-            entry = summary.setdefault(stored_type(comp.ckpt, n), {"tensors": 0, "bytes": 0})
-            entry["tensors"] += 1
-            entry["bytes"] += info.nbytes
-    return summary
+    return tally((stored_type(comp.ckpt, n), info.nbytes) for n, info in comp.ckpt.tensors.items()
+                 if n.startswith(comp.prefix) and n not in comp.exclude)
 
 
 def component_quant_type(summary: dict[str, dict[str, int]]) -> str | None:
@@ -111,12 +107,8 @@ def _layerwise_requested(out: Findings, name: str, comp, policy: dict) -> None:
     out.add("coverage", name, "quantized", count, want, ok,
             f"{count} layers {fmt}" + (f"; also {', '.join(foreign)}" if foreign else "")
             + ("" if count == want else f"; the manifest says {want}"))
-    stored: dict[str, dict[str, int]] = {}
-    for n, info in raw.tensors.items():
-        if n.startswith(comp.prefix) and n not in comp.exclude:
-            entry = stored.setdefault(info.dtype, {"tensors": 0, "bytes": 0})
-            entry["tensors"] += 1
-            entry["bytes"] += info.nbytes
+    stored = tally((info.dtype, info.nbytes) for n, info in raw.tensors.items()
+                   if n.startswith(comp.prefix) and n not in comp.exclude)
     recorded = policy.get("types")
     same = recorded is not None and {t: (v["tensors"], v["bytes"]) for t, v in recorded.items()} == \
         {t: (v["tensors"], v["bytes"]) for t, v in stored.items()}

@@ -74,6 +74,15 @@ def record_input(path: Path) -> Path:
     return Path(path)
 
 
+@pytest.fixture(autouse=True)
+def _own_inputs_never_modified(tmp_path):
+    """A test's own inputs (in its tmp_path, removed when it passes) are checked as it ends; the
+    module's shared inputs by test_zz_inputs_never_modified, after every test has used them."""
+    yield
+    for path in [p for p in INPUT_HASHES if p.is_relative_to(tmp_path)]:
+        assert sha256(path) == INPUT_HASHES.pop(path), path
+
+
 def raw_safetensors(path: Path) -> tuple[dict[str, tuple[str, tuple, bytes]], dict]:
     """{name: (dtype, shape, data bytes)} straight from the file (own parser, not ckptkit's)."""
     data = Path(path).read_bytes()

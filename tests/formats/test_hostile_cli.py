@@ -55,7 +55,7 @@ def matrix(request, tmp_path_factory) -> dict[str, list[cli_harness.Result]]:
     if not forms:
         forms = ["inspect"]  # the extra cases alone: one cheap form to carry them
     args = ["--commands", ",".join(forms)] + ([] if extras else ["--no-extras"])
-    data = _driver(args, tmp_path_factory.mktemp("hostile-cli"))
+    data = _driver(args, tmp_path_factory.mktemp("session-hostile-cli"))
     by_command: dict[str, list[cli_harness.Result]] = {}
     for r in cli_harness.results_of(data):
         by_command.setdefault(r.command, []).append(r)

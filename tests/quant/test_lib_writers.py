@@ -232,3 +232,23 @@ def test_only_linear_weights_are_quantized(tmp_path):
     pipeline.quantize(bundle, tmp_path / "b", Policy(components={"t5xxl": "int8"}, backend="bnb"))
     with open_checkpoint(tmp_path / "b" / "t5xxl.safetensors") as ck:
         assert not any(n.endswith(".wo.SCB") for n in ck.tensors) and any(n.endswith(".SCB") for n in ck.tensors)
+
+
+@pytest.mark.parametrize("backend, type_name, function", [("bnb", "nf4_dq", "bnb_layer"), ("quanto", "qint4", "quanto_layer"),
+                                                          ("comfy", "fp8_e4m3", "comfy_layer")])
+def test_each_layer_is_quantized_once(clip, tmp_path, monkeypatch, backend, type_name, function):
+    """A layer's 2-6 tensors come from one quantization (expr.part, engine/produce.py), with or
+    without worker threads."""
+    from ckptkit.engine import expr
+    from ckptkit.quant.layerwise import get_backend
+
+    get_backend(backend)  # registers its function
+    calls = []
+    make, shape = expr.FUNCTIONS[function]
+    monkeypatch.setitem(expr.FUNCTIONS, function, (lambda w, *a: calls.append(1) or make(w, *a), shape))
+    for workers in (1, 2):
+        calls.clear()
+        out = tmp_path / f"{workers}.safetensors"
+        result = pipeline.quantize(clip[0], out, Policy(diffusion_model=type_name, backend=backend), workers=workers)
+        quantized = result.plan.info["components"]["clip_l"]["policy"]["quantized_tensors"]
+        assert quantized > 0 and len(calls) == quantized, workers

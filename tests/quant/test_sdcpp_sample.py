@@ -47,6 +47,7 @@ def test_sdcpp_samples_one_step_with_our_bundle(sd15, tmp_path):
         assert bad not in log, bad
     pixels = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"), dtype=np.float32)
     assert pixels.shape == (64, 64, 3) and pixels.std() > 1.0  # an image, not one flat colour
+    (tmp_path / "sd15.q8_0.gguf").unlink()  # 1.1 GB: the suite's disk use stays a few GB at most
     # the same components as separate files are no SD 1.x to sd.cpp: why the sdcpp profile says
     # to use the bundle for this family
     ok(run("quantize", sd15, "-o", tmp_path / "set", "--type", "q8_0", "--component", "clip_l=q8_0",
