@@ -8,14 +8,21 @@ TRANSFORMERS_CONFIGS = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithPro
                         "T5EncoderModel": "T5Config"}
 
 
-def model_class(name: str):
-    """(model class, config class or None for diffusers models that take kwargs)."""
-    import diffusers
-    import transformers
+def library_of(name: str) -> str:
+    """"transformers" or "diffusers": the library that holds the class (without importing either)."""
+    return "transformers" if name in TRANSFORMERS_CONFIGS else "diffusers"
 
-    if hasattr(diffusers, name):
-        return getattr(diffusers, name), None
-    return getattr(transformers, name), getattr(transformers, TRANSFORMERS_CONFIGS[name])
+
+def model_class(name: str):
+    """(model class, config class or None for diffusers models that take kwargs). Only the owning
+    library is imported (each takes seconds)."""
+    if library_of(name) == "transformers":
+        import transformers
+
+        return getattr(transformers, name), getattr(transformers, TRANSFORMERS_CONFIGS[name])
+    import diffusers
+
+    return getattr(diffusers, name), None
 
 
 def _init_parameters(class_name: str) -> dict:

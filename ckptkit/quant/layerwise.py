@@ -12,6 +12,7 @@ transform of the weight, which the executor evaluates once for all of them (engi
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,14 +51,18 @@ class Backend:
 MODULES = {"comfy": "ckptkit.quant.comfy", "bnb": "ckptkit.quant.bnb", "quanto": "ckptkit.quant.quanto"}
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, writing: bool = True) -> Backend:
+    """The backend `name`; for `writing`, its library must be installed (reading a file needs none:
+    formats/scaled.py dequantizes every format itself)."""
     if name not in MODULES:
         raise CkptError(f"--to {name}: not a safetensors backend ({', '.join(MODULES)})")
     backend = importlib.import_module(MODULES[name]).BACKEND
-    if backend.requires:
-        try:
-            importlib.import_module(backend.requires)
+    if backend.requires and writing:
+        try:  # found, not imported: optimum.quanto alone takes seconds to import
+            found = importlib.util.find_spec(backend.requires) is not None
         except ImportError:
+            found = False
+        if not found:
             raise CkptError(f"--to {name} quantizes with {backend.requires}, which is not installed: "
                             "pip install 'ckptkit[quant]'") from None
     return backend
@@ -159,7 +164,7 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
     `single_file` for a single-component source), the requested ones quantized, the others as stored."""
     from ckptkit.convert.components import config_to_carry, map_component, output_path, target_naming
     from ckptkit.convert.configs import metadata_value
-    from ckptkit.convert.models import model_class
+    from ckptkit.convert.models import library_of
     from ckptkit.engine.ops import POSITION_IDS, source_dtype
     from ckptkit.engine.plan import Plan
 
@@ -209,7 +214,7 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
             else:
                 ops[name] = e
         path = single_file or output_path(comp, layout)
-        library = "transformers" if model_class(comp.diffusers_class)[1] is not None else "diffusers"
+        library = library_of(comp.diffusers_class)
         if type_name and layout == "diffusers" and not backend.loads_prequantized.get(library, True):
             raise CkptError(f"{comp.name}: {library} does not load pre-quantized {backend.title} weights "
                             f"({comp.diffusers_class}); write it with --layout comfy and load it with "
@@ -243,13 +248,13 @@ def _config_json(backend: Backend, ckpt, comp, config: dict, out: OutputFile, ty
     import json
 
     from ckptkit.convert.components import config_json
-    from ckptkit.convert.models import model_class
+    from ckptkit.convert.models import library_of
 
     text = config_json(comp, config)
     if not type_name:
         return text
     data = json.loads(text)
-    library = "transformers" if model_class(comp.diffusers_class)[1] is not None else "diffusers"
+    library = library_of(comp.diffusers_class)
     from ckptkit.engine.ops import source_dtype
 
     kept = sorted(t.name[: -len(".weight")] for t in out.tensors if t.note == "kept")

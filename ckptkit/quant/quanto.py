@@ -7,8 +7,9 @@ the state dict of a frozen quanto QLinear as diffusers/transformers `save_pretra
            L.weight._shift ([groups, 1]; groups of 128 inputs, or fewer, as QModuleMixin picks)
     both   L.input_scale, L.output_scale (scalars 1.0 in the weight's dtype: no activation quantization)
 
-Quantized by quanto itself, one weight at a time: each weight goes through a one-layer QLinear
-(quantize, freeze, state_dict), so the bytes are exactly what quanto writes for it. The 4-bit
+One weight at a time: 8-bit weights by quanto's own steps written out here (see EIGHT_BIT), 4-bit
+ones by quanto itself, each through a one-layer QLinear (quantize, freeze, state_dict), so the bytes
+are exactly what quanto writes for it. The 4-bit
 weights' shapes, which those tensors do not hold, go in the header (`ckptkit.quanto_shapes`).
 """
 
@@ -36,8 +37,31 @@ def group_size(in_features: int, bits: int) -> int | None:
     return size if in_features % size == 0 else None
 
 
+# qint8 / qfloat8: (stored dtype, qtype.qmax). quanto's own steps for an 8-bit weight, written out
+# here (AbsmaxOptimizer per output row, then quantize_symmetric): importing optimum.quanto takes
+# ~7 s (it imports transformers and diffusers), and its one-layer QLinear route ~9x the time of
+# these few ops per weight. Bytes checked against quanto's in tests/quant/test_lib_writers.py.
+EIGHT_BIT = {"qint8": (torch.int8, 127.0), "qfloat8": (torch.float8_e4m3fn, 448.0)}
+
+
+def _quantize_8bit(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
+    dtype, qmax = EIGHT_BIT[type_name]
+    if w.shape[0] == 1:  # SymmetricOptimizer: a single row is quantized per tensor
+        scale = torch.max(torch.abs(w)) / qmax
+    else:
+        scale = torch.amax(torch.abs(w), dim=1, keepdim=True) / qmax
+    data = w / scale
+    if not dtype.is_floating_point:
+        data = torch.round(data)
+    info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
+    data = torch.clamp(data, min=info.min, max=info.max).to(dtype)
+    return {"weight._data": data.contiguous(), "weight._scale": scale.contiguous()}
+
+
 def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     """The layer's tensors as quanto itself serializes a frozen QLinear holding `w`."""
+    if type_name in EIGHT_BIT:
+        return _quantize_8bit(w, type_name)
     import optimum.quanto as quanto
 
     qtype = {"qint8": quanto.qint8, "qfloat8": quanto.qfloat8_e4m3fn, "qint4": quanto.qint4}[type_name]
@@ -54,7 +78,8 @@ def _parts(shape, sdt: str, type_name: str) -> dict[str, tuple[tuple[int, ...], 
     """Suffix -> (shape, dtype code) of a layer's tensors, from its weight's shape alone."""
     out_f, in_f = shape
     if type_name != "qint4":
-        parts = {"weight._data": ((out_f, in_f), DATA[type_name]), "weight._scale": ((out_f, 1), sdt)}
+        parts = {"weight._data": ((out_f, in_f), DATA[type_name]),
+                 "weight._scale": ((out_f, 1) if out_f > 1 else (), sdt)}
     else:
         g = group_size(in_f, 4)
         rows, cols = (out_f * in_f // g, g) if g else (out_f, in_f)

@@ -95,7 +95,7 @@ def _layerwise_requested(out: Findings, name: str, comp, policy: dict) -> None:
                 f"{len(bad)} quantized layers where the manifest requests none" if bad else "kept as stored")
         return
     try:
-        backend = get_backend(policy["backend"])
+        backend = get_backend(policy["backend"], writing=False)
         fmt = backend.types[backend.type_of(requested)]
     except CkptError as exc:
         out.add("coverage", name, "requested", requested, f"a --to {policy['backend']} type", False, str(exc))

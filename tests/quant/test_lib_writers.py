@@ -252,3 +252,58 @@ def test_each_layer_is_quantized_once(clip, tmp_path, monkeypatch, backend, type
         result = pipeline.quantize(clip[0], out, Policy(diffusion_model=type_name, backend=backend), workers=workers)
         quantized = result.plan.info["components"]["clip_l"]["policy"]["quantized_tensors"]
         assert quantized > 0 and len(calls) == quantized, workers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("type_name", ["qint8", "qfloat8"])
+def test_quanto_8bit_steps_give_quantos_bytes(dtype, type_name):
+    """8-bit weights are quantized by quanto's steps written out in quant/quanto.py (importing
+    quanto costs seconds): the bytes of a frozen QLinear's state dict, zero rows, outliers and a
+    single-row weight (quanto scales it per tensor) included."""
+    import optimum.quanto as quanto
+
+    from ckptkit.quant.quanto import _quantize
+
+    qtype = {"qint8": quanto.qint8, "qfloat8": quanto.qfloat8_e4m3fn}[type_name]
+    g = torch.Generator().manual_seed(0)
+    for shape in [(64, 96), (3, 5), (257, 128), (1, 16)]:
+        w = (torch.randn(shape, generator=g) * 0.05).to(dtype)
+        if shape[0] > 2:
+            w[1] = 0
+            w[2, 3] = 7.0
+        linear = torch.nn.Linear(shape[1], shape[0], bias=False, dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(w)
+        holder = torch.nn.Sequential(linear)
+        quanto.quantize(holder, weights=qtype)
+        quanto.freeze(holder)
+        theirs = {k.removeprefix("0."): v for k, v in holder.state_dict().items() if "._" in k}
+        ours = _quantize(w, type_name)
+        assert set(ours) == set(theirs)
+        for key, t in ours.items():
+            assert t.dtype == theirs[key].dtype and t.shape == theirs[key].shape, (shape, key)
+            assert torch.equal(t.reshape(-1).view(torch.uint8), theirs[key].reshape(-1).view(torch.uint8)), (shape, key)
+
+
+@pytest.mark.parametrize("backend, type_name, library", [("quanto", "qint4", "optimum.quanto"),
+                                                         ("bnb", "nf4", "bitsandbytes")])
+def test_files_verify_without_their_library_or_a_compiler(tmp_path, backend, type_name, library):
+    """Trap: quanto compiles a C++ extension (g++ and ninja) on the first int4 forward. verify never
+    runs quanto or bitsandbytes: it dequantizes their files itself (formats/scaled.py). Here it
+    passes such a set with the library unimportable and nothing on PATH (no compiler to find)."""
+    import os
+    import subprocess
+    import sys
+
+    from ckptkit.fixtures.factory import write_bundle
+
+    bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=torch.bfloat16)
+    pipeline.quantize(bundle, tmp_path / "set", Policy(diffusion_model=type_name, backend=backend))
+    code = (f"import sys; sys.modules[{library!r}] = None; from ckptkit.cli import main; "
+            "sys.argv = ['ckptkit'] + sys.argv[1:]; main()")
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    res = subprocess.run([sys.executable, "-c", code, "verify", str(tmp_path / "set"), "--against", str(bundle),
+                          "--device", "cpu", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["passed"] and any(r["check"] == "onestep" for r in report["results"])
