@@ -307,3 +307,19 @@ def test_files_verify_without_their_library_or_a_compiler(tmp_path, backend, typ
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
     assert report["passed"] and any(r["check"] == "onestep" for r in report["results"])
+
+
+@pytest.mark.parametrize("backend, type_name, library", [("quanto", "qint4", "optimum.quanto"),
+                                                         ("bnb", "nf4", "bitsandbytes")])
+def test_writing_without_the_library_is_one_line(clip, tmp_path, backend, type_name, library):
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{library!r}] = None; from ckptkit.cli import main; "
+            "sys.argv = ['ckptkit'] + sys.argv[1:]; main()")
+    res = subprocess.run([sys.executable, "-c", code, "quantize", str(clip[0]), "-o", str(tmp_path / "o.safetensors"),
+                          "--to", backend, "--type", type_name], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"ckptkit: error: --to {backend} quantizes with {library}, which is not "
+                                               "installed: pip install 'ckptkit[quant]'"]
+    assert not (tmp_path / "o.safetensors").exists()
