@@ -94,23 +94,30 @@ def _group(ckpt: Checkpoint, names: list[str], limit: int = 20) -> dict:
     return {"tensors": len(names), "bytes": sum(ckpt.tensors[n].nbytes for n in names), "names": names[:limit]}
 
 
-def _component_reports(ckpt: Checkpoint, det: Detection) -> list[ComponentReport]:
+def _component_reports(ckpt: Checkpoint, det: Detection, view: Checkpoint, scheme, scheme_error
+                       ) -> list[ComponentReport]:
+    """Per component: tensors, bytes and dtypes as stored in `ckpt`; parameters and config from
+    `view`, the file as values (a quantized weight's real shape, under its own name)."""
     spec = det.spec
     skip = set(det.junk) | set(det.ema) | set(det.unclaimed)
-    members: dict[str, list[str]] = {c: [] for c in det.components}
-    for name in ckpt.tensors:
-        if name not in skip and (comp := det.component_of(name)) is not None:
-            members[comp].append(name)
-    scheme, scheme_error = _scheme(ckpt)
+
+    def members(of: Checkpoint) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {c: [] for c in det.components}
+        for name in of.tensors:
+            if name not in skip and (comp := det.component_of(name)) is not None:
+                out[comp].append(name)
+        return out
+
+    stored, values = members(ckpt), members(view)
     reports = []
-    for comp, names in members.items():
+    for comp, names in stored.items():
         dtypes: Counter = Counter()
         for n in names:
             dtypes[ckpt.tensors[n].dtype] += ckpt.tensors[n].nbytes
         role = spec.component(comp).role if spec else "text_encoder" if comp != "vae" else "vae"
-        config, error, differs, note = _config_of(ckpt, det, comp, det.components[comp])
+        config, error, differs, note = _config_of(view, det, comp, det.components[comp])
         reports.append(ComponentReport(comp, role, det.components[comp], len(names),
-                                       sum(ckpt.tensors[n].numel for n in names),
+                                       sum(view.tensors[n].numel for n in values[comp]),
                                        sum(ckpt.tensors[n].nbytes for n in names), dict(dtypes), config, error,
                                        differs, note, _quantization(scheme, scheme_error, names)))
     return reports
@@ -132,14 +139,16 @@ def _quantization(scheme, error: str | None, names: list[str]) -> dict | None:
     if scheme is None:  # an unreadable scheme is a problem of the file (inspect_checkpoint)
         return None
     mine = set(names)
-    layers = [layer for w, layer in scheme.layers.items() if w in mine]
+    # a layer's weight by its own name, or by its data tensor's (quanto: weight._data)
+    layers = [layer for w, layer in scheme.layers.items() if w in mine or layer.data in mine]
     if not layers:
         return None
     formats: dict[str, int] = {}
     for layer in layers:
         formats[layer.format] = formats.get(layer.format, 0) + 1
+    data = {layer.data for layer in layers}
     return {"scheme": scheme.name, "formats": formats, "quantized": len(layers),
-            "scales": sum(1 for n in mine if n in scheme.aux)}
+            "scales": sum(1 for n in mine if n in scheme.aux and n not in data)}
 
 
 # config keys that count layers or blocks: a model differing from its release only in these is pruned
@@ -320,13 +329,18 @@ def scan_nonfinite(ckpt: Checkpoint, progress: Callable[[int], None] | None = No
 
 
 def inspect_checkpoint(path: str | Path, scan: bool = False, progress=None, family: str | None = None) -> InspectReport:
+    from ckptkit.formats.scaled import Dequantized
+
     with open_checkpoint(path) as ckpt:
         if family is not None:
             ckpt.family_override = family  # every detection on it (config resolution too) reads it so
-        det = detect(ckpt)
-        comps = _component_reports(ckpt, det)
-        problems = _problems(ckpt, det, comps)
-        error = _scheme(ckpt)[1]
+        scheme, error = _scheme(ckpt)
+        # the family, components and configs are found in the file as values: quanto renames its
+        # weights (weight._data) and bitsandbytes packs them (shape [n/2, 1])
+        view = Dequantized(ckpt, scheme) if scheme is not None else ckpt
+        det = detect(view)
+        comps = _component_reports(ckpt, det, view, scheme, error)
+        problems = _problems(view, det, comps)
         if error:  # never a dead end: described, and every value-reading command refuses it
             problems.append(Problem("quantization_unknown", error))
         nonfinite = None

@@ -323,3 +323,27 @@ def test_writing_without_the_library_is_one_line(clip, tmp_path, backend, type_n
     assert res.stderr.strip().splitlines() == [f"ckptkit: error: --to {backend} quantizes with {library}, which is not "
                                                "installed: pip install 'ckptkit[quant]'"]
     assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("backend, type_name, scheme, aux", [("quanto", "qint8", "optimum-quanto", 3),
+                                                            ("quanto", "qint4", "optimum-quanto", 4),
+                                                            ("bnb", "nf4", "bitsandbytes", 3),
+                                                            ("bnb", "int8", "bitsandbytes", 2),
+                                                            ("comfy", "fp8_e4m3", "comfy-mixed", 1)])
+def test_inspect_sees_the_model_under_its_quantization(clip, tmp_path, backend, type_name, scheme, aux):
+    """quanto renames the weights it quantizes (weight._data) and bitsandbytes packs them: inspect
+    finds the family, parameters and config in the file as values, and counts the stored tensors."""
+    from ckptkit.inspect import inspect_checkpoint
+
+    plain = inspect_checkpoint(clip[0])
+    ck, out = _quantize(clip, tmp_path, backend, type_name)
+    ck.close()
+    report = inspect_checkpoint(tmp_path / f"{backend}-{type_name}.safetensors")
+    assert report.standalone == plain.standalone and report.standalone is not None
+    (comp,), (ref,) = report.components, plain.components
+    assert (comp.name, comp.params, comp.tensors) == (ref.name, ref.params, len(out))
+    assert comp.bytes == sum(t.numel() * t.element_size() for t in out.values())
+    q = comp.quantization
+    assert q["scheme"] == scheme and q["quantized"] > 0 and q["scales"] == aux * q["quantized"]
+    assert {v["source"] for v in comp.config.values()} == {v["source"] for v in ref.config.values()}
+    assert [p.kind for p in report.problems] == [p.kind for p in plain.problems]
