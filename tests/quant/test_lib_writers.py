@@ -234,7 +234,8 @@ def test_only_linear_weights_are_quantized(tmp_path):
         assert not any(n.endswith(".wo.SCB") for n in ck.tensors) and any(n.endswith(".SCB") for n in ck.tensors)
 
 
-@pytest.mark.parametrize("backend, type_name, function", [("bnb", "nf4_dq", "bnb_layer"), ("quanto", "qint4", "quanto_layer"),
+@pytest.mark.parametrize("backend, type_name, function", [("bnb", "nf4_dq", "bnb_layer"),
+                                                          ("quanto", "qint4", "quanto_layer"),
                                                           ("comfy", "fp8_e4m3", "comfy_layer")])
 def test_each_layer_is_quantized_once(clip, tmp_path, monkeypatch, backend, type_name, function):
     """A layer's 2-6 tensors come from one quantization (expr.part, engine/produce.py), with or
