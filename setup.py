@@ -28,6 +28,12 @@ setup(
             sources=["ckptkit/quant/ggml/_kernels.c"],
             extra_compile_args=extra_compile_args,
             depends=["setup.py"],
-        )
+        ),
+        Extension(
+            "ckptkit.quant._bnb4",
+            sources=["ckptkit/quant/_bnb4.c"],
+            extra_compile_args=extra_compile_args,
+            depends=["setup.py"],
+        ),
     ],
 )

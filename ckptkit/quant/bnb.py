@@ -37,8 +37,7 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     if type_name == "int8":  # Int8Params._quantize: the fp16 weight, row-wise
         cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
         return {"weight": cb, "SCB": scb, "weight_format": torch.tensor(0, dtype=torch.uint8)}
-    packed, state = F.quantize_4bit(w.contiguous(), blocksize=BLOCKSIZE, quant_type=TYPES[type_name],
-                                    compress_statistics=type_name.endswith("_dq"))
+    packed, state = _quantize_4bit(F, w.contiguous(), TYPES[type_name], type_name.endswith("_dq"))
     out = {"weight": packed}
     for key, value in state.as_dict(packed=True).items():
         if key.startswith("quant_state."):
@@ -48,6 +47,41 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
             value = torch.tensor(list(raw + b" " * (STATE_BYTES - len(raw))), dtype=torch.uint8)
         out[f"weight.{key}"] = value
     return out
+
+
+def _quantize_4bit(F, w: torch.Tensor, quant_type: str, nested: bool):
+    """F.quantize_4bit(w, blocksize=64, quant_type, compress_statistics=nested), its kernel run by
+    ckptkit/quant/_bnb4.c: bitsandbytes' CPU kernel is several float32 torch passes, about 20 ns a
+    value, most of a 4-bit run's time. Everything around it (absmax statistics, the quant state) is
+    bitsandbytes' own. Bytes equal bitsandbytes' (tests/quant/test_lib_writers.py); values that
+    are not finite, or a build without the extension, go to bitsandbytes itself."""
+    try:
+        from bitsandbytes.backends.default.ops import _get_4bit_quantize_bounds
+
+        from ckptkit.quant import _bnb4
+    except ImportError:
+        _bnb4 = None
+    if _bnb4 is None or w.dtype not in (torch.float32, torch.float16, torch.bfloat16) \
+            or not bool(torch.isfinite(w).all()):
+        return F.quantize_4bit(w, blocksize=BLOCKSIZE, quant_type=quant_type, compress_statistics=nested)
+    bounds, order = _get_4bit_quantize_bounds(quant_type, w.device)
+    x = w.reshape(-1).float().contiguous()
+    n = x.numel()
+    packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8)
+    absmax = torch.empty(-(-n // BLOCKSIZE), dtype=torch.float32)
+    _bnb4.quantize_4bit(x.numpy(), n, BLOCKSIZE, bounds.float().contiguous().numpy(),
+                        None if quant_type == "nf4" else order.to(torch.uint8).contiguous().numpy(),
+                        packed.numpy(), absmax.numpy())
+    code = F.get_4bit_type(quant_type, device=w.device)
+    if nested:  # as F.quantize_4bit does with compress_statistics
+        offset = absmax.mean()
+        qabsmax, state2 = F.quantize_blockwise(absmax - offset, blocksize=256)
+        state = F.QuantState(absmax=qabsmax, shape=w.shape, dtype=w.dtype, blocksize=BLOCKSIZE, code=code,
+                             quant_type=quant_type, offset=offset, state2=state2)
+    else:
+        state = F.QuantState(absmax=absmax, shape=w.shape, dtype=w.dtype, blocksize=BLOCKSIZE, code=code,
+                             quant_type=quant_type)
+    return packed, state
 
 
 def _shapes(shape: tuple[int, ...], type_name: str) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -8,9 +8,9 @@ the state dict of a frozen quanto QLinear as diffusers/transformers `save_pretra
     both   L.input_scale, L.output_scale (scalars 1.0 in the weight's dtype: no activation quantization)
 
 One weight at a time: 8-bit weights by quanto's own steps written out here (see EIGHT_BIT), 4-bit
-ones by quanto itself, each through a one-layer QLinear (quantize, freeze, state_dict), so the bytes
-are exactly what quanto writes for it. The 4-bit
-weights' shapes, which those tensors do not hold, go in the header (`ckptkit.quanto_shapes`).
+ones by quanto itself, each through a one-layer QLinear (quantize, freeze, state_dict); the bytes
+are exactly what quanto writes for it. The 4-bit weights' shapes, which those tensors do not hold,
+go in the header (`ckptkit.quanto_shapes`).
 """
 
 from __future__ import annotations

@@ -348,3 +348,32 @@ def test_inspect_sees_the_model_under_its_quantization(clip, tmp_path, backend, 
     assert q["scheme"] == scheme and q["quantized"] > 0 and q["scales"] == aux * q["quantized"]
     assert {v["source"] for v in comp.config.values()} == {v["source"] for v in ref.config.values()}
     assert [p.kind for p in report.problems] == [p.kind for p in plain.problems]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_4bit_kernel_gives_bitsandbytes_bytes(dtype, quant_type, nested):
+    """ckptkit's one-pass 4-bit kernel (quant/_bnb4.c) against bitsandbytes' own quantize_4bit:
+    packed data and the whole serialized quant state equal, for full and partial blocks, odd
+    counts, all-zero blocks and outliers; values that are not finite go to bitsandbytes itself."""
+    import bitsandbytes.functional as F
+
+    from ckptkit.quant import _bnb4  # noqa: F401 (built by pip install: the fallback is not what is tested)
+    from ckptkit.quant.bnb import _quantize_4bit
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(64, 96), (3, 5), (257, 129), (1, 1), (7, 64), (33, 31)]:
+        w = (torch.randn(shape, generator=g) * 0.05).to(dtype)
+        if w.numel() > 200:
+            w.view(-1)[:64] = 0
+            w.view(-1)[70] = 3.0
+        if shape == (33, 31) and nested:
+            w[0, 0] = float("inf")
+        ours, s1 = _quantize_4bit(F, w.contiguous(), quant_type, nested)
+        theirs, s2 = F.quantize_4bit(w.contiguous(), blocksize=64, quant_type=quant_type, compress_statistics=nested)
+        assert torch.equal(ours, theirs), shape
+        d1, d2 = s1.as_dict(packed=True), s2.as_dict(packed=True)
+        assert d1.keys() == d2.keys()
+        for key, value in d1.items():
+            assert torch.equal(value, d2[key]) if isinstance(value, torch.Tensor) else value == d2[key], (shape, key)
