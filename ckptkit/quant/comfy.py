@@ -36,8 +36,8 @@ def scale_of(w: torch.Tensor, type_name: str) -> torch.Tensor:
     return (amax / torch.finfo(TYPES[type_name][2]).max).clamp(min=1e-12).reshape(())
 
 
-def quantized(w: torch.Tensor, type_name: str) -> torch.Tensor:
-    scale = scale_of(w, type_name)
+def quantized(w: torch.Tensor, type_name: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+    scale = scale_of(w, type_name) if scale is None else scale
     if type_name == "int8":
         return torch.round(w.float() / scale).clamp(-128, 127).to(torch.int8)
     top = torch.finfo(TYPES[type_name][2]).max
@@ -45,7 +45,8 @@ def quantized(w: torch.Tensor, type_name: str) -> torch.Tensor:
 
 
 def _quantized_layer(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
-    return {"weight": quantized(w, type_name), "weight_scale": scale_of(w, type_name)}
+    scale = scale_of(w, type_name)
+    return {"weight": quantized(w, type_name, scale), "weight_scale": scale}
 
 
 def _layer(layer: str, e, shape, sdt: str, type_name: str) -> list[TensorOp]:
