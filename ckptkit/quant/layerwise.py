@@ -231,7 +231,7 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
                 out.tensors.append(TensorOp(n, e, expr.shape_of(e, shapes), sdt, sdt, "kept"))
         if layout == "diffusers":  # config.json beside it, with the library's quantization_config
             plan.sidecars[f"{comp.diffusers_folder}/config.json"] = _config_json(backend, ckpt, comp, cmap.config, out,
-                                                                               type_name)
+                                                                               type_name, library)
         else:
             carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
             if carried:
@@ -244,19 +244,17 @@ def plan_layerwise(ckpt, src, policy, single_file: str | None = None):
     return plan
 
 
-def _config_json(backend: Backend, ckpt, comp, config: dict, out: OutputFile, type_name: str | None) -> str:
+def _config_json(backend: Backend, ckpt, comp, config: dict, out: OutputFile, type_name: str | None,
+                 library: str) -> str:
     import json
 
     from ckptkit.convert.components import config_json
-    from ckptkit.convert.models import library_of
+    from ckptkit.engine.ops import source_dtype
 
     text = config_json(comp, config)
     if not type_name:
         return text
     data = json.loads(text)
-    library = library_of(comp.diffusers_class)
-    from ckptkit.engine.ops import source_dtype
-
     kept = sorted(t.name[: -len(".weight")] for t in out.tensors if t.note == "kept")
     # the dtype of the weights quantized: a layer's data is a part of its weight's transform
     dtype = next((source_dtype(ckpt, t.expr.args[0].args[1]) for t in out.tensors

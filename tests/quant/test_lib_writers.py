@@ -286,6 +286,17 @@ def test_quanto_8bit_steps_give_quantos_bytes(dtype, type_name):
             assert torch.equal(t.reshape(-1).view(torch.uint8), theirs[key].reshape(-1).view(torch.uint8)), (shape, key)
 
 
+def _cli_without(library: str, *args, env=None):
+    """`ckptkit ARGS` in a subprocess where `library` cannot be imported."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{library!r}] = None; from ckptkit.cli import main; "
+            "sys.argv = ['ckptkit'] + sys.argv[1:]; main()")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
 @pytest.mark.parametrize("backend, type_name, library", [("quanto", "qint4", "optimum.quanto"),
                                                          ("bnb", "nf4", "bitsandbytes")])
 def test_files_verify_without_their_library_or_a_compiler(tmp_path, backend, type_name, library):
@@ -293,18 +304,13 @@ def test_files_verify_without_their_library_or_a_compiler(tmp_path, backend, typ
     runs quanto or bitsandbytes: it dequantizes their files itself (formats/scaled.py). Here it
     passes such a set with the library unimportable and nothing on PATH (no compiler to find)."""
     import os
-    import subprocess
-    import sys
 
     from ckptkit.fixtures.factory import write_bundle
 
     bundle = write_bundle("sd1", tmp_path / "sd1.safetensors", dtype=torch.bfloat16)
     pipeline.quantize(bundle, tmp_path / "set", Policy(diffusion_model=type_name, backend=backend))
-    code = (f"import sys; sys.modules[{library!r}] = None; from ckptkit.cli import main; "
-            "sys.argv = ['ckptkit'] + sys.argv[1:]; main()")
-    env = {**os.environ, "PATH": str(tmp_path / "empty")}
-    res = subprocess.run([sys.executable, "-c", code, "verify", str(tmp_path / "set"), "--against", str(bundle),
-                          "--device", "cpu", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    res = _cli_without(library, "verify", tmp_path / "set", "--against", bundle, "--device", "cpu", "--json",
+                       env={**os.environ, "PATH": str(tmp_path / "empty")})
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
     assert report["passed"] and any(r["check"] == "onestep" for r in report["results"])
@@ -313,13 +319,8 @@ def test_files_verify_without_their_library_or_a_compiler(tmp_path, backend, typ
 @pytest.mark.parametrize("backend, type_name, library", [("quanto", "qint4", "optimum.quanto"),
                                                          ("bnb", "nf4", "bitsandbytes")])
 def test_writing_without_the_library_is_one_line(clip, tmp_path, backend, type_name, library):
-    import subprocess
-    import sys
-
-    code = (f"import sys; sys.modules[{library!r}] = None; from ckptkit.cli import main; "
-            "sys.argv = ['ckptkit'] + sys.argv[1:]; main()")
-    res = subprocess.run([sys.executable, "-c", code, "quantize", str(clip[0]), "-o", str(tmp_path / "o.safetensors"),
-                          "--to", backend, "--type", type_name], capture_output=True, text=True, timeout=300)
+    res = _cli_without(library, "quantize", clip[0], "-o", tmp_path / "o.safetensors", "--to", backend,
+                       "--type", type_name)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"ckptkit: error: --to {backend} quantizes with {library}, which is not "
                                                "installed: pip install 'ckptkit[quant]'"]
