@@ -2,8 +2,9 @@
 `.scale_weight`; new mixed precision with `.comfy_quant` / `_quantization_metadata` and
 `.weight_scale`), plain fp8 + `.weight_scale` files, DeepSeek-style block fp8
 (`.weight_scale_inv`), bitsandbytes (4-bit nf4/fp4, LLM.int8) and optimum-quanto (qint8, qfloat8,
-qint4 when the file holds the layer's shape: a bias, or ckptkit's recorded shapes). Read as if the stored values were the weights, such files give silently
-wrong models (fp8 values off by their scale, ~1e-3: stable-diffusion.cpp's white images).
+qint4 when the file holds the layer's shape: a bias, or ckptkit's recorded shapes). Read as if
+the stored values were the weights, such files give silently wrong models (fp8 values off by
+their scale, ~1e-3: stable-diffusion.cpp's white images).
 
     scheme = detect_scheme(ckpt)          # None for a plain file; CkptError for one not understood
     view = dequantizing(ckpt)             # a Checkpoint whose weights are weight x scale
@@ -394,7 +395,8 @@ class Dequantized(Checkpoint):
 # the quantized type of a scaled weight, as verify's thresholds name it (thresholds.DEFAULTS)
 STORED_TYPE = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int8_tensorwise": "INT8",
                "fp8_block128": "F8_E4M3", "llm_int8": "INT8", "qint8": "INT8", "qfloat8": "F8_E4M3",
-               "nf4": "Q4_0", "fp4": "Q4_0", "qint4": "Q4_1"}  # 4-bit with a scale and a shift: Q4_1's class  # 4-bit, blocks of 64 with an absmax: Q4_0's error class
+               "nf4": "Q4_0", "fp4": "Q4_0",  # 4-bit, blocks of 64 with an absmax: Q4_0's error class
+               "qint4": "Q4_1"}  # 4-bit with a scale and a shift: Q4_1's class
 
 
 def stored_type(ckpt: Checkpoint, name: str) -> str:
