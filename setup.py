@@ -30,8 +30,8 @@ setup(
             depends=["setup.py"],
         ),
         Extension(
-            "ckptkit.quant._bnb4",
-            sources=["ckptkit/quant/_bnb4.c"],
+            "ckptkit.quant._libkernels",
+            sources=["ckptkit/quant/_libkernels.c"],
             extra_compile_args=extra_compile_args,
             depends=["setup.py"],
         ),

@@ -32,11 +32,11 @@ TYPES = {"nf4": "nf4", "fp4": "fp4", "nf4_dq": "nf4", "fp4_dq": "fp4", "int8": "
 
 def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     """The layer's serialized tensors, by suffix after the layer name."""
+    if type_name == "int8":  # Int8Params._quantize: the fp16 weight, row-wise
+        cb, scb = _quantize_int8(w.to(torch.float16).contiguous())
+        return {"weight": cb, "SCB": scb, "weight_format": torch.tensor(0, dtype=torch.uint8)}
     import bitsandbytes.functional as F
 
-    if type_name == "int8":  # Int8Params._quantize: the fp16 weight, row-wise
-        cb, scb, _ = F.int8_vectorwise_quant(w.to(torch.float16).contiguous())
-        return {"weight": cb, "SCB": scb, "weight_format": torch.tensor(0, dtype=torch.uint8)}
     packed, state = _quantize_4bit(F, w.contiguous(), TYPES[type_name], type_name.endswith("_dq"))
     out = {"weight": packed}
     for key, value in state.as_dict(packed=True).items():
@@ -49,19 +49,41 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """F.int8_vectorwise_quant(w) of an fp16 matrix, run by ckptkit/quant/_libkernels.c in one pass: the
+    library's default kernel is four torch passes (abs, row max, scale, round) over float32 copies,
+    about 4 ns a value, most of an int8 run's time (and importing bitsandbytes takes 2-3 s). Bytes
+    equal bitsandbytes' (tests/quant/test_lib_writers.py); a matrix with an all-zero row or a value
+    that is not finite, or a build without the extension, goes to bitsandbytes itself."""
+    try:
+        from ckptkit.quant import _libkernels
+    except ImportError:
+        _libkernels = None
+    if _libkernels is not None and w.dim() == 2:
+        rows, cols = w.shape
+        out = torch.empty((rows, cols), dtype=torch.int8)
+        stats = torch.empty(rows, dtype=torch.float32)
+        if _libkernels.quantize_int8(w.view(torch.int16).numpy(), rows, cols, out.numpy(), stats.numpy()):
+            return out, stats
+    import bitsandbytes.functional as F
+
+    cb, scb, _ = F.int8_vectorwise_quant(w)
+    return cb, scb
+
+
 def _quantize_4bit(F, w: torch.Tensor, quant_type: str, nested: bool):
     """F.quantize_4bit(w, blocksize=64, quant_type, compress_statistics=nested), its kernel run by
-    ckptkit/quant/_bnb4.c: bitsandbytes' CPU kernel is several float32 torch passes, about 20 ns a
+    ckptkit/quant/_libkernels.c: bitsandbytes' CPU kernel is several float32 torch passes, about 20 ns a
     value, most of a 4-bit run's time. Everything around it (absmax statistics, the quant state) is
     bitsandbytes' own. Bytes equal bitsandbytes' (tests/quant/test_lib_writers.py); values that
     are not finite, or a build without the extension, go to bitsandbytes itself."""
     try:
         from bitsandbytes.backends.default.ops import _get_4bit_quantize_bounds
 
-        from ckptkit.quant import _bnb4
+        from ckptkit.quant import _libkernels
     except ImportError:
-        _bnb4 = None
-    if _bnb4 is None or w.dtype not in (torch.float32, torch.float16, torch.bfloat16) \
+        _libkernels = None
+    if _libkernels is None or w.dtype not in (torch.float32, torch.float16, torch.bfloat16) \
             or not bool(torch.isfinite(w).all()):
         return F.quantize_4bit(w, blocksize=BLOCKSIZE, quant_type=quant_type, compress_statistics=nested)
     bounds, order = _get_4bit_quantize_bounds(quant_type, w.device)
@@ -69,7 +91,7 @@ def _quantize_4bit(F, w: torch.Tensor, quant_type: str, nested: bool):
     n = x.numel()
     packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8)
     absmax = torch.empty(-(-n // BLOCKSIZE), dtype=torch.float32)
-    _bnb4.quantize_4bit(x.numpy(), n, BLOCKSIZE, bounds.float().contiguous().numpy(),
+    _libkernels.quantize_4bit(x.numpy(), n, BLOCKSIZE, bounds.float().contiguous().numpy(),
                         None if quant_type == "nf4" else order.to(torch.uint8).contiguous().numpy(),
                         packed.numpy(), absmax.numpy())
     code = F.get_4bit_type(quant_type, device=w.device)

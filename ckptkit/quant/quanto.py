@@ -44,7 +44,30 @@ def group_size(in_features: int, bits: int) -> int | None:
 EIGHT_BIT = {"qint8": (torch.int8, 127.0), "qfloat8": (torch.float8_e4m3fn, 448.0)}
 
 
+KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # quantize_qint8's dtype codes
+
+
 def _quantize_8bit(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
+    """quanto's steps (`_steps_8bit`) are about 4 ns a value in torch, five passes in the weight's
+    dtype; qint8 runs them in one pass of ckptkit/quant/_libkernels.c, with the same bytes
+    (tests/quant/test_lib_writers.py), except where a row is all zeros or not finite."""
+    if type_name == "qint8" and w.dim() == 2 and w.dtype in KERNEL_DTYPES:
+        try:
+            from ckptkit.quant import _libkernels
+        except ImportError:
+            _libkernels = None
+        if _libkernels is not None:
+            w = w.contiguous()
+            data = torch.empty(w.shape, dtype=torch.int8)
+            scale = torch.empty((w.shape[0], 1), dtype=w.dtype)
+            raw = {torch.float32: torch.int32}.get(w.dtype, torch.int16)  # numpy has no bfloat16
+            if _libkernels.quantize_qint8(w.view(raw).numpy(), KERNEL_DTYPES[w.dtype], *w.shape,
+                                          data.numpy(), scale.view(raw).numpy()):
+                return {"weight._data": data, "weight._scale": scale.reshape(()) if w.shape[0] == 1 else scale}
+    return _steps_8bit(w, type_name)
+
+
+def _steps_8bit(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     dtype, qmax = EIGHT_BIT[type_name]
     if w.shape[0] == 1:  # SymmetricOptimizer: a single row is quantized per tensor
         scale = torch.max(torch.abs(w)) / qmax

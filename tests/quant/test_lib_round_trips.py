@@ -199,10 +199,16 @@ def _ours_and_theirs(backend, type_name, cls_name, fixture, comp, folder_name, s
 def _contiguous_inputs(model):
     """quanto's int8 CPU kernel refuses activations that are not contiguous (Sana's GLUMBConv hands
     it a transposed view: `_weight_int8pack_mm_cpu: A must be contiguous`), whoever quantized the
-    weights; the same pre-hook on every model compared."""
+    weights; the same pre-hook on every model compared. On a CPU with AVX512-BF16, bitsandbytes
+    0.50's Linear4bit repacks its weight on the first forward (functional.py
+    _convert_weight_packed_for_cpu) and fails on layers narrower than its blocks of 32 rows (the
+    tiny models here: "shape '[256, 0]' is invalid"), whoever quantized the weights: that path is
+    switched off on every model compared, which then runs bitsandbytes' default 4-bit matmul."""
     for m in model.modules():
         if type(m).__name__ == "QLinear":
             m.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]))
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
 
 
 def _weights_kinds(model) -> dict[str, str]:

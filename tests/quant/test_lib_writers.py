@@ -260,16 +260,17 @@ def test_each_layer_is_quantized_once(clip, tmp_path, monkeypatch, backend, type
 def test_quanto_8bit_steps_give_quantos_bytes(dtype, type_name):
     """8-bit weights are quantized by quanto's steps written out in quant/quanto.py (importing
     quanto costs seconds): the bytes of a frozen QLinear's state dict, zero rows, outliers and a
-    single-row weight (quanto scales it per tensor) included."""
+    single-row weight (quanto scales it per tensor) included; qint8 by the C kernel where no row is
+    zero, by the torch steps where one is."""
     import optimum.quanto as quanto
 
     from ckptkit.quant.quanto import _quantize
 
     qtype = {"qint8": quanto.qint8, "qfloat8": quanto.qfloat8_e4m3fn}[type_name]
     g = torch.Generator().manual_seed(0)
-    for shape in [(64, 96), (3, 5), (257, 128), (1, 16)]:
+    for shape in [(64, 96), (3, 5), (257, 128), (1, 16), (31, 70), (130, 96)]:
         w = (torch.randn(shape, generator=g) * 0.05).to(dtype)
-        if shape[0] > 2:
+        if shape in [(64, 96), (3, 5), (257, 128)]:
             w[1] = 0
             w[2, 3] = 7.0
         linear = torch.nn.Linear(shape[1], shape[0], bias=False, dtype=dtype)
@@ -284,6 +285,42 @@ def test_quanto_8bit_steps_give_quantos_bytes(dtype, type_name):
         for key, t in ours.items():
             assert t.dtype == theirs[key].dtype and t.shape == theirs[key].shape, (shape, key)
             assert torch.equal(t.reshape(-1).view(torch.uint8), theirs[key].reshape(-1).view(torch.uint8)), (shape, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_qint8_kernel_gives_the_steps_bytes(dtype):
+    """The one-pass qint8 kernel (quant/_libkernels.c) against quanto's torch steps it replaces
+    (quant/quanto.py _steps_8bit, checked against quanto above): every finite magnitude of a 16-bit
+    dtype under row maxima from subnormal to the largest, random rows, a single row; a row that is
+    zero or not finite is left to the steps."""
+    from ckptkit.quant import _libkernels
+    from ckptkit.quant.quanto import KERNEL_DTYPES, _quantize_8bit, _steps_8bit
+
+    g = torch.Generator().manual_seed(0)
+    cases = [(torch.randn(shape, generator=g) * 0.02).to(dtype) for shape in [(3, 5), (1, 1), (1, 4096), (257, 129)]]
+    if dtype != torch.float32:
+        finite = 0x7C00 if dtype == torch.float16 else 0x7F80
+        every = torch.arange(0, finite, dtype=torch.int32).to(torch.int16).view(dtype)
+        for top in [1.0, 0.01, 3e-5, 6e-8, 0.3333, 1e-30, 60000.0, 1e30]:
+            t = torch.tensor(top).to(dtype)
+            if torch.isfinite(t) and t != 0:
+                m = torch.stack([every, -every.flip(0)]).clamp(-t.item(), t.item())
+                m[:, -1] = t
+                cases.append(m)
+    else:
+        cases.append(torch.randn((64, 4096), generator=g) * torch.logspace(-40, 38, 64).unsqueeze(1))
+    for w in cases:
+        ours, theirs = _quantize_8bit(w, "qint8"), _steps_8bit(w, "qint8")
+        for key in theirs:
+            assert ours[key].shape == theirs[key].shape and torch.equal(ours[key], theirs[key]), (w.shape, key)
+    raw = {torch.float32: torch.int32}.get(dtype, torch.int16)
+    for bad in [0.0, float("inf"), float("nan")]:
+        w = (torch.randn((4, 8), generator=g) * 0.02).to(dtype)
+        w[2] = 0.0
+        w[2, 3] = bad
+        data, scale = torch.empty((4, 8), dtype=torch.int8), torch.empty((4, 1), dtype=dtype)
+        assert _libkernels.quantize_qint8(w.view(raw).numpy(), KERNEL_DTYPES[dtype], 4, 8, data.numpy(),
+                                          scale.view(raw).numpy()) is False
 
 
 def _cli_without(library: str, *args, env=None):
@@ -355,12 +392,12 @@ def test_inspect_sees_the_model_under_its_quantization(clip, tmp_path, backend, 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("nested", [False, True])
 def test_4bit_kernel_gives_bitsandbytes_bytes(dtype, quant_type, nested):
-    """ckptkit's one-pass 4-bit kernel (quant/_bnb4.c) against bitsandbytes' own quantize_4bit:
+    """ckptkit's one-pass 4-bit kernel (quant/_libkernels.c) against bitsandbytes' own quantize_4bit:
     packed data and the whole serialized quant state equal, for full and partial blocks, odd
     counts, all-zero blocks and outliers; values that are not finite go to bitsandbytes itself."""
     import bitsandbytes.functional as F
 
-    from ckptkit.quant import _bnb4  # noqa: F401 (built by pip install: the fallback is not what is tested)
+    from ckptkit.quant import _libkernels  # noqa: F401 (built by pip install: the fallback is not what is tested)
     from ckptkit.quant.bnb import _quantize_4bit
 
     g = torch.Generator().manual_seed(0)
@@ -378,3 +415,35 @@ def test_4bit_kernel_gives_bitsandbytes_bytes(dtype, quant_type, nested):
         assert d1.keys() == d2.keys()
         for key, value in d1.items():
             assert torch.equal(value, d2[key]) if isinstance(value, torch.Tensor) else value == d2[key], (shape, key)
+
+
+def test_int8_kernel_gives_bitsandbytes_bytes():
+    """ckptkit's one-pass int8 kernel (quant/_libkernels.c) against bitsandbytes' own int8_vectorwise_quant:
+    int8 data and row statistics equal for every finite fp16 magnitude under row maxima from the
+    smallest subnormal to 65504, odd shapes and single rows; an all-zero row or a value that is not
+    finite hands the matrix to bitsandbytes (the kernel reports it)."""
+    import bitsandbytes.functional as F
+
+    from ckptkit.quant import _libkernels
+    from ckptkit.quant.bnb import _quantize_int8
+
+    every = torch.arange(0, 0x7C00, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    cases = []
+    for top in [1.0, 0.01, 3e-5, 6e-8, 65504.0, 0.3333]:
+        m = torch.stack([every, -every.flip(0)]).clamp(-top, top)
+        m[:, -1] = top
+        cases.append(m)
+    g = torch.Generator().manual_seed(0)
+    cases += [(torch.randn(shape, generator=g) * 0.02).half() for shape in [(3, 5), (1, 1), (1, 4096), (257, 129)]]
+    for w in cases:
+        ours = _quantize_int8(w.contiguous())
+        theirs = F.int8_vectorwise_quant(w.contiguous())[:2]
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), w.shape
+    for bad in [0.0, float("inf"), float("nan")]:
+        w = (torch.randn((4, 8), generator=g) * 0.02).half()
+        w[2] = 0.0
+        w[2, 3] = bad
+        out, stats = torch.empty((4, 8), dtype=torch.int8), torch.empty(4)
+        assert _libkernels.quantize_int8(w.view(torch.int16).numpy(), 4, 8, out.numpy(), stats.numpy()) is False
+        ours, theirs = _quantize_int8(w), F.int8_vectorwise_quant(w.clone())[:2]
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1].view(torch.int32), theirs[1].view(torch.int32))
