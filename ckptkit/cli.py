@@ -495,6 +495,15 @@ def _register_trigflow() -> None:
 _register_trigflow()
 
 
+def _register_build() -> None:
+    from ckptkit.build.commands import register
+
+    register(cli, _bar_factory)
+
+
+_register_build()
+
+
 def main() -> None:
     cli(prog_name="ckptkit")
 

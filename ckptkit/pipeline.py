@@ -42,11 +42,13 @@ def inputs_of(ckpt, *extra) -> list[Path]:
 
 def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress | None,
              allow_overflow: bool = False, manifest_extra: dict | None = None, store: str | None = None, *,
-             force: bool = False, inputs: list[Path] = (), before_manifest: Callable[[Path, dict], dict] | None = None
-             ) -> RunResult:
+             force: bool = False, inputs: list[Path] = (), before_manifest: Callable[[Path, dict], dict] | None = None,
+             source_label: Callable[[str], str] | None = None) -> RunResult:
     """Execute a plan into a folder through the staging path (outputs.output_dir): the component
     files, then `before_manifest(stage, source hashes)` (extra files and manifest fields), then the
-    manifest; everything appears under its final name at the end or not at all."""
+    manifest; everything appears under its final name at the end or not at all. `source_label`
+    says how the manifest records a source path (default: as given; `build` records paths that do
+    not depend on where its output folder is)."""
     extra = dict(manifest_extra or {})
     reused: list[WrittenFile] = []
     notes: list[str] = []
@@ -61,6 +63,9 @@ def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress |
                 _link(stage / w.path, _store_path(Path(store), w.sha256), into_store=True)
         written = reused + written
         sources = hasher.join()
+        if source_label is not None:
+            plan.source = source_label(plan.source)
+            sources = {source_label(k): v for k, v in sources.items()}
         if before_manifest is not None:
             extra.update(before_manifest(stage, sources))
         manifest = build_manifest(plan, written, sources, extra)
@@ -175,7 +180,7 @@ def _open_values(source):
 def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOptions, *, force: bool = False,
           dry_run: bool = False, workers: int = 1, progress: Progress | None = None, allow_overflow: bool = False,
           tokenizer_from: str | None = None, store: str | None = None, config: str | None = None,
-          family: str | None = None) -> RunResult:
+          family: str | None = None, source_label: Callable[[str], str] | None = None) -> RunResult:
     out_dir = Path(out_dir)
     with open_checkpoint(source) as ckpt:
         given(ckpt, config, family)
@@ -191,7 +196,8 @@ def split(source: str | os.PathLike, out_dir: str | os.PathLike, opts: SplitOpti
             return {"tokenizer": _copy_tokenizers(plan, stage, tokenizer_from, folders)}
 
         return run_plan(plan, ckpt, out_dir, workers, progress, allow_overflow, None, store, force=force,
-                        inputs=inputs_of(ckpt, tokenizer_from, source), before_manifest=tokenizers)
+                        inputs=inputs_of(ckpt, tokenizer_from, source), before_manifest=tokenizers,
+                        source_label=source_label)
 
 
 def _tokenizer_folders(plan: Plan, tokenizer_from: str | None) -> list[Path]:
@@ -284,7 +290,8 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
              dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True,
-             config: str | None = None, family: str | None = None) -> RunResult:
+             config: str | None = None, family: str | None = None,
+             source_label: Callable[[str], str] | None = None) -> RunResult:
     """Quantize each component by its own policy. SOURCE is a bundle, a component set (any layout,
     with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
     a directory (component set + manifest), or a file when the source is a single component and
@@ -329,7 +336,7 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
         def write(plan):
             if single:
                 return run_plan_to_file(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
-            return run_plan(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
+            return run_plan(plan, ckpt, out, workers, progress, force=force, inputs=inputs, source_label=source_label)
 
         try:
             return write(plan)

@@ -1,0 +1,6 @@
+import click
+
+
+@click.command("publish")
+def publish_cmd():
+    """(in progress)"""
