@@ -474,11 +474,12 @@ def verify_summary(report) -> str:
 
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Keep the demo files here (default: a temporary folder, removed afterwards).")
+              help="The demo's folder (default: ./ckptkit-demo; kept, so its reports, images and cards can be opened).")
 @click.option("--family", default="sdxl", show_default=True, help="Which synthetic fixture to build.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(out_dir: str | None, family: str, as_json: bool):
-    """Build a small synthetic bundle and run the pipeline on it."""
+    """Build a small synthetic bundle, make two variants of it with a recipe (Q8_0; Q4_K_M with the
+    text encoders asked Q8_0), verify each with the 1-step check and write their model cards."""
     from ckptkit.demo import run_demo
 
     result = run_demo(out_dir, family, echo=None if as_json else click.echo)

@@ -1,63 +1,109 @@
-"""`ckptkit demo`: the main job on an embedded default, a small synthetic bundle:
-build -> inspect -> split -> quantize -> verify against the source."""
+"""`ckptkit demo`: the main job on an embedded default. A synthetic bundle in a real layout (SDXL /
+SDXL-Turbo by default: tiny random weights, released tensor names) is built, inspected, and made
+into two variants by a recipe, as `ckptkit build` does for real checkpoints: Q8_0, and Q4_K_M with
+the text encoders asked Q8_0, each verified against the split with the 1-step check and given its
+model card. The folder is kept (default ./ckptkit-demo) so the reports, images and cards can be
+opened; a second run reuses what is current.
+"""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from ckptkit.errors import CkptError
 
+DEFAULT_OUT = "ckptkit-demo"
 
-def run_demo(out_dir: str | None, fixture: str = "sdxl", echo: Callable[[str], None] | None = print,
-             qtype: str = "q8_0", onestep: bool = True) -> dict:
-    from ckptkit import pipeline
-    from ckptkit.convert.split import SplitOptions
+
+def demo_recipe(bundle_name: str, text_encoders: list[str]) -> str:
+    encoders = ", ".join(f'{n} = "q8_0"' for n in text_encoders)
+    return f'''# ckptkit demo: two variants of one synthetic checkpoint (see `ckptkit build --help`)
+out = "sets"
+sources = ["{bundle_name}"]
+
+[[variant]]
+name = "Q8_0"
+type = "q8_0"
+
+[[variant]]
+name = "Q4_K_M"
+type = "q4_k_m"
+components = {{ {encoders} }}
+
+[verify]
+onestep = true
+'''
+
+
+def run_demo(out_dir: str | None, fixture: str = "sdxl", echo: Callable[[str], None] | None = print) -> dict:
+    from ckptkit.build.commands import render_result
+    from ckptkit.build.recipe import load_recipe
+    from ckptkit.build.run import run_build
     from ckptkit.fixtures.factory import FIXTURES, write_bundle
     from ckptkit.inspect import inspect_checkpoint
-    from ckptkit.quant.policy import Policy
+    from ckptkit.publish.publish import CARD, publish
     from ckptkit.render import inspect_report
-    from ckptkit.verify import VerifyOptions, run_verify
-    from ckptkit.verify.report import render, write_report_dir
+    from ckptkit.verify.report import render
 
     if fixture not in FIXTURES:
         raise CkptError(f"unknown demo fixture {fixture!r}; choose one of {', '.join(FIXTURES)}")
     say = echo or (lambda _msg: None)
-    with tempfile.TemporaryDirectory(prefix="ckptkit-demo-") as tmp:
-        root = Path(out_dir) if out_dir else Path(tmp)
-        root.mkdir(parents=True, exist_ok=True)
-        bundle = root / f"{fixture}_synthetic.safetensors"
-        say(f"[1/5] build: a synthetic {fixture} bundle (tiny random weights, real layout) -> {bundle}")
+    root = Path(out_dir or DEFAULT_OUT).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    bundle = root / f"{fixture}_synthetic.safetensors"
+    if not bundle.exists():
+        say(f"[1/4] build a synthetic {fixture} bundle (tiny random weights, the released names) -> {bundle}")
         write_bundle(fixture, bundle)
-        say("[2/5] inspect")
-        report = inspect_checkpoint(bundle, scan=True)
-        say(inspect_report(report))
-        expected = (FIXTURES[fixture].family, FIXTURES[fixture].variant)
-        if (report.family, report.variant) != expected:
-            raise CkptError(f"demo detected {report.family}/{report.variant}, expected {expected}")
-        split_dir = root / "split"
-        say(f"[3/5] split --layout comfy -> {split_dir}")
-        split = pipeline.split(bundle, split_dir, SplitOptions(layout="comfy"), force=True)
-        for w in split.written:
-            say(f"  {w.path}: {w.tensors} tensors, sha256 {w.sha256[:16]}")
-        quant_dir = root / "quantized"
-        text_encoders = [c for c, info in split.plan.info["components"].items() if info["role"] == "text_encoder"]
-        policy = Policy(diffusion_model=qtype, components={name: qtype for name in text_encoders})
-        say(f"[4/5] quantize for ComfyUI-GGUF: diffusion model and text encoders to {qtype}, VAE kept -> {quant_dir}")
-        quant = pipeline.quantize(split_dir, quant_dir, policy, force=True)
-        for w in quant.written:
-            say(f"  {w.path}: {', '.join(f'{t} {n}' for t, n in sorted(w.dtypes.items()))}")
-        for note in quant.plan.notes:  # e.g. CLIPs kept safetensors: the client loads none from GGUF
-            say(f"  note: {note}")
-        say(f"[5/5] verify {quant_dir.name} against the bundle" + (" (with the 1-step check)" if onestep else ""))
-        verdict = run_verify(quant_dir, VerifyOptions(against=str(bundle), onestep=onestep))
-        if out_dir:
-            write_report_dir(verdict, root / "report")
-        say(render(verdict))
-        say(f"demo: {'OK' if verdict.passed else 'FAILED'}")
-        if not verdict.passed:
-            raise CkptError("demo: verification failed (see the table above)")
-        return {"out": str(root) if out_dir else None, "inspect": report.to_json(),
-                "split": [w.__dict__ for w in split.written], "quantize": [w.__dict__ for w in quant.written],
-                "verify": verdict.to_json(), "ok": verdict.passed}
+    else:
+        say(f"[1/4] synthetic {fixture} bundle: {bundle} (kept from an earlier run)")
+    say("[2/4] inspect")
+    report = inspect_checkpoint(bundle, scan=True)
+    say(inspect_report(report))
+    expected = (FIXTURES[fixture].family, FIXTURES[fixture].variant)
+    if (report.family, report.variant) != expected:
+        raise CkptError(f"demo detected {report.family}/{report.variant}, expected {expected}")
+    encoders = [c.name for c in report.components if c.role == "text_encoder"]
+    recipe_path = root / "demo.toml"
+    recipe_path.write_text(demo_recipe(bundle.name, encoders), "utf-8")
+    say(f"[3/4] ckptkit build {recipe_path}: split once; Q8_0, and Q4_K_M with "
+        f"{', '.join(encoders) or 'no text encoders'} asked Q8_0; each verified with the 1-step check")
+    recipe = load_recipe(recipe_path)
+    result = run_build(recipe, say=lambda m: say(f"  {m}"))
+    for job in result.plan.jobs:
+        for note in (result.results.get(job.key) or {}).get("notes", []):
+            say(f"  {job.key} note: {note}")
+    say("[4/4] verify tables and model cards")
+    cards = {}
+    for job in result.plan.jobs:
+        record = result.results.get(job.key) or {}
+        if "error" in record:
+            continue
+        published = publish(job.folder, license="other", title=f"{fixture} synthetic demo, {job.variant.name}")
+        cards[job.key] = str(job.folder / CARD)
+        say("")
+        say(f"== {job.key}: {'PASS' if published.passed else 'FAIL'}")
+        say(render_stored(job.folder / "verify" / "report.json", render))
+    say("")
+    say(render_result(result))
+    say("")
+    say("where to look:")
+    for job in result.plan.jobs:
+        say(f"  {job.key}: {job.folder}")
+        for rel in ("verify/report.md", "verify/onestep.png", CARD):
+            if (job.folder / rel).exists():
+                say(f"    {job.folder / rel}")
+    say(f"demo: {'OK' if result.exit_code == 0 else 'FAILED'} (recipe {recipe_path}; remove {root} when done)")
+    if result.exit_code:
+        raise CkptError("demo: a variant did not pass verify (see the tables above)")
+    return {"out": str(root), "recipe": str(recipe_path), "inspect": report.to_json(), "build": result.to_json(),
+            "cards": cards, "ok": result.exit_code == 0}
+
+
+def render_stored(path: Path, render) -> str:
+    """A stored report.json as `ckptkit verify` prints it."""
+    import json
+
+    from ckptkit.verify.report import from_json
+
+    return render(from_json(json.loads(path.read_text("utf-8"))))

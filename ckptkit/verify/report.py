@@ -26,6 +26,18 @@ def verdict(passed) -> str:
     return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
 
 
+def from_json(data: dict):
+    """A stored report.json as an object `render` and `markdown` take (results, tables, timings ...)."""
+    from types import SimpleNamespace
+
+    from ckptkit.verify.result import CheckResult
+
+    fields = {k: data.get(k) for k in ("path", "against", "family", "variant", "passed", "status", "message")}
+    return SimpleNamespace(**fields, results=[CheckResult(**r) for r in data.get("results", [])],
+                           tables=data.get("tables") or {}, timings=data.get("timings") or {}, onestep=None,
+                           images=None)
+
+
 def render(report) -> str:
     rows = [[r.check, r.component or "-", r.metric, _fmt(r.value), _fmt(r.threshold), verdict(r.passed),
              (r.detail[:90] + "...") if len(r.detail) > 93 else r.detail] for r in report.results]
