@@ -73,12 +73,24 @@ def test_usage_error_exits_2():
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
-    result = run("demo", "--family", "sd1", "--out", tmp_path / "demo", "--json")
+    """The README's main job: a synthetic bundle, a 2-variant recipe built and verified with the 1-step
+    check, model cards; the output says where the reports and images are; a second run reuses it."""
+    out = tmp_path / "demo"
+    result = run("demo", "--family", "sd1", "--out", out)
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["ok"] is True
-    assert data["inspect"]["family"] == "sd1"
-    assert {w["path"] for w in data["split"]} == {"diffusion_model.safetensors", "clip_l.safetensors", "vae.safetensors"}
-    assert any("Q8_0" in w["dtypes"] for w in data["quantize"])
-    assert data["verify"]["passed"] is True
-    assert (tmp_path / "demo" / "report" / "onestep.png").is_file()
+    sets = out / "sets" / "sd1_synthetic"
+    for variant, dm_type in (("Q8_0", "Q8_0"), ("Q4_K_M", "Q4_K")):
+        manifest = json.loads((sets / variant / "ckptkit.json").read_text())
+        assert dm_type in manifest["components"]["diffusion_model"]["dtypes"]
+        report = json.loads((sets / variant / "verify" / "report.json").read_text())
+        assert report["passed"] and any(r["metric"] == "psnr_db" and r["passed"] for r in report["results"])
+        for rel in ("verify/report.md", "verify/onestep.png", "README.md"):
+            assert str(sets / variant / rel) in result.stdout  # pointed at
+    assert "clip_l = \"q8_0\"" in (out / "demo.toml").read_text()  # text encoders asked Q8_0 ...
+    assert "ComfyUI-GGUF loads no clip_l" in result.stdout  # ... which ComfyUI-GGUF loads from safetensors only
+    assert result.stdout.count("PASS: ") == 2 and "demo: OK" in result.stdout
+    again = run("demo", "--family", "sd1", "--out", out, "--json")
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.stdout)
+    assert data["ok"] and data["build"]["results"] == {}  # current: nothing made again
+    assert {v["status"] for v in data["build"]["plan"]["variants"]} == {"done"}

@@ -133,7 +133,7 @@ def usage(manifest: dict, repo_id: str, meta_base: str | None = None) -> list[st
     if backend in ("bnb", "quanto") and layout == "diffusers":
         out += ["### diffusers / transformers", "", "```python",
                 "# each folder holds config.json with its quantization_config: from_pretrained loads it as written",
-                f"from diffusers import DiffusionPipeline", "",
+                "from diffusers import DiffusionPipeline", "",
                 f"pipe = DiffusionPipeline.from_pretrained(\"{repo_id}\")", "```", ""]
     elif backend in ("bnb", "quanto", "comfy"):
         out += ["### ComfyUI", "", "```", get,
