@@ -291,7 +291,7 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike, layout: str, *, 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force: bool = False,
              dry_run: bool = False, workers: int = 1, progress: Progress | None = None, scan: bool = True,
              config: str | None = None, family: str | None = None,
-             source_label: Callable[[str], str] | None = None) -> RunResult:
+             source_label: Callable[[str], str] | None = None, manifest_extra: dict | None = None) -> RunResult:
     """Quantize each component by its own policy. SOURCE is a bundle, a component set (any layout,
     with or without ckptkit.json), a diffusers folder or one component file (any format). `out` is
     a directory (component set + manifest), or a file when the source is a single component and
@@ -336,7 +336,8 @@ def quantize(source: str | os.PathLike, out: str | os.PathLike, policy, *, force
         def write(plan):
             if single:
                 return run_plan_to_file(plan, ckpt, out, workers, progress, force=force, inputs=inputs)
-            return run_plan(plan, ckpt, out, workers, progress, force=force, inputs=inputs, source_label=source_label)
+            return run_plan(plan, ckpt, out, workers, progress, manifest_extra=manifest_extra, force=force,
+                            inputs=inputs, source_label=source_label)
 
         try:
             return write(plan)

@@ -128,10 +128,11 @@ def _variant(spec: dict, folder: Path, progress) -> dict:
     variant = Variant(v["name"], v["to"], v["type"], v["client"], dict(v["components"]),
                       tuple(tuple(r) for r in v["rules"]), v["layout"], v["imatrix"], v["force_vae"], v["thresholds"])
     timings = {}
+    fingerprint = completed(spec["fingerprint"], spec["source"])
     started = time.perf_counter()
     result = pipeline.quantize(split, folder, variant.policy(), force=True, workers=spec.get("workers", 1),
                                progress=progress, config=spec.get("config"), family=spec.get("family"),
-                               source_label=_relative_to(folder))
+                               source_label=_relative_to(folder), manifest_extra={"build": fingerprint})
     timings["quantize"] = round(time.perf_counter() - started, 3)
     ver = spec["verify"]
     opts = VerifyOptions(against=str(split), onestep=ver["onestep"], device=ver["device"], dtype=ver["dtype"],
@@ -144,7 +145,7 @@ def _variant(spec: dict, folder: Path, progress) -> dict:
     failed = [r for r in report.results if r.passed is False]
     record = {
         "key": spec["key"],
-        "fingerprint": completed(spec["fingerprint"], spec["source"]),
+        "fingerprint": fingerprint,
         "license": spec.get("license"),
         "files": {w.path: {"sha256": w.sha256, "bytes": w.bytes, "component": w.component} for w in result.written},
         "notes": list(result.plan.notes),
