@@ -142,23 +142,11 @@ def _name(value: str, what: str, where: Path) -> str:
     return value
 
 
-def _check_thresholds(data: dict, where: str) -> dict:
-    from ckptkit.verify.thresholds import DEFAULTS, KEYS
-
-    for section, values in data.items():
-        if section != "default" and section not in DEFAULTS:
-            raise CkptError(f"{where}: unknown thresholds section [{section}]; use default or one of "
-                            f"{', '.join(DEFAULTS)}")
-        bad = set(values) - set(KEYS)
-        if bad:
-            raise CkptError(f"{where}: unknown threshold keys {sorted(bad)} in [{section}] (known: {', '.join(KEYS)})")
-    return data
-
-
 def load_recipe(path: str | Path) -> Recipe:
     """The recipe at `path`, checked field by field; a mistake is one line naming the field."""
     from ckptkit.cli_options import DTYPE_SPELLINGS
     from ckptkit.formats.files import read_toml_file
+    from ckptkit.verify.thresholds import check_overrides
 
     path = Path(path)
     data = read_toml_file(path, _schema(), "build recipe")
@@ -188,7 +176,7 @@ def load_recipe(path: str | Path) -> Recipe:
         variants.append(Variant(_name(v["name"], "variant name", path), to, v.get("type"), v.get("client"),
                                 dict(v.get("components", {})), tuple((r["pattern"], r["type"]) for r in v.get("rule", [])),
                                 v.get("layout"), v.get("imatrix"), bool(v.get("force_vae", False)),
-                                _check_thresholds(v.get("thresholds", {}), f"{path}: variant {v['name']!r}")))
+                                check_overrides(v.get("thresholds", {}), f"{path}: variant {v['name']!r} thresholds")))
     ver = data.get("verify", {})
     dtype = next((short for short, names in DTYPE_SPELLINGS.items()
                   if short != "keep" and str(ver.get("dtype", "fp32")).lower() in names), None)
@@ -198,7 +186,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise CkptError(f"{path}: [verify] device = {ver['device']!r}; use auto, cpu or cuda")
     verify = VerifySettings(ver.get("onestep", True), ver.get("device", "auto"), dtype, ver.get("resolution"),
                             ver.get("seed", 0),
-                            _check_thresholds(ver.get("thresholds", {}), f"{path}: [verify.thresholds]"))
+                            check_overrides(ver.get("thresholds", {}), f"{path}: [verify.thresholds]"))
     out = (root / data.get("out", "build")).resolve()
     for s in built:
         if out == s.path or out in s.path.parents or (s.path.is_dir() and s.path in out.parents):

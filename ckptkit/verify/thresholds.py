@@ -83,25 +83,30 @@ def for_type(type_name: str | None, overrides: dict | None = None) -> Thresholds
     return replace(base, **{k: float(v) for k, v in over.items() if v is not None})
 
 
+def check_overrides(data: dict, where: str) -> dict:
+    """Thresholds by section ([default] or a type), each a number under a known key; else one line."""
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise CkptError(f"{where}: {section} = ... outside a section; put it under [default] or [<type>]")
+        if section != "default" and section not in DEFAULTS:
+            raise CkptError(f"{where}: unknown section [{section}]; use [default] or one of "
+                            f"{', '.join(f'[{t}]' for t in DEFAULTS)}")
+        bad = set(values) - set(KEYS)
+        if bad:
+            raise CkptError(f"{where}: unknown threshold keys {sorted(bad)} in [{section}] (known: {', '.join(KEYS)})")
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise CkptError(f"{where}: [{section}] {key} must be a number, not {value!r}")
+    return data
+
+
 def load_overrides(path: str | Path | None, min_cosine: float | None, min_psnr: float | None,
                    min_ssim: float | None, max_rel_rms: float | None = None) -> dict:
     data: dict = {}
     if path:
         from ckptkit.formats.files import read_toml_file
 
-        data = read_toml_file(path, None, "thresholds file")
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise CkptError(f"{path}: {section} = ... outside a section; put it under [default] or [<type>]")
-            if section != "default" and section not in DEFAULTS:
-                raise CkptError(f"{path}: unknown section [{section}]; use [default] or one of "
-                                f"{', '.join(f'[{t}]' for t in DEFAULTS)}")
-            bad = set(values) - set(KEYS)
-            if bad:
-                raise CkptError(f"{path}: unknown threshold keys {sorted(bad)} in [{section}] (known: {', '.join(KEYS)})")
-            for key, value in values.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise CkptError(f"{path}: [{section}] {key} must be a number, not {value!r}")
+        data = check_overrides(read_toml_file(path, None, "thresholds file"), str(path))
     cli = {k: v for k, v in (("min_cosine", min_cosine), ("min_psnr", min_psnr), ("min_ssim", min_ssim),
                              ("max_rel_rms", max_rel_rms)) if v is not None}
     if cli:  # command-line values apply to every type

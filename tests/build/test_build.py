@@ -212,7 +212,7 @@ def test_a_folder_another_build_holds_is_refused(built):
     ('sources = ["sd1.safetensors"]\n[[variant]]\nname = "A"\ntype = "q8_0"\nto = "onnx"\n', "to = 'onnx'"),
     ('sources = ["sd1.safetensors"]\nsurprise = 1\n[[variant]]\nname = "A"\ntype = "q8_0"\n', "unknown field"),
     ('sources = ["sd1.safetensors"]\n[[variant]]\nname = "A"\ntype = "q8_0"\n[verify.thresholds.Q9]\nmin_psnr = 1\n',
-     "unknown thresholds section [Q9]"),
+     "unknown section [Q9]"),
     ('sources = ["sd1.safetensors"]\n[[variant]]\nname = "A"\ntype = "q8_0"\n[verify]\ndtype = "int8"\n',
      "dtype = 'int8'"),
     ('sources = ["sd1.safetensors"]\nout = "."\n[[variant]]\nname = "A"\ntype = "q8_0"\n', "overlap"),
