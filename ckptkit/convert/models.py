@@ -8,6 +8,18 @@ TRANSFORMERS_CONFIGS = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithPro
                         "T5EncoderModel": "T5Config"}
 
 
+# The text encoders' weights that are 2-D but not nn.Linear (embeddings), and the modules the class
+# keeps in float32 (`_keep_in_fp32_modules`), by module name: the Linear weights of these classes
+# without importing transformers (seconds, most of a small component's quantize time). Checked
+# against the classes themselves in tests/quant/test_lib_writers.py; other classes are built on the
+# meta device (quant/layerwise.py linear_sources).
+NOT_LINEAR = {
+    "CLIPTextModel": ({"token_embedding", "position_embedding"}, set()),
+    "CLIPTextModelWithProjection": ({"token_embedding", "position_embedding"}, set()),
+    "T5EncoderModel": ({"shared", "embed_tokens", "relative_attention_bias"}, {"wo"}),
+}
+
+
 def library_of(name: str) -> str:
     """"transformers" or "diffusers": the library that holds the class (without importing either)."""
     return "transformers" if name in TRANSFORMERS_CONFIGS else "diffusers"

@@ -68,35 +68,51 @@ def get_backend(name: str, writing: bool = True) -> Backend:
     return backend
 
 
-def linear_sources(ckpt, comp, prefix: str, naming_in: str, exclude, config) -> set[str] | None:
+def linear_sources(ckpt, comp, prefix: str, naming_in: str, exclude, config, from_class: bool = False
+                   ) -> set[str] | None:
     """The source tensors that are nn.Linear weights in the component's diffusers/transformers class
     (built on the meta device): a 2-D weight is not always a Linear's (T5's relative_attention_bias
     and token embeddings are nn.Embedding), and these libraries quantize Linear layers only, never
-    the class's `_keep_in_fp32_modules`. None when the class cannot be built (an unknown model:
-    every 2-D weight counts)."""
-    import torch.nn as nn
-    from accelerate import init_empty_weights
-
+    the class's `_keep_in_fp32_modules`. For the text encoders in convert/models.py NOT_LINEAR the
+    same set comes from that table (unless `from_class`), without importing transformers. None
+    when the class cannot be built (an unknown model: every 2-D weight counts)."""
     from ckptkit.convert.components import map_component
-    from ckptkit.convert.models import instantiate
+    from ckptkit.convert.models import NOT_LINEAR
 
     if comp.role == "unknown" or not comp.diffusers_class:
         return None
     try:
         dmap = map_component(ckpt, comp, prefix, naming_in, "diffusers", set(exclude), config)
-        with init_empty_weights():
-            model = instantiate(comp.diffusers_class, dmap.config)
+        known = None if from_class else NOT_LINEAR.get(comp.diffusers_class)
+        if known is not None:
+            src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+            shapes = {name: expr.shape_of(e, src_shapes) for name, e in dmap.ops.items()}
+            embeddings, keep = known
+            linear = {name for name in dmap.ops if name.endswith(".weight") and len(shapes[name]) == 2
+                      and not (embeddings | keep) & set(name.split(".")[:-1])}
+        else:
+            linear = _class_linears(comp.diffusers_class, dmap.config)
     except (CkptError, ValueError, TypeError):
         return None
-    # the class's own high-precision modules (T5's `wo`): its loader keeps them unquantized whatever the file holds
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    linear = {f"{n}.weight" for n, m in model.named_modules()
-              if isinstance(m, nn.Linear) and not keep & set(n.split("."))}
     found = set()
     for name, e in dmap.ops.items():
         if name in linear or name.removeprefix("text_model.") in linear:  # transformers 5 CLIP holds no text_model
             found |= set(e.sources())
     return found
+
+
+def _class_linears(class_name: str, config: dict) -> set[str]:
+    """The Linear weights of the class built on the meta device, less its float32-kept modules."""
+    import torch.nn as nn
+    from accelerate import init_empty_weights
+
+    from ckptkit.convert.models import instantiate
+
+    with init_empty_weights():
+        model = instantiate(class_name, config)
+    # the class's own high-precision modules (T5's `wo`): its loader keeps them unquantized whatever the file holds
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear) and not keep & set(n.split("."))}
 
 
 def component_output(backend: Backend, ckpt, comp, ops: dict[str, expr.Expr], type_name: str, path: str,

@@ -13,7 +13,7 @@ import torch
 
 from ckptkit import pipeline
 from ckptkit.fixtures.configs import TINY
-from ckptkit.fixtures.factory import diffusers_state, shipped_configs
+from ckptkit.fixtures.factory import diffusers_state, shipped_configs, write_bundle
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.safetensors import save_safetensors
 from ckptkit.formats.scaled import dequantizing
@@ -447,3 +447,33 @@ def test_int8_kernel_gives_bitsandbytes_bytes():
         assert _libkernels.quantize_int8(w.view(torch.int16).numpy(), 4, 8, out.numpy(), stats.numpy()) is False
         ours, theirs = _quantize_int8(w), F.int8_vectorwise_quant(w.clone())[:2]
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1].view(torch.int32), theirs[1].view(torch.int32))
+
+
+@pytest.mark.parametrize("fixture", ["sd1", "sd3"])
+def test_text_encoder_linears_from_the_table_are_the_classes(fixture, tmp_path, monkeypatch):
+    """convert/models.py NOT_LINEAR (embeddings and float32-kept modules of CLIPTextModel,
+    CLIPTextModelWithProjection, T5EncoderModel) gives the Linear weights the classes themselves
+    give: the same plan either way, and no class is built for the table's encoders."""
+    from ckptkit import pipeline
+    from ckptkit.convert import models
+    from ckptkit.quant import layerwise
+    from ckptkit.quant.policy import Policy
+
+    bundle = write_bundle(fixture, tmp_path / "bundle.safetensors")
+    encoders = {"sd1": ["clip_l"], "sd3": ["clip_l", "clip_g", "t5xxl"]}[fixture]
+    built = []
+    real = layerwise._class_linears
+    monkeypatch.setattr(layerwise, "_class_linears", lambda *a: built.append(a[0]) or real(*a))
+
+    def plan():
+        policy = Policy(components={name: "qint8" for name in encoders}, backend="quanto")
+        p = pipeline.quantize(bundle, tmp_path / "out", policy, dry_run=True).plan
+        return [(o.path, [(t.name, t.shape, t.dtype, t.note) for t in o.tensors]) for o in p.outputs]
+
+    from_table = plan()
+    assert built == []
+    monkeypatch.setattr(models, "NOT_LINEAR", {})
+    from_class = plan()
+    assert len(built) == len(encoders)
+    assert from_table == from_class
+    assert sum(t[3].startswith("quanto:") for _, ts in from_table for t in ts) > 0
