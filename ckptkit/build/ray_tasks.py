@@ -48,8 +48,13 @@ def run_on_ray(plan: BuildPlan, workers: int, address: str, say) -> dict[str, di
     ray = _ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        except Exception as exc:  # no cluster at ADDRESS, a version mismatch, ...: one line
+            text = str(exc).strip().splitlines()
+            raise CkptError(f"--ray {address or '(local)'}: Ray did not start or connect: "
+                            f"{text[0] if text else type(exc).__name__}") from None
     try:
         capacity = ray.cluster_resources().get("memory")
         todo = plan.to_run()

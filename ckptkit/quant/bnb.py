@@ -7,14 +7,17 @@ the state-dict layout transformers and diffusers save and `Params4bit.from_prequ
            [_dq: L.weight.nested_absmax, L.weight.nested_quant_map], L.weight.quant_state.bitsandbytes__nf4
     int8   L.weight (int8, row-wise), L.SCB (float32 per row), L.weight_format (0: row)
 
-Quantized by bitsandbytes itself (`quantize_4bit`, blocks of 64; `int8_vectorwise_quant` of the
-fp16 weight as `Int8Params` does), one weight at a time; the quant state's JSON is padded with
-spaces to a fixed length (JSON allows it; bitsandbytes reads it with json.loads) so the plan knows
-every shape before any value is read.
+Quantized as bitsandbytes quantizes (`quantize_4bit`, blocks of 64; `int8_vectorwise_quant` of the
+fp16 weight as `Int8Params` does), one weight at a time, by one-pass C kernels with its bytes
+(quant/_libkernels.c; bitsandbytes itself for double quantization and values that are not
+finite). The quant state's JSON is padded with spaces to a fixed length (JSON allows it;
+bitsandbytes reads it with json.loads) so the plan knows every shape before any value is read.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 
 import torch
@@ -35,11 +38,9 @@ def _quantize(w: torch.Tensor, type_name: str) -> dict[str, torch.Tensor]:
     if type_name == "int8":  # Int8Params._quantize: the fp16 weight, row-wise
         cb, scb = _quantize_int8(w.to(torch.float16).contiguous())
         return {"weight": cb, "SCB": scb, "weight_format": torch.tensor(0, dtype=torch.uint8)}
-    import bitsandbytes.functional as F
-
-    packed, state = _quantize_4bit(F, w.contiguous(), TYPES[type_name], type_name.endswith("_dq"))
+    packed, state = _quantize_4bit(w.contiguous(), TYPES[type_name], type_name.endswith("_dq"))
     out = {"weight": packed}
-    for key, value in state.as_dict(packed=True).items():
+    for key, value in state.items():
         if key.startswith("quant_state."):
             raw = bytes(value.tolist())
             if len(raw) > STATE_BYTES:
@@ -71,39 +72,74 @@ def _quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cb, scb
 
 
-def _quantize_4bit(F, w: torch.Tensor, quant_type: str, nested: bool):
-    """F.quantize_4bit(w, blocksize=64, quant_type, compress_statistics=nested), its kernel run by
-    ckptkit/quant/_libkernels.c: bitsandbytes' CPU kernel is several float32 torch passes, about 20 ns a
-    value, most of a 4-bit run's time. Everything around it (absmax statistics, the quant state) is
-    bitsandbytes' own. Bytes equal bitsandbytes' (tests/quant/test_lib_writers.py); values that
-    are not finite, or a build without the extension, go to bitsandbytes itself."""
-    try:
-        from bitsandbytes.backends.default.ops import _get_4bit_quantize_bounds
+# bitsandbytes' 4-bit code tables as functional.py get_4bit_type lists them, before it divides them by
+# their largest magnitude: copied so that a plain (not double-quantized) 4-bit layer is written
+# without importing bitsandbytes, which alone takes 2-3 s, most of a small component's run.
+# tests/quant/test_lib_writers.py checks `_code` against get_4bit_type.
+CODES = {
+    "nf4": [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0],
+    "fp4": [0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0],
+}
 
+
+@functools.cache
+def _code(quant_type: str) -> torch.Tensor:
+    """get_4bit_type(quant_type): the table over its largest magnitude (the file's quant_map)."""
+    data = torch.tensor(CODES[quant_type])
+    return data.div_(data.abs().max())
+
+
+@functools.cache
+def _bounds(quant_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes backends/default/ops.py _get_4bit_quantize_bounds: the midpoints of the sorted code."""
+    code = _code(quant_type)
+    order = torch.argsort(code)
+    return (code[order[:-1]] + code[order[1:]]) / 2, order
+
+
+def _quantize_4bit(w: torch.Tensor, quant_type: str, nested: bool) -> tuple[torch.Tensor, dict]:
+    """F.quantize_4bit(w, blocksize=64, quant_type, compress_statistics=nested) and its quant state
+    as `QuantState.as_dict(packed=True)` gives it. The kernel runs in ckptkit/quant/_libkernels.c:
+    bitsandbytes' CPU kernel is several float32 torch passes, about 20 ns a value, most of a 4-bit
+    run's time. A plain layer's state (absmax, quant_map, the JSON of type, blocksize, dtype and
+    shape) is written here as bitsandbytes writes it; double quantization is bitsandbytes' own.
+    Bytes equal bitsandbytes' (tests/quant/test_lib_writers.py); values that are not finite, or a
+    build without the extension, go to bitsandbytes itself."""
+    try:
         from ckptkit.quant import _libkernels
     except ImportError:
         _libkernels = None
     if _libkernels is None or w.dtype not in (torch.float32, torch.float16, torch.bfloat16) \
             or not bool(torch.isfinite(w).all()):
-        return F.quantize_4bit(w, blocksize=BLOCKSIZE, quant_type=quant_type, compress_statistics=nested)
-    bounds, order = _get_4bit_quantize_bounds(quant_type, w.device)
+        import bitsandbytes.functional as F
+
+        packed, state = F.quantize_4bit(w, blocksize=BLOCKSIZE, quant_type=quant_type, compress_statistics=nested)
+        return packed, state.as_dict(packed=True)
+    bounds, order = _bounds(quant_type)
     x = w.reshape(-1).float().contiguous()
     n = x.numel()
     packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8)
     absmax = torch.empty(-(-n // BLOCKSIZE), dtype=torch.float32)
     _libkernels.quantize_4bit(x.numpy(), n, BLOCKSIZE, bounds.float().contiguous().numpy(),
-                        None if quant_type == "nf4" else order.to(torch.uint8).contiguous().numpy(),
-                        packed.numpy(), absmax.numpy())
-    code = F.get_4bit_type(quant_type, device=w.device)
+                              None if quant_type == "nf4" else order.to(torch.uint8).contiguous().numpy(),
+                              packed.numpy(), absmax.numpy())
     if nested:  # as F.quantize_4bit does with compress_statistics
+        import bitsandbytes.functional as F
+
         offset = absmax.mean()
         qabsmax, state2 = F.quantize_blockwise(absmax - offset, blocksize=256)
-        state = F.QuantState(absmax=qabsmax, shape=w.shape, dtype=w.dtype, blocksize=BLOCKSIZE, code=code,
-                             quant_type=quant_type, offset=offset, state2=state2)
-    else:
-        state = F.QuantState(absmax=absmax, shape=w.shape, dtype=w.dtype, blocksize=BLOCKSIZE, code=code,
-                             quant_type=quant_type)
-    return packed, state
+        state = F.QuantState(absmax=qabsmax, shape=w.shape, dtype=w.dtype, blocksize=BLOCKSIZE,
+                             code=F.get_4bit_type(quant_type, device=w.device), quant_type=quant_type, offset=offset,
+                             state2=state2)
+        return packed, state.as_dict(packed=True)
+    meta = {"quant_type": quant_type, "blocksize": BLOCKSIZE, "dtype": str(w.dtype).strip("torch."),
+            "shape": list(w.shape)}  # QuantState.as_dict's non-tensor fields, in its order
+    return packed, {"absmax": absmax, "quant_map": _code(quant_type).clone(),
+                    f"quant_state.bitsandbytes__{quant_type}": torch.tensor(list(json.dumps(meta).encode()),
+                                                                             dtype=torch.uint8)}
 
 
 def _shapes(shape: tuple[int, ...], type_name: str) -> dict[str, tuple[tuple[int, ...], str]]:

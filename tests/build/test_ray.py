@@ -87,3 +87,4 @@ def test_ray_missing_is_one_line(sources, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("ckptkit: error: --ray needs Ray") and "pip install 'ckptkit[ray]'" in lines[-1]
     assert "Traceback" not in proc.stderr
+

@@ -398,7 +398,9 @@ def test_4bit_kernel_gives_bitsandbytes_bytes(dtype, quant_type, nested):
     import bitsandbytes.functional as F
 
     from ckptkit.quant import _libkernels  # noqa: F401 (built by pip install: the fallback is not what is tested)
-    from ckptkit.quant.bnb import _quantize_4bit
+    from ckptkit.quant.bnb import _code, _quantize_4bit
+
+    assert torch.equal(_code(quant_type), F.get_4bit_type(quant_type, device="cpu"))
 
     g = torch.Generator().manual_seed(0)
     for shape in [(64, 96), (3, 5), (257, 129), (1, 1), (7, 64), (33, 31)]:
@@ -408,10 +410,10 @@ def test_4bit_kernel_gives_bitsandbytes_bytes(dtype, quant_type, nested):
             w.view(-1)[70] = 3.0
         if shape == (33, 31) and nested:
             w[0, 0] = float("inf")
-        ours, s1 = _quantize_4bit(F, w.contiguous(), quant_type, nested)
+        ours, d1 = _quantize_4bit(w.contiguous(), quant_type, nested)
         theirs, s2 = F.quantize_4bit(w.contiguous(), blocksize=64, quant_type=quant_type, compress_statistics=nested)
         assert torch.equal(ours, theirs), shape
-        d1, d2 = s1.as_dict(packed=True), s2.as_dict(packed=True)
+        d2 = s2.as_dict(packed=True)
         assert d1.keys() == d2.keys()
         for key, value in d1.items():
             assert torch.equal(value, d2[key]) if isinstance(value, torch.Tensor) else value == d2[key], (shape, key)
