@@ -232,3 +232,23 @@ def test_an_unknown_type_is_refused_before_anything_runs(sources, tmp_path):
     line = refused(run("build", recipe))
     assert "q9_9" in line
     assert not (folder / "dist" / "sd1" / "split").exists()
+
+
+def test_a_folder_source_is_recorded_file_by_file(tmp_path):
+    """A diffusers folder as a source: split and quantized like a bundle, its files' hashes in the
+    split's manifest under the recipe's name for it, and current on a second run."""
+    from ckptkit.fixtures.factory import write_diffusers
+
+    write_diffusers("sd1", tmp_path / "sd1-diffusers")
+    recipe = write_recipe(tmp_path, text='out = "dist"\nsources = ["sd1-diffusers"]\n'
+                                         '[[variant]]\nname = "Q8_0"\ntype = "q8_0"\n[verify]\nonestep = false\n')
+    ok(run("build", recipe, "-q"))
+    split = json.loads((tmp_path / "dist" / "sd1-diffusers" / "split" / "ckptkit.json").read_text())
+    assert split["source"]["path"] == "sd1-diffusers"
+    assert split["source"]["files"] and all(k.startswith("sd1-diffusers/") for k in split["source"]["files"])
+    again = json.loads(ok(run("build", recipe, "--json")).stdout)
+    assert again["results"] == {} and again["plan"]["variants"][0]["status"] == "done"
+    (tmp_path / "sd1-diffusers" / "unet" / "config.json").write_text(
+        (tmp_path / "sd1-diffusers" / "unet" / "config.json").read_text() + " ")  # a source file changed
+    plan = json.loads(ok(run("build", recipe, "--dry-run", "--json")).stdout)
+    assert plan["variants"][0]["status"] == "run" and "inputs changed" in plan["variants"][0]["reason"]
