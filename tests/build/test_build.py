@@ -235,8 +235,8 @@ def test_an_unknown_type_is_refused_before_anything_runs(sources, tmp_path):
 
 
 def test_a_folder_source_is_recorded_file_by_file(tmp_path):
-    """A diffusers folder as a source: split and quantized like a bundle, its files' hashes in the
-    split's manifest under the recipe's name for it, and current on a second run."""
+    """A diffusers folder as a source: split and quantized like a bundle, recorded under the recipe's
+    name for it, every file of it in the fingerprint; current on a second run, not after a file changed."""
     from ckptkit.fixtures.factory import write_diffusers
 
     write_diffusers("sd1", tmp_path / "sd1-diffusers")
@@ -245,7 +245,9 @@ def test_a_folder_source_is_recorded_file_by_file(tmp_path):
     ok(run("build", recipe, "-q"))
     split = json.loads((tmp_path / "dist" / "sd1-diffusers" / "split" / "ckptkit.json").read_text())
     assert split["source"]["path"] == "sd1-diffusers"
-    assert split["source"]["files"] and all(k.startswith("sd1-diffusers/") for k in split["source"]["files"])
+    record = json.loads((tmp_path / "dist" / "sd1-diffusers" / "Q8_0" / "build.json").read_text())
+    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"} <= set(
+        record["fingerprint"]["inputs"])
     again = json.loads(ok(run("build", recipe, "--json")).stdout)
     assert again["results"] == {} and again["plan"]["variants"][0]["status"] == "done"
     (tmp_path / "sd1-diffusers" / "unet" / "config.json").write_text(
