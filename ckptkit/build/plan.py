@@ -230,11 +230,12 @@ def _h(n: int) -> str:
 
 
 # ------------------------------------------------------------------ the plan
-def plan_build(recipe: Recipe, workers: int = 1, memory_limit: int | None = None, plan_memory: bool = True) -> BuildPlan:
+def plan_build(recipe: Recipe, workers: int = 1, memory_limit: int | None = None, with_memory: bool = True
+               ) -> BuildPlan:
     """Decide every job's status, and plan the memory of those that will run."""
-    from ckptkit.verify.memory import available, rss_bytes
-
     import torch
+
+    from ckptkit.verify.memory import available, rss_bytes
 
     splits, jobs = [], []
     for src in recipe.sources:
@@ -273,7 +274,7 @@ def plan_build(recipe: Recipe, workers: int = 1, memory_limit: int | None = None
     plan = BuildPlan(recipe, splits, jobs)
     room, plan.budget_source = available(torch.device("cpu"), memory_limit)
     plan.budget = room
-    if plan_memory:
+    if with_memory:
         base = rss_bytes()
         for src in recipe.sources:
             todo = [j for j in jobs if j.source is src and j.status == "run"]
