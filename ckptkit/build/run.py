@@ -85,8 +85,11 @@ def _here(job: VariantJob, plan: BuildPlan, workers: int, say: Say, progress, i:
 
 
 def _pool(plan: BuildPlan, todo: list[VariantJob], jobs: int, workers: int, say: Say) -> dict[str, dict]:
-    """Up to `jobs` variants at once on worker processes, never more than the budget holds by their
-    planned peaks (a job over the budget alone runs alone)."""
+    """Up to `jobs` variants at once, each in a process of its own, never more than the budget holds
+    by their planned peaks (a job over the budget alone runs alone). A process per job, not a pool:
+    a job's memory goes back to the system when it ends (a pooled worker keeps its heap's high-water
+    mark, which the budget does not count), and a worker killed midway (out of memory, a signal)
+    fails its own job only; the next build makes that one again."""
     import multiprocessing
 
     from ckptkit.build.jobs import run_variant
@@ -95,12 +98,12 @@ def _pool(plan: BuildPlan, todo: list[VariantJob], jobs: int, workers: int, say:
     budget = plan.budget
     results: dict[str, dict] = {}
     queue = list(todo)
-    running: dict = {}
+    running: dict = {}  # future -> (job, its one-process executor)
     done = 0
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads or locks forked
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    try:
         while queue or running:
-            held = sum(j.memory for j in running.values())
+            held = sum(j.memory for j, _ in running.values())
             while queue and len(running) < jobs:
                 job = queue[0]
                 if running and budget is not None and held + job.memory > budget:
@@ -110,18 +113,24 @@ def _pool(plan: BuildPlan, todo: list[VariantJob], jobs: int, workers: int, say:
                     say(f"{job.key}: planned peak {human_bytes(job.memory)} exceeds the budget "
                         f"{human_bytes(budget)} ({plan.budget_source}); running it alone")
                 say(f"{job.key}: started ({job.reason}; planned peak {human_bytes(job.memory)})")
-                running[pool.submit(run_variant, job.spec(plan.recipe, workers))] = job
+                executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+                running[executor.submit(run_variant, job.spec(plan.recipe, workers))] = (job, executor)
                 held += job.memory
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
-                job = running.pop(fut)
+                job, executor = running.pop(fut)
+                executor.shutdown(wait=True)
                 try:
                     record = fut.result()
                 except CkptError as exc:
                     record = {"error": str(exc)}
-                except Exception as exc:  # a worker that died (killed, out of memory) is this job's failure
-                    record = {"error": f"worker failed: {type(exc).__name__}: {exc}"}
+                except Exception as exc:  # its process died (killed, out of memory): this job's failure
+                    record = {"error": f"its process ended without a result ({type(exc).__name__}); the next "
+                                       "build makes it again"}
                 results[job.key] = record
                 done += 1
                 say(summary_line(job.key, record, done, len(todo)))
+    finally:
+        for _, executor in running.values():
+            executor.shutdown(wait=False, cancel_futures=True)
     return results

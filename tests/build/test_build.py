@@ -254,3 +254,45 @@ def test_a_folder_source_is_recorded_file_by_file(tmp_path):
         (tmp_path / "sd1-diffusers" / "unet" / "config.json").read_text() + " ")  # a source file changed
     plan = json.loads(ok(run("build", recipe, "--dry-run", "--json")).stdout)
     assert plan["variants"][0]["status"] == "run" and "inputs changed" in plan["variants"][0]["reason"]
+
+
+def test_a_killed_worker_fails_its_own_job_only(sources, tmp_path):
+    """--jobs 2: the process of one variant is SIGKILLed midway; that variant is an error (exit 2),
+    the others are made and verified, and the next build makes the killed one (no build record)."""
+    import signal
+    import threading
+    import time
+
+    from ckptkit.build.plan import BUILD_RECORD, LOCK
+
+    folder = _copy_sources(sources, tmp_path / "work")
+    recipe = write_recipe(folder)
+    killed: list = []
+
+    def kill_one():
+        deadline = time.time() + 300
+        while not killed and time.time() < deadline:
+            for lock in (folder / "dist").glob(f"*/*/{LOCK}"):
+                if lock.parent.name != "split" and not (lock.parent / BUILD_RECORD).exists():
+                    try:
+                        pid = int(lock.read_text().strip() or 0)
+                    except (OSError, ValueError):
+                        continue
+                    if pid and pid != os.getpid():
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(lock.parent)
+                        return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_one)
+    watcher.start()
+    result = run("build", recipe, "--jobs", "2", "--json")
+    watcher.join()
+    assert killed and result.exit_code == 2, result.output
+    data = json.loads(result.stdout)
+    victim = f"{killed[0].parent.name}/{killed[0].name}"
+    assert "process ended without a result" in data["results"][victim]["error"]
+    others = {k: r for k, r in data["results"].items() if k != victim}
+    assert len(others) == 3 and all(r["verify"]["passed"] for r in others.values())
+    again = json.loads(ok(run("build", recipe, "--json")).stdout)
+    assert list(again["results"]) == [victim] and again["results"][victim]["verify"]["passed"]
