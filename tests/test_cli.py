@@ -88,6 +88,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
             assert str(sets / variant / rel) in result.stdout  # pointed at
     assert "clip_l = \"q8_0\"" in (out / "demo.toml").read_text()  # text encoders asked Q8_0 ...
     assert "ComfyUI-GGUF loads no clip_l" in result.stdout  # ... which ComfyUI-GGUF loads from safetensors only
+    clip = json.loads((sets / "Q4_K_M" / "ckptkit.json").read_text())["components"]["clip_l"]["policy"]
+    assert (clip["requested"], clip["asked"]) == ("keep", "q8_0") and "ComfyUI-GGUF" in clip["not_done"]
+    assert "Asked `q8_0`, not done: ComfyUI-GGUF loads no clip_l" in (sets / "Q4_K_M" / "README.md").read_text()
     assert result.stdout.count("PASS: ") == 2 and "demo: OK" in result.stdout
     again = run("demo", "--family", "sd1", "--out", out, "--json")
     assert again.exit_code == 0, again.output

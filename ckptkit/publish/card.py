@@ -51,7 +51,8 @@ def policy_in_words(manifest: dict) -> list[str]:
         requested = policy.get("requested")
         role = (comp.get("role") or "component").replace("_", " ")
         if not requested or requested == "keep":
-            out.append(f"- **{name}** ({role}): kept as stored ({_types(comp)}).")
+            why = f" Asked `{policy['asked']}`, not done: {policy['not_done']}." if policy.get("asked") else ""
+            out.append(f"- **{name}** ({role}): kept as stored ({_types(comp)}).{why}")
             continue
         kept = policy.get("kept_high_precision") or {}
         fall = policy.get("fallbacks") or {}

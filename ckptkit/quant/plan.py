@@ -179,6 +179,7 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         plan.dropped.update(cmap.dropped)
         carried = config_to_carry(ckpt, comp, prefix, naming_in, cmap, src.exclude, config)
         request = requests[comp.name]
+        not_written = {}  # a request the client cannot take: what was asked and why it was not done
         gguf = (request is not None and (request.quantized or single_fmt == "gguf")) or bundle
         client = asked
         if gguf and comp.role == "diffusion_model":
@@ -192,6 +193,8 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                                    ", or write it as .safetensors"))
             plan.notes.append(f"{comp.name}: {limit} (its text-encoder loader takes T5 and LLM archs only): "
                               f"written as safetensors, not {request.name}")
+            not_written = {"asked": request.name, "not_done": f"{limit} (its text-encoder loader takes T5 and LLM "
+                                                              "archs only)"}
             gguf, request = False, None
         path = single_file or f"{comp.name}.{'gguf' if gguf else 'safetensors'}"
         ops = {}
@@ -234,7 +237,7 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         (bundled if bundle else plan.outputs).append(out)
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": out.layout if out.layout != "comfy" else naming,
                                               "diffusers_class": comp.diffusers_class,
-                                              "policy": policy_report(out, request, rules),
+                                              "policy": {**policy_report(out, request, rules), **not_written},
                                               **({"client": client.name} if out.format == "gguf" else {})}
     if not bundle and src.family in asked.one_file_families and any(o.format == "gguf" for o in plan.outputs):
         plan.notes.append(f"warning: {asked.title} loads {src.spec.title} only from one file (it tells the version "
