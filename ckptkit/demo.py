@@ -8,6 +8,7 @@ opened; a second run reuses what is current.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +45,7 @@ def run_demo(out_dir: str | None, fixture: str = "sdxl", echo: Callable[[str], N
     from ckptkit.inspect import inspect_checkpoint
     from ckptkit.publish.publish import CARD, publish
     from ckptkit.render import inspect_report
-    from ckptkit.verify.report import render
+    from ckptkit.verify.report import from_json, render
 
     if fixture not in FIXTURES:
         raise CkptError(f"unknown demo fixture {fixture!r}; choose one of {', '.join(FIXTURES)}")
@@ -83,7 +84,7 @@ def run_demo(out_dir: str | None, fixture: str = "sdxl", echo: Callable[[str], N
         cards[job.key] = str(job.folder / CARD)
         say("")
         say(f"== {job.key}: {'PASS' if published.passed else 'FAIL'}")
-        say(render_stored(job.folder / "verify" / "report.json", render))
+        say(render(from_json(json.loads((job.folder / "verify" / "report.json").read_text("utf-8")))))
     say("")
     say(render_result(result))
     say("")
@@ -99,11 +100,3 @@ def run_demo(out_dir: str | None, fixture: str = "sdxl", echo: Callable[[str], N
     return {"out": str(root), "recipe": str(recipe_path), "inspect": report.to_json(), "build": result.to_json(),
             "cards": cards, "ok": result.exit_code == 0}
 
-
-def render_stored(path: Path, render) -> str:
-    """A stored report.json as `ckptkit verify` prints it."""
-    import json
-
-    from ckptkit.verify.report import from_json
-
-    return render(from_json(json.loads(path.read_text("utf-8"))))

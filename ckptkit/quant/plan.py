@@ -191,10 +191,9 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                 raise CkptError(f"--client {client.name}: {limit}; leave {comp.name} unquantized"
                                 + (" (or name another --client)" if client.text_encoder_fallback == "refuse" else
                                    ", or write it as .safetensors"))
-            plan.notes.append(f"{comp.name}: {limit} (its text-encoder loader takes T5 and LLM archs only): "
-                              f"written as safetensors, not {request.name}")
-            not_written = {"asked": request.name, "not_done": f"{limit} (its text-encoder loader takes T5 and LLM "
-                                                              "archs only)"}
+            why = f"{limit} (its text-encoder loader takes T5 and LLM archs only)"
+            plan.notes.append(f"{comp.name}: {why}: written as safetensors, not {request.name}")
+            not_written = {"asked": request.name, "not_done": why}
             gguf, request = False, None
         path = single_file or f"{comp.name}.{'gguf' if gguf else 'safetensors'}"
         ops = {}

@@ -4,9 +4,13 @@ interrupted or changed; a variant that fails verify exits 1 and leaves the other
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,39 @@ def write_recipe(folder: Path, extra: str = "", text: str | None = None, onestep
     path = folder / "recipe.toml"
     path.write_text(text if text is not None else RECIPE.format(extra=extra, onestep=str(onestep).lower()))
     return path
+
+
+@contextlib.contextmanager
+def killing_a_running_variant(dist: Path):
+    """While the block runs, SIGKILL the first variant job seen in progress (its folder claimed by a
+    process, no build record yet); yields the list of (folder, pid) killed."""
+    from ckptkit.build.plan import BUILD_RECORD, LOCK
+
+    killed: list = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set() and not killed:
+            for lock in dist.glob(f"*/*/{LOCK}"):
+                if lock.parent.name == "split" or (lock.parent / BUILD_RECORD).exists():
+                    continue
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    continue
+                if pid and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append((lock.parent, pid))
+                    return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def set_bytes(root: Path) -> dict[str, bytes]:
@@ -259,38 +296,13 @@ def test_a_folder_source_is_recorded_file_by_file(tmp_path):
 def test_a_killed_worker_fails_its_own_job_only(sources, tmp_path):
     """--jobs 2: the process of one variant is SIGKILLed midway; that variant is an error (exit 2),
     the others are made and verified, and the next build makes the killed one (no build record)."""
-    import signal
-    import threading
-    import time
-
-    from ckptkit.build.plan import BUILD_RECORD, LOCK
-
     folder = _copy_sources(sources, tmp_path / "work")
     recipe = write_recipe(folder)
-    killed: list = []
-
-    def kill_one():
-        deadline = time.time() + 300
-        while not killed and time.time() < deadline:
-            for lock in (folder / "dist").glob(f"*/*/{LOCK}"):
-                if lock.parent.name != "split" and not (lock.parent / BUILD_RECORD).exists():
-                    try:
-                        pid = int(lock.read_text().strip() or 0)
-                    except (OSError, ValueError):
-                        continue
-                    if pid and pid != os.getpid():
-                        os.kill(pid, signal.SIGKILL)
-                        killed.append(lock.parent)
-                        return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=kill_one)
-    watcher.start()
-    result = run("build", recipe, "--jobs", "2", "--json")
-    watcher.join()
+    with killing_a_running_variant(folder / "dist") as killed:
+        result = run("build", recipe, "--jobs", "2", "--json")
     assert killed and result.exit_code == 2, result.output
     data = json.loads(result.stdout)
-    victim = f"{killed[0].parent.name}/{killed[0].name}"
+    victim = f"{killed[0][0].parent.name}/{killed[0][0].name}"
     assert "process ended without a result" in data["results"][victim]["error"]
     others = {k: r for k, r in data["results"].items() if k != victim}
     assert len(others) == 3 and all(r["verify"]["passed"] for r in others.values())

@@ -5,14 +5,10 @@ killed midway is retried by Ray and the set is complete and verified."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 
 import pytest
 
-from tests.build.test_build import _copy_sources, set_bytes, write_recipe
+from tests.build.test_build import _copy_sources, killing_a_running_variant, set_bytes, write_recipe
 from tests.cli import ok, run
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test]' installs it")
@@ -25,25 +21,6 @@ def local_ray():
     ray.shutdown()
 
 
-def _kill_a_running_variant(dist, killed: list, stop: threading.Event) -> None:
-    """Kill the first variant job seen in progress (its folder claimed, no build record yet)."""
-    from ckptkit.build.plan import BUILD_RECORD, LOCK
-
-    while not stop.is_set() and not killed:
-        for lock in dist.glob(f"*/*/{LOCK}"):
-            if lock.parent.name == "split" or (lock.parent / BUILD_RECORD).exists():
-                continue
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                continue
-            if pid and pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-                killed.append((lock.parent, pid))
-                return
-        time.sleep(0.005)
-
-
 def test_ray_gives_the_local_bytes_and_retries_a_killed_task(sources, tmp_path, local_ray):
     from ckptkit.build.recipe import load_recipe
     from ckptkit.build.run import run_build
@@ -52,15 +29,8 @@ def test_ray_gives_the_local_bytes_and_retries_a_killed_task(sources, tmp_path, 
     ok(run("build", write_recipe(here), "-q"))
     there = _copy_sources(sources, tmp_path / "ray")
     recipe = load_recipe(write_recipe(there))
-    killed: list = []
-    stop = threading.Event()
-    watcher = threading.Thread(target=_kill_a_running_variant, args=(there / "dist", killed, stop))
-    watcher.start()
-    try:
+    with killing_a_running_variant(there / "dist") as killed:
         result = run_build(recipe, ray="")
-    finally:
-        stop.set()
-        watcher.join()
     assert killed, "no variant job was seen running"
     assert result.exit_code == 0, result.results
     assert set(result.results) == {"sd1/Q8_0", "sd1/Q4_0", "second/Q8_0", "second/Q4_0"}
