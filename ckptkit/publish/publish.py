@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptkit.build.plan import BUILD_RECORD, REPORT_DIR, SPLIT, read_record
+from ckptkit.build.plan import BUILD_RECORD, REPORT_DIR, SPLIT, files_intact, read_record
 from ckptkit.errors import CkptError
 
 CARD = "README.md"
@@ -43,8 +43,6 @@ class PublishResult:
 
 def _fresh(folder: Path, manifest: dict) -> tuple[dict | None, str]:
     """The stored report when it is fresh for the files as they are now, else (None, why)."""
-    from ckptkit.formats.hashing import file_sha256
-
     record = read_record(folder)
     try:
         report = json.loads((folder / REPORT_DIR / "report.json").read_text("utf-8"))
@@ -58,9 +56,11 @@ def _fresh(folder: Path, manifest: dict) -> tuple[dict | None, str]:
     listed = {c["file"]: c.get("sha256") for c in manifest["components"].values()}
     if set(files) != set(listed):
         return None, "the build record and the manifest list different files"
-    for name, sha in listed.items():
-        if files[name].get("sha256") != sha or file_sha256(folder / name) != sha:
-            return None, f"{name} changed since it was verified"
+    if any(files[name].get("sha256") != sha for name, sha in listed.items()):
+        return None, "the build record and the manifest give different hashes"
+    broken = files_intact(folder)  # every listed file read again against the manifest's sha256
+    if broken:
+        return None, f"the files changed since it was verified ({broken})"
     return report, ""
 
 
@@ -115,10 +115,10 @@ def publish(folder, *, against: str | None = None, license: str | None = None, b
     card = render(manifest, report, meta)
     files = upload_list(folder, manifest)
     result = PublishResult(folder, validated, bool(report.get("passed")), card=card)
-    result.files = [(f, len(card.encode()) if f == CARD else (folder / f).stat().st_size) for f in files]
-    if not result.passed:
+    if not result.passed:  # (a set that failed may lack files: nothing is listed)
         result.exit_code = 1
         return result
+    result.files = [(f, len(card.encode()) if f == CARD else (folder / f).stat().st_size) for f in files]
     if dry_run:
         return result
     with atomic_write(folder / CARD) as fh:

@@ -124,6 +124,14 @@ def test_a_changed_file_is_verified_again_and_a_failing_set_is_not_pushed(set_co
     assert hub.calls == [] and not (set_copy / "README.md").exists()
 
 
+def test_a_missing_file_fails_verify_not_the_command(set_copy, hub):
+    (set_copy / "vae.safetensors").unlink()
+    result = run("publish", set_copy, "--push", "me/sd1-gguf")
+    assert result.exit_code == 1, result.output
+    assert "vae.safetensors missing" in result.stderr and "Traceback" not in result.output
+    assert hub.calls == [] and not (set_copy / "README.md").exists()
+
+
 def test_a_set_without_a_fresh_report_needs_a_reference(built, tmp_path):
     from ckptkit import pipeline
     from ckptkit.quant.policy import Policy
