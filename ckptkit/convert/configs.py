@@ -130,6 +130,9 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
         if _matches(trial, released, shape_keys):
             matched, derived = (tag, released), trial
             break
+    # released models of these very sizes that differ in a value the weights cannot tell (Qwen-Image
+    # and Qwen-Image-Edit-2511): the value is not decided by matching one of them
+    ambiguous = _ambiguous(layout, comp, shapes, explicit, candidates, matched, undetermined, shape_keys)
     needed = [k for k in undetermined if k not in explicit]
     if matched is None and needed and not strict and hasattr(layout, "placeholders"):
         # names and shapes only: one-head stand-ins for what nothing gave (they do not change a shape)
@@ -147,7 +150,7 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
         if key in label:
             sources[key] = label[key]
         elif key in undetermined:
-            sources[key] = RELEASED if matched else UNDETERMINED
+            sources[key] = RELEASED if matched and key not in ambiguous else UNDETERMINED
         elif key in derived and (key in shape_keys or key not in base or _norm(derived[key]) != _norm(base.get(key))):
             sources[key] = WEIGHTS
         else:
@@ -155,8 +158,30 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
     # an undetermined key counts only where the derived config uses it (addition_time_embed_dim: text_time UNets)
     missing = [k for k in undetermined if k in derived and sources.get(k) == UNDETERMINED]
     if strict and missing:
-        raise _undetermined(comp, missing[0], undetermined[missing[0]])
+        raise _undetermined(comp, missing[0], ambiguous.get(missing[0], undetermined[missing[0]]))
     return ResolvedConfig(values, sources, matched[0] if matched else None)
+
+
+def _ambiguous(layout, comp, shapes: dict, explicit: dict, candidates, matched, undetermined: dict,
+               shape_keys) -> dict[str, str]:
+    """{key: why} for the undetermined keys on which the released configs that fit these shapes disagree."""
+    if matched is None:
+        return {}
+    out: dict[str, str] = {}
+    for tag, released in candidates:
+        if tag == matched[0]:
+            continue
+        try:
+            trial = _derive(layout, comp, shapes, {**released, **explicit})
+        except CkptError:
+            continue
+        if not _matches(trial, released, shape_keys):
+            continue
+        for key in undetermined:
+            mine, theirs = matched[1].get(key), released.get(key)
+            if key not in explicit and _norm(mine) != _norm(theirs):
+                out[key] = (f"{undetermined[key]}; released models of these sizes say {mine!r} and {theirs!r}")
+    return out
 
 
 def _derive(layout, comp, shapes: dict, base: dict) -> dict:

@@ -43,7 +43,7 @@ class TextUse:
 
 @dataclass(frozen=True)
 class OneStepRecipe:
-    denoiser: str  # call convention in samplers.DENOISERS: "unet" | "mmdit" | "flux" | "sana"
+    denoiser: str  # call convention in samplers.DENOISERS: "unet" | "mmdit" | "flux" | "sana" | ...
     sampler: str  # "eps" | "flow" | "trigflow"
     start: float  # the sampler's start time: eps 999 (train step), flow t = 1, trigflow s = pi/2
     time_scale: float  # model timestep = (flow/trigflow: t; eps: the step) * time_scale ...
@@ -101,6 +101,10 @@ RECIPES: dict[str, OneStepRecipe] = {
         guidance=4.5, guidance_scale_key="guidance_embeds_scale", context=(("caption",),), latent_factor=32,
         has_vae=False,
         timestep_doc="TrigFlow s = pi/2 -> t = 1 fed as t * timestep_scale; guidance 4.5 * guidance_embeds_scale"),
+    "qwen_image": OneStepRecipe(
+        denoiser="qwen_image", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),), has_vae=False,
+        timestep_doc="t in [0, 1] (the transformer scales by 1000); latents packed 2x2; seeded random "
+                     "Qwen2.5-VL-width text states (the text encoder ships separately)"),
 }
 
 

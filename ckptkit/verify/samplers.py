@@ -225,6 +225,38 @@ class SanaCall:
                      guidance=g).sample
 
 
+class QwenImageCall:
+    """QwenImageTransformer2DModel: 2x2-packed latents (QwenImagePipeline._pack_latents, FLUX's
+    packing), `img_shapes` (frames, rows, columns) of the token grid, a text mask, timestep t in [0, 1]
+    (the pipeline divides its 1000-scale timesteps by 1000; the model scales by 1000 inside)."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"] // 4
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["joint_attention_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ctx = cond["context"]
+        t = torch.full((b,), timestep, device=x.device, dtype=x.dtype)
+        out = model(hidden_states=flux_pack(x), encoder_hidden_states=ctx,
+                    encoder_hidden_states_mask=torch.ones(ctx.shape[:2], device=x.device, dtype=torch.long),
+                    timestep=t, img_shapes=[[(1, h // 2, w // 2)]] * b).sample
+        return flux_unpack(out, h, w)
+
+
 def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
     """Inpainting models take extra input channels (mask, masked image): zeros here."""
     extra = _cfg(model, "in_channels", x.shape[1]) - x.shape[1]
@@ -233,7 +265,8 @@ def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(x.shape[0], extra, *x.shape[2:])], 1)
 
 
-DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall()}
+DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall(),
+             "qwen_image": QwenImageCall()}
 
 
 def model_time(recipe, model, t: float) -> float:

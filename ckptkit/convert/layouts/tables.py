@@ -1,0 +1,158 @@
+"""Table-driven layout maps for diffusion transformers whose original names differ from diffusers'
+by renames, dim-0 concatenations (fused qkv) and swapped halves: the newer DiT families are data
+here (one `TableLayout` each), with only their config rule written out.
+
+A table maps an original name (or a module prefix ending in ".", for its weight and bias) to the
+diffusers name. `Blocks` repeats a table over numbered blocks (`double_blocks.N.` <->
+`transformer_blocks.N.`). `fused` concatenates diffusers modules on dim 0 into one original module
+(q|k|v -> qkv); `split` says how to cut it back: "equal" pieces, or `width` rows each but the last,
+which takes the rest (FLUX's single-block linear1 = q|k|v|mlp). `swapped` stores the two halves of
+a tensor the other way round (BFL's final (shift, scale) against diffusers' (scale, shift)).
+`passthrough`: names in no table are the same on both sides (Qwen-Image, HiDream: ComfyUI loads the
+diffusers names); otherwise a name no table covers is an error, never silently dropped.
+
+Both directions are Expr maps from the same tables, so they are exact inverses and stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ckptkit.convert.layouts import num_blocks
+from ckptkit.engine.expr import Expr, apply, cat, chunks, src
+from ckptkit.errors import CkptError
+
+PARAMS = ("weight", "bias")
+
+
+@dataclass(frozen=True)
+class Blocks:
+    original: str  # numbered block prefix in original names ("double_blocks.")
+    diffusers: str  # the same blocks in diffusers names ("transformer_blocks.")
+    renames: dict = field(default_factory=dict)  # original -> diffusers, inside one block
+    fused: dict = field(default_factory=dict)  # original module -> diffusers modules, cat on dim 0
+    split: str = "equal"  # "equal" | "width": `width` rows each, the last piece takes the rest
+    swapped: dict = field(default_factory=dict)  # original -> diffusers, halves swapped
+
+
+def pairs(table: dict[str, str], o_pre: str = "", d_pre: str = ""):
+    """Full (original, diffusers) name pairs of a rename table: weight and bias for module prefixes."""
+    for o, d in table.items():
+        if o.endswith("."):
+            for p in PARAMS:
+                yield o_pre + o + p, d_pre + d + p
+        else:
+            yield o_pre + o, d_pre + d
+
+
+def swap_halves(e: Expr | str, rows: int) -> Expr:
+    first, second = chunks(e, [rows // 2, rows // 2])
+    return cat([second, first])
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    kind: str
+    title: str  # "Qwen-Image transformer", for messages
+    config_rule: Callable[[dict, dict], dict]  # (original shapes, base config) -> diffusers config
+    top: dict = field(default_factory=dict)
+    blocks: tuple[Blocks, ...] = ()
+    swapped: dict = field(default_factory=dict)  # top level, halves swapped
+    width: tuple[str, int] | None = None  # (original tensor, dim) giving the model width, for split="width"
+    passthrough: bool = False
+    shape_keys: tuple[str, ...] = ()
+    undetermined: dict = field(default_factory=dict)
+    placeholder_rule: Callable[[dict], dict] | None = None
+
+    def _scopes(self, names, side: str):
+        """(original prefix, diffusers prefix, renames, fused, swapped, split) for the top and every block."""
+        yield "", "", self.top, {}, self.swapped, "equal"
+        for b in self.blocks:
+            for i in range(num_blocks(names, b.original if side == "original" else b.diffusers)):
+                yield f"{b.original}{i}.", f"{b.diffusers}{i}.", b.renames, b.fused, b.swapped, b.split
+
+    def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
+        out: dict[str, Expr] = {}
+        for o_pre, d_pre, renames, fused, swapped, _ in self._scopes(shapes, "diffusers"):
+            out.update({o: src(d) for o, d in pairs(renames, o_pre, d_pre) if d in shapes})
+            for o_mod, parts in fused.items():
+                for p in PARAMS:
+                    if d_pre + parts[0] + p in shapes:
+                        out[o_pre + o_mod + p] = cat([d_pre + part + p for part in parts])
+            out.update({o: swap_halves(d, shapes[d][0]) for o, d in pairs(swapped, o_pre, d_pre) if d in shapes})
+        return self._finish(out, shapes, "diffusers")
+
+    def to_diffusers_map(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
+        """The inverse of `to_original`, as Exprs over original names."""
+        out: dict[str, Expr] = {}
+        for o_pre, d_pre, renames, fused, swapped, split in self._scopes(shapes, "original"):
+            out.update({d: src(o) for o, d in pairs(renames, o_pre, d_pre) if o in shapes})
+            for o_mod, parts in fused.items():
+                for p in PARAMS:
+                    o = o_pre + o_mod + p
+                    if o in shapes:
+                        out.update(zip([d_pre + part + p for part in parts], chunks(o, self._sizes(shapes, o, parts, split))))
+            out.update({d: swap_halves(o, shapes[o][0]) for o, d in pairs(swapped, o_pre, d_pre) if o in shapes})
+        return self._finish(out, shapes, "original")
+
+    def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        return apply(self.to_diffusers_map(shapes, config), state_dict.__getitem__)
+
+    def _sizes(self, shapes, name: str, parts, split: str) -> list[int]:
+        rows = shapes[name][0]
+        if split == "width":
+            width = shapes[self.width[0]][self.width[1]]
+            return [width] * (len(parts) - 1) + [rows - width * (len(parts) - 1)]
+        if rows % len(parts):
+            raise CkptError(f"{self.title}: {name} has {rows} rows, not {len(parts)} equal parts")
+        return [rows // len(parts)] * len(parts)
+
+    def _finish(self, out: dict[str, Expr], shapes, side: str) -> dict[str, Expr]:
+        used = {s for e in out.values() for s in e.sources()}
+        left = sorted(set(shapes) - used)
+        if self.passthrough:
+            clash = sorted(n for n in left if n in out)
+            if clash:
+                raise CkptError(f"{self.title}: {clash[0]} is both kept and made by a rename")
+            out.update({n: src(n) for n in left})
+        elif left:
+            raise CkptError(f"{self.title}: {side} tensors with no known counterpart: {', '.join(left[:8])}"
+                            + (f" (+{len(left) - 8} more)" if len(left) > 8 else ""))
+        return out
+
+    def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+        return self.config_rule(shapes, base)
+
+    def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
+        return self.placeholder_rule(shapes) if self.placeholder_rule else {}
+
+
+def size(shapes: dict[str, tuple[int, ...]], name: str, dim: int, title: str) -> int:
+    if name not in shapes:
+        raise CkptError(f"not a {title} in original layout: no {name}")
+    return shapes[name][dim]
+
+
+def rope_axes(base: dict, head_dim: int, title: str, key: str = "axes_dims_rope") -> list[int]:
+    """Rotary dims per position axis: not in the weights, so from `base`; they must add up to the head
+    dim, or the rotary split of this model is unknown (never adapted by guessing)."""
+    axes = base.get(key)
+    if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and a > 0 for a in axes):
+        raise CkptError(f"{title} {key} must be a list of positive integers, not {axes!r}")
+    if sum(axes) != head_dim:
+        raise CkptError(f"{title} head dim {head_dim} but the base config's {key} {list(axes)} add up to "
+                        f"{sum(axes)}: the rotary split of this model is unknown")
+    return list(axes)
+
+
+def rope_placeholder(head_dim: int, n_axes: int = 3) -> list[int]:
+    """Axes that add up to `head_dim` (even sizes), for reading names and shapes only."""
+    if n_axes == 3:
+        k = head_dim // 6 * 2
+        return [head_dim - 2 * k, k, k] if k else [head_dim]
+    k = head_dim // (2 * n_axes) * 2
+    return [head_dim - (n_axes - 1) * k] + [k] * (n_axes - 1)
