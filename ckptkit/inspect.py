@@ -187,9 +187,9 @@ def _config_of(ckpt: Checkpoint, det: Detection, comp_name: str, prefix: str) ->
                                             shipped_config(ckpt, det.names, prefix), ckpt, strict=False)
     except CkptError as exc:
         return None, str(exc), None, None
-    from ckptkit.convert.configs import UNDETERMINED
+    from ckptkit.convert.configs import AMBIGUOUS, UNDETERMINED
 
-    config = {k: {"value": None if resolved.sources[k] == UNDETERMINED else v, "source": resolved.sources[k]}
+    config = {k: {"value": None if resolved.sources[k] in (UNDETERMINED, AMBIGUOUS) else v, "source": resolved.sources[k]}
               for k, v in sorted(resolved.values.items()) if k in resolved.sources}
     return config, None, *_released_difference(spec, resolved)
 
@@ -290,9 +290,12 @@ def _problems(ckpt: Checkpoint, det: Detection, comps: list[ComponentReport]) ->
     for c in comps:
         undetermined = [k for k, info in (c.config or {}).items() if "UNDETERMINED" in info["source"]]
         if undetermined:
+            ambiguous = all("released models of these sizes differ" in c.config[k]["source"] for k in undetermined)
+            why = ("released models of these very sizes differ in it" if ambiguous
+                   else "the sizes are not a released model's")
             problems.append(Problem("config_undetermined", f"{c.name}: the weights do not decide "
-                                    f"{', '.join(undetermined)} and the sizes are not a released model's: converting "
-                                    "to diffusers or running it needs --config"))
+                                    f"{', '.join(undetermined)} and {why}: converting to diffusers or running it "
+                                    "needs --config"))
         if c.config_error:
             problems.append(Problem("config_error", f"{c.name}: {c.config_error}"))
     empty = [n for n, t in ckpt.tensors.items() if 0 in t.shape]

@@ -33,6 +33,7 @@ WEIGHTS = "the weights' shapes"
 RELEASED = "released config (every size matches)"
 DEFAULT = "released config (not sized by the weights)"
 UNDETERMINED = "UNDETERMINED (give it with --config)"
+AMBIGUOUS = "UNDETERMINED: released models of these sizes differ (give it with --config)"
 
 
 class ConfigUndetermined(CkptError):
@@ -47,7 +48,7 @@ class ResolvedConfig:
 
     @property
     def undetermined(self) -> list[str]:
-        return [k for k, s in self.sources.items() if s == UNDETERMINED]
+        return [k for k, s in self.sources.items() if s in (UNDETERMINED, AMBIGUOUS)]
 
 
 def _norm(value):
@@ -150,13 +151,13 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
         if key in label:
             sources[key] = label[key]
         elif key in undetermined:
-            sources[key] = RELEASED if matched and key not in ambiguous else UNDETERMINED
+            sources[key] = AMBIGUOUS if key in ambiguous else RELEASED if matched else UNDETERMINED
         elif key in derived and (key in shape_keys or key not in base or _norm(derived[key]) != _norm(base.get(key))):
             sources[key] = WEIGHTS
         else:
             sources[key] = DEFAULT
     # an undetermined key counts only where the derived config uses it (addition_time_embed_dim: text_time UNets)
-    missing = [k for k in undetermined if k in derived and sources.get(k) == UNDETERMINED]
+    missing = [k for k in undetermined if k in derived and sources.get(k) in (UNDETERMINED, AMBIGUOUS)]
     if strict and missing:
         raise _undetermined(comp, missing[0], ambiguous.get(missing[0], undetermined[missing[0]]))
     return ResolvedConfig(values, sources, matched[0] if matched else None)

@@ -1,12 +1,14 @@
 """The family registry: one declarative spec per model family, in detection order."""
 
-from ckptkit.families import flux, pixart, qwen_image, sana, sd1, sd2, sd3, sdxl, sdxl_refiner
+from ckptkit.families import chroma, flux, flux2, pixart, qwen_image, sana, sd1, sd2, sd3, sdxl, sdxl_refiner
 from ckptkit.families.spec import ComponentSpec, FamilySpec
 
-# Order matters only where two specs could both match; the markers are exclusive today.
+# Order matters only where two specs could both match; the markers are exclusive today, except that
+# FLUX.1's (a double block's QK norm) also hold for Chroma and FLUX.2 (diffusers names: for Chroma),
+# so those two come before it.
 FAMILIES: tuple[FamilySpec, ...] = (
-    sdxl.SPEC, sdxl_refiner.SPEC, sd1.SPEC, sd2.SPEC, sd3.SPEC, flux.SPEC, sana.SPEC, pixart.SPEC,
-    qwen_image.SPEC,
+    sdxl.SPEC, sdxl_refiner.SPEC, sd1.SPEC, sd2.SPEC, sd3.SPEC, chroma.SPEC, flux2.SPEC, flux.SPEC, sana.SPEC,
+    pixart.SPEC, qwen_image.SPEC,
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 

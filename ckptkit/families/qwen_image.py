@@ -9,7 +9,7 @@ weights: a file cannot say which it is, so converting one needs its config); Lay
 time embedding (detectable) and 3-D rotary positions.
 """
 
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Variant
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 QWEN_IMAGE_CONFIG = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
                          num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
@@ -48,4 +48,30 @@ SPEC = FamilySpec(
                 "(Edit-2511's zero_cond_t is not in the weights)"),
     ),
     notes="text encoder Qwen2.5-VL-7B and the VAE ship as separate files",
+    releases=(
+        Release("qwen_image", ("Qwen/Qwen-Image", "Qwen/Qwen-Image-2512", "Qwen/Qwen-Image-Edit",
+                               "Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image-Edit-2511"),
+                "qwen-image", QWEN_IMAGE_CONFIG, {
+                    "*": "QwenImageTransformer2DModel.__init__ defaults in diffusers 0.42.1 "
+                         "(models/transformers/transformer_qwenimage.py), the same values as the "
+                         "transformer/config.json of Qwen/Qwen-Image and Qwen/Qwen-Image-Edit as quoted in "
+                         "public copies (_diffusers_version 0.34.0.dev0 / 0.35.0.dev0)",
+                    "zero_cond_t": "False for Qwen-Image/-Edit/-2509 (class default); Qwen-Image-Edit-2511's "
+                                   "config says true: the same weights, so this manifest covers 2511 too",
+                    "num_layers": "60: also ComfyUI model_detection (count of transformer_blocks.) and "
+                                  "ComfyUI-GGUF lcpp.patch's hard-coded last block transformer_blocks.59.",
+                    "joint_attention_dim": "3584: the hidden size of Qwen2.5-VL-7B, its text encoder",
+                },
+                description="Qwen-Image transformer (qwen_image_bf16.safetensors as ComfyUI ships it: diffusers "
+                            "names, bare or under model.diffusion_model.)",
+                published_gguf={"q4_k_m": "13.1 GB (Qwen-Image-Edit-2511 Q4_K_M, quoted in ckptkit issue 16)"}),
+        Release("qwen_image_layered", ("Qwen/Qwen-Image-Layered",), "layered", QWEN_IMAGE_LAYERED_CONFIG, {
+                    "*": "as qwen_image (diffusers 0.42.1 class defaults)",
+                    "use_additional_t_cond": "true: the only option that adds time_text_embed.addition_t_embedding "
+                                             "(checked by building the class), the tensor ComfyUI and "
+                                             "stable-diffusion.cpp detect Layered by",
+                    "use_layer3d_rope": "true per Qwen-Image-Layered's transformer/config.json (not checked here; "
+                                        "not in the weights)",
+                }, description="Qwen-Image-Layered transformer (RGBA layer decomposition)"),
+    ),
 )

@@ -133,6 +133,22 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class Release:
+    """A released model of a family whose real tensor names and shapes ckptkit writes down as a
+    manifest (manifests/<manifest>.json, made by families/manifests.py from the diffusers class and
+    `config`), with where every config value comes from."""
+
+    manifest: str  # file stem: "qwen_image"
+    models: tuple[str, ...]  # the released checkpoints with exactly this layout ("Qwen/Qwen-Image", ...)
+    variant: str  # what detection must say for it
+    config: dict  # the diffusion model's diffusers config
+    sources: dict[str, str]  # config key (or "*" for all) -> where the value comes from
+    dtype: str = "BF16"  # the released file's dtype
+    description: str = ""
+    published_gguf: dict = field(default_factory=dict)  # request -> "13.1 GB (where)" for published files
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     name: str  # "sdxl"
     title: str  # "Stable Diffusion XL"
@@ -147,6 +163,7 @@ class FamilySpec:
     scheduler: dict = field(default_factory=dict)  # diffusers scheduler config ("_class_name" included)
     pipeline_config: dict = field(default_factory=dict)  # extra model_index.json entries (pipeline __init__ args)
     notes: str = ""
+    releases: tuple[Release, ...] = ()  # released models with a manifest (families/manifests.py)
 
     def component(self, name: str) -> ComponentSpec:
         for comp in self.components:

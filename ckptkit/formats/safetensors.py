@@ -114,8 +114,7 @@ class SafetensorsCheckpoint(Checkpoint):
             raise
         self._mmap = None
         if size > 0 and self.tensors:
-            # ACCESS_COPY: writable pages for torch.frombuffer, but writes never reach the file.
-            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._mmap = _map_copy_on_write(self._file.fileno())
         # name -> the live uint8 window its loaded tensors share (see _window)
         self._windows: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._windows_lock = threading.RLock()  # a window's finalizer may run while it is held
@@ -169,6 +168,24 @@ class SafetensorsCheckpoint(Checkpoint):
         # Tensors handed out keep the mmap alive through their buffer; closing only drops our refs.
         self._mmap = None
         self._file.close()
+
+
+# Linux's MAP_NORESERVE (Python 3.11's mmap module does not name it).
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+
+
+def _map_copy_on_write(fd: int) -> mmap.mmap:
+    """The whole file, private and writable: pages for torch.frombuffer whose writes never reach the
+    file. A private writable mapping is charged in full against the commit limit, so under Linux's
+    default heuristic overcommit a file larger than RAM + swap (Qwen-Image's 41 GB on a 24 GB
+    machine) failed to open with ENOMEM; MAP_NORESERVE charges nothing (only pages written to
+    ever need memory, and nothing here writes)."""
+    if MAP_NORESERVE:
+        try:
+            return mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE | MAP_NORESERVE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            pass
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
 
 
 # A loaded tensor is about to be read (written out, hashed, cast), and the pages of a fresh mapping

@@ -35,6 +35,7 @@ ATTN_V = {
     "hf_clip": r"self_attn\.v_proj\.weight$",
     "open_clip": r"self_attn\.v_proj\.weight$",  # quantized in transformers names
     "hf_t5": r"\.attn_v\.weight$",  # llama.cpp names
+    "qwen_image": r"\.attn\.(to_v|add_v_proj)\.weight$",
 }
 FFN_DOWN = {
     "ldm_unet": r"\.ff\.net\.2\.weight$",
@@ -44,6 +45,7 @@ FFN_DOWN = {
     "hf_clip": r"mlp\.fc2\.weight$",
     "open_clip": r"mlp\.fc2\.weight$",
     "hf_t5": r"\.ffn_down\.weight$",
+    "qwen_image": r"\.(img|txt)_mlp\.net\.2\.weight$",
 }
 
 

@@ -1,0 +1,58 @@
+"""FLUX.2 ([dev], and [klein] 4B / 9B). Black Forest Labs ship the transformer alone in original
+names, bare (`flux2-dev.safetensors`, ...); ComfyUI adds `model.diffusion_model.`. Only the
+diffusion model is in this spec: the text encoder (Mistral-Small-3.2-24B for [dev], Qwen3-4B / -8B
+for [klein]) and the VAE (AutoencoderKLFlux2, 32 latent channels) ship as separate files.
+
+Released configs: `get_flux2_transformer_config` of diffusers' scripts/convert_flux2_to_diffusers.py
+(huggingface/diffusers@207bae7a); [dev]'s equal Flux2Transformer2DModel's defaults in diffusers 0.42.1.
+[klein] 4B and 9B differ in sizes only (the config rule tells them apart); neither has a guidance
+embedding. The step-distilled [klein] and its undistilled "base" share one layout (the pipeline's
+`is_distilled` is not in the weights).
+"""
+
+from ckptkit.families.common import FLUX_SCHEDULER
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
+
+FLUX2_DEV_CONFIG = dict(patch_size=1, in_channels=128, out_channels=None, num_layers=8, num_single_layers=48,
+                        attention_head_dim=128, num_attention_heads=48, joint_attention_dim=15360,
+                        timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=[32, 32, 32, 32],
+                        rope_theta=2000, eps=1e-6, guidance_embeds=True)
+FLUX2_KLEIN_4B_CONFIG = dict(FLUX2_DEV_CONFIG, num_layers=5, num_single_layers=20, num_attention_heads=24,
+                             joint_attention_dim=7680, guidance_embeds=False)
+FLUX2_KLEIN_9B_CONFIG = dict(FLUX2_DEV_CONFIG, num_layers=8, num_single_layers=24, num_attention_heads=32,
+                             joint_attention_dim=12288, guidance_embeds=False)
+# ComfyUI-GGUF writes FLUX.2 as arch "flux"; its lcpp.patch keeps FLUX's input/output layers and
+# (its "flux2" lines) the shared modulations out of quantization. stable-diffusion.cpp keeps the
+# FLUX list only (its modulations are quantized); the union is kept here.
+FLUX2_HIGH_PRECISION = ("img_in.", "txt_in.", "time_in.", "guidance_in.", "final_layer.",
+                        "single_stream_modulation.", "double_stream_modulation_")
+
+SPEC = FamilySpec(
+    name="flux2",
+    title="FLUX.2",
+    gguf_arch="flux",
+    pipeline="Flux2Pipeline",
+    # FLUX.1-dev's scheduler: diffusers' convert_flux2_to_diffusers.py builds the pipeline with
+    # FlowMatchEulerDiscreteScheduler.from_pretrained("black-forest-labs/FLUX.1-dev", subfolder="scheduler").
+    # Flux2Pipeline computes its own mu (compute_empirical_mu); only use_dynamic_shifting matters.
+    scheduler=FLUX_SCHEDULER,
+    components=(
+        ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "flux2",
+                      "Flux2Transformer2DModel", "transformer", config=FLUX2_DEV_CONFIG,
+                      released=(FLUX2_KLEIN_4B_CONFIG, FLUX2_KLEIN_9B_CONFIG), alt_prefixes=("",),
+                      high_precision=FLUX2_HIGH_PRECISION),
+    ),
+    # the shared modulations are FLUX.2's alone (FLUX.1 modulates per block, Chroma not at all)
+    detect=(Has("double_stream_modulation_img.lin.weight"), Has("double_blocks.0.img_attn.norm.key_norm.scale")),
+    detect_diffusers=(Has("double_stream_modulation_img.linear.weight"),
+                      Has("single_transformer_blocks.0.attn.to_qkv_mlp_proj.weight")),
+    variants=(
+        Variant("dev", (Has("guidance_in.in_layer.weight"),),
+                (Has("time_guidance_embed.guidance_embedder.linear_1.weight"),), "FLUX.2 [dev], guidance-distilled"),
+        Variant("klein", (Lacks("guidance_in.in_layer.weight"),),
+                (Lacks("time_guidance_embed.guidance_embedder.linear_1.weight"),),
+                "FLUX.2 [klein] 4B / 9B (sizes tell them apart), no guidance embedding",
+                pipeline="Flux2KleinPipeline"),
+    ),
+    notes="text encoder (Mistral-Small-3.2-24B for dev, Qwen3-4B/-8B for klein) and the VAE ship as separate files",
+)
