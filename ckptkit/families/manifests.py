@@ -92,7 +92,14 @@ def all_releases():
 
 
 def text(manifest: dict) -> str:
-    return json.dumps(manifest, indent=1) + "\n"
+    """JSON as the shared manifests write it: one line per tensor."""
+    import re
+
+    out = json.dumps(manifest, indent=1)
+    # [\n  [\n   3072,\n   64\n  ],\n  "BF16"\n ] -> [[3072, 64], "BF16"]
+    return re.sub(r"\[\s*\[([\d,\s]*)\],\s*(\"\w+\")\s*\]",
+                  lambda m: "[[" + ", ".join(m.group(1).split()).replace(",,", ",") + "], " + m.group(2) + "]",
+                  out) + "\n"
 
 
 def main(argv: list[str]) -> int:
