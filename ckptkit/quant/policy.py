@@ -36,6 +36,7 @@ ATTN_V = {
     "open_clip": r"self_attn\.v_proj\.weight$",  # quantized in transformers names
     "hf_t5": r"\.attn_v\.weight$",  # llama.cpp names
     "qwen_image": r"\.attn\.(to_v|add_v_proj)\.weight$",
+    "hidream": r"\.attn1\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (the text stream's to_v_t is not)
 }
 FFN_DOWN = {
     "ldm_unet": r"\.ff\.net\.2\.weight$",
@@ -46,6 +47,7 @@ FFN_DOWN = {
     "open_clip": r"mlp\.fc2\.weight$",
     "hf_t5": r"\.ffn_down\.weight$",
     "qwen_image": r"\.(img|txt)_mlp\.net\.2\.weight$",
+    "hidream": r"\.ff_[it]\.(shared_experts\.|experts\.\d+\.)?w2\.weight$",
 }
 
 
@@ -120,6 +122,8 @@ class Decision:
 HF_CLIP_HIGH_PRECISION = ("text_model.embeddings.", "text_model.final_layer_norm.", "text_projection.")
 # Kept whatever their size: T5's relative attention bias (llama.cpp never quantizes `attn_rel_b`).
 KEEP_PATTERNS = {"hf_t5": re.compile(r"(^|\.)attn_rel_b\.weight$"),
+                 # HiDream's MoE gate is a raw nn.Parameter named like a layer weight (ComfyUI-GGUF keys_hiprec)
+                 "hidream": re.compile(r"\.ff_i\.gate\.weight$"),
                  # an unknown model: norms and embeddings by the names every codebase gives them
                  "generic": re.compile(r"(^|[._])((\w+_)?(norm|layernorm|rmsnorm|groupnorm)\d*|ln(_\w+|\d*))\.weight$"
                                         r"|embed|(^|\.)wte\.|(^|\.)wpe\.")}

@@ -24,6 +24,7 @@ IDS = [r.manifest for _, r in RELEASES]
 COMFY_GGUF_KEYS_DETECT = {
     "qwen_image": [("time_text_embed.timestep_embedder.linear_2.weight", "transformer_blocks.0.attn.norm_added_q.weight",
                     "transformer_blocks.0.img_mlp.net.0.proj.weight")],
+    "hidream": [("caption_projection.0.linear.weight", "double_stream_blocks.0.block.ff_i.shared_experts.w3.weight")],
 }
 
 
@@ -81,3 +82,30 @@ def test_qwen_image_is_20b_and_plans_13_gb_at_q4_k_m(tmp_path):
     assert 12.9e9 < planned_bytes(run.plan) < 13.1e9, planned_bytes(run.plan)
     assert not (tmp_path / "q.gguf").exists()
     assert get_family("qwen_image").gguf_arch == "qwen_image"
+
+
+# diffusers' own single-file converter of each family (diffusers/loaders/single_file_utils.py,
+# SINGLE_FILE_LOADABLE_CLASSES); Qwen-Image's is the identity (its files carry diffusers' names).
+DIFFUSERS_CONVERTERS = {"hidream": "convert_hidream_transformer_to_diffusers", "qwen_image": None}
+
+
+@pytest.mark.parametrize("spec,release", [(s, r) for s, r in RELEASES if s.name in DIFFUSERS_CONVERTERS],
+                         ids=[r.manifest for s, r in RELEASES if s.name in DIFFUSERS_CONVERTERS])
+def test_manifest_names_are_what_diffusers_single_file_converter_reads(spec, release):
+    """The manifest's original names, given to diffusers' converter as meta tensors, give exactly the
+    diffusers model's names and shapes (ComfyUI's `model.diffusion_model.` prefix stripped as
+    diffusers' loader does)."""
+    import torch
+    from diffusers.loaders import single_file_utils
+
+    from ckptkit.convert.models import diffusers_shapes
+
+    comp = spec.diffusion_model
+    tensors = _load(release)["components"][comp.name]["tensors"]
+    state = {comp.prefix + k: torch.empty(v[0], device="meta") for k, v in tensors.items()}
+    name = DIFFUSERS_CONVERTERS[spec.name]
+    if name is None:
+        out = {k.removeprefix(comp.prefix): v for k, v in state.items()}
+    else:
+        out = getattr(single_file_utils, name)(dict(state))
+    assert {k: tuple(v.shape) for k, v in out.items()} == diffusers_shapes(comp.diffusers_class, release.config)
