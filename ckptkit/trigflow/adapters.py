@@ -96,6 +96,46 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+CAPTION_TOKENS = 32  # random caption length for the newer families (the 1-step check's text length)
+
+
+def _from_one_step_call(family, recipe) -> Adapter:
+    """The adapter of a newer flow family, from the 1-step check's call convention for it
+    (verify/samplers.py DENOISERS: latent layout, ids, conditioning keys, sign), so that each network's
+    call is written once. Conditioning is the seeded random embedding of its `cond_shapes` (these
+    families' text encoders ship separately; trigflow/text.py)."""
+    from ckptkit.verify.samplers import DENOISERS
+
+    call = DENOISERS[recipe.denoiser]
+
+    def run(model, x, timestep, cond):
+        g = cond.get("guidance")
+        t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        return call(model, x, t, cond, None if g is None else float(g.flatten()[0]))
+
+    released = dict(family.diffusion_model.config)
+    return Adapter(
+        family.name, lambda c: recipe.time_scale, run, call.latent_channels,
+        lambda c: 1.0 if recipe.guidance is not None and c.get("guidance_embeds") else None,
+        lambda c: call.cond_shapes(c, recipe, CAPTION_TOKENS), vae_factor=recipe.latent_factor,
+        latent_multiple=call.multiple(released), max_latent=call.max_side)
+
+
+def _newer_flow_adapters() -> dict[str, Adapter]:
+    from ckptkit.families import FAMILIES
+    from ckptkit.verify.recipes import RECIPES
+
+    out = {}
+    for family in FAMILIES:
+        recipe, cls = RECIPES.get(family.name), family.diffusion_model.diffusers_class
+        if recipe is not None and recipe.sampler == "flow" and cls not in ADAPTERS:
+            out[cls] = _from_one_step_call(family, recipe)
+    return out
+
+
+ADAPTERS.update(_newer_flow_adapters())
+
+
 def adapter_for(model_or_class) -> Adapter:
     name = model_or_class if isinstance(model_or_class, str) else type(model_or_class).__name__
     if name not in ADAPTERS:

@@ -92,8 +92,11 @@ def random_caption(adapter: Adapter, config: dict, seed: int) -> dict:
 def conditioning(adapter: Adapter, config: dict, prompt: str, encoders: dict, tokenizers: dict, seed: int,
                  guidance_scale: float, device, dtype) -> tuple[dict, str]:
     """(model-call kwargs for batch 1, where they came from)."""
-    needed, encode = ENCODERS[adapter.family]
-    if all(n in encoders for n in needed):
+    needed, encode = ENCODERS.get(adapter.family, (None, None))
+    if needed is None:  # a family whose text encoders ship separately and are not run here
+        cond = random_caption(adapter, config, seed)
+        how = "seeded random caption embedding (this family's text encoders are not run by ckptkit sample)"
+    elif all(n in encoders for n in needed):
         cond = encode(prompt, encoders, tokenizers)
         how = f"text encoders {', '.join(needed)}"
         how += "" if tokenizers else " (no tokenizer: prompt bytes as token ids)"
