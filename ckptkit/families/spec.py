@@ -140,7 +140,7 @@ class Release:
 
     manifest: str  # file stem: "qwen_image"
     models: tuple[str, ...]  # the released checkpoints with exactly this layout ("Qwen/Qwen-Image", ...)
-    variant: str  # what detection must say for it
+    variant: str | None  # what detection must say for it (None: the family has no variants)
     config: dict  # the diffusion model's diffusers config
     sources: dict[str, str]  # config key (or "*" for all) -> where the value comes from
     dtype: str = "BF16"  # the released file's dtype

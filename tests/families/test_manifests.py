@@ -25,6 +25,9 @@ COMFY_GGUF_KEYS_DETECT = {
     "qwen_image": [("time_text_embed.timestep_embedder.linear_2.weight", "transformer_blocks.0.attn.norm_added_q.weight",
                     "transformer_blocks.0.img_mlp.net.0.proj.weight")],
     "hidream": [("caption_projection.0.linear.weight", "double_stream_blocks.0.block.ff_i.shared_experts.w3.weight")],
+    "auraflow": [("double_layers.3.modX.1.weight",)],
+    "z_image": [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
+    "lumina2": [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
 }
 
 
@@ -86,7 +89,8 @@ def test_qwen_image_is_20b_and_plans_13_gb_at_q4_k_m(tmp_path):
 
 # diffusers' own single-file converter of each family (diffusers/loaders/single_file_utils.py,
 # SINGLE_FILE_LOADABLE_CLASSES); Qwen-Image's is the identity (its files carry diffusers' names).
-DIFFUSERS_CONVERTERS = {"hidream": "convert_hidream_transformer_to_diffusers", "qwen_image": None}
+DIFFUSERS_CONVERTERS = {"hidream": "convert_hidream_transformer_to_diffusers", "qwen_image": None,
+                        "auraflow": "convert_auraflow_transformer_checkpoint_to_diffusers"}
 
 
 @pytest.mark.parametrize("spec,release", [(s, r) for s, r in RELEASES if s.name in DIFFUSERS_CONVERTERS],
@@ -104,8 +108,10 @@ def test_manifest_names_are_what_diffusers_single_file_converter_reads(spec, rel
     tensors = _load(release)["components"][comp.name]["tensors"]
     state = {comp.prefix + k: torch.empty(v[0], device="meta") for k, v in tensors.items()}
     name = DIFFUSERS_CONVERTERS[spec.name]
+    if name is None or spec.name == "auraflow":  # diffusers' AuraFlow converter reads bare names only
+        state = {k.removeprefix(comp.prefix): v for k, v in state.items()}
     if name is None:
-        out = {k.removeprefix(comp.prefix): v for k, v in state.items()}
+        out = state
     else:
         out = getattr(single_file_utils, name)(dict(state))
     assert {k: tuple(v.shape) for k, v in out.items()} == diffusers_shapes(comp.diffusers_class, release.config)
