@@ -10,7 +10,7 @@ hard-codes (in_dim 64, hidden_dim 5120, n_layers 5); 19 + 38 blocks of 3072 as F
 """
 
 from ckptkit.families.common import FLUX_SCHEDULER
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Variant
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 CHROMA_HD_CONFIG = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
                         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
@@ -40,4 +40,11 @@ SPEC = FamilySpec(
     detect_diffusers=(Has("distilled_guidance_layer.in_proj.weight"), Has("transformer_blocks.0.attn.norm_added_k.weight")),
     variants=(Variant("chroma1-hd", (), (), "Chroma1-HD"),),
     notes="text encoder T5-XXL (encoder only) and the VAE (FLUX.1's) ship as separate files",
+    releases=(
+        Release("chroma1_hd", ("lodestones/Chroma1-HD",), "chroma1-hd", CHROMA_HD_CONFIG, {
+            "*": "ChromaTransformer2DModel defaults in diffusers 0.42.1 (transformer_chroma.py), which its single-file "
+                 "loader uses for lodestones/Chroma1-HD; ComfyUI model_detection hard-codes the approximator (in_dim "
+                 "64, hidden_dim 5120, n_layers 5); 19 + 38 blocks of 24 x 128 as FLUX.1"},
+            description="Chroma1-HD transformer (Chroma1-HD.safetensors, BFL-style names)"),
+    ),
 )

@@ -11,7 +11,7 @@ embedding. The step-distilled [klein] and its undistilled "base" share one layou
 """
 
 from ckptkit.families.common import FLUX_SCHEDULER
-from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Variant
+from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Release, Variant
 
 FLUX2_DEV_CONFIG = dict(patch_size=1, in_channels=128, out_channels=None, num_layers=8, num_single_layers=48,
                         attention_head_dim=128, num_attention_heads=48, joint_attention_dim=15360,
@@ -55,4 +55,18 @@ SPEC = FamilySpec(
                 pipeline="Flux2KleinPipeline"),
     ),
     notes="text encoder (Mistral-Small-3.2-24B for dev, Qwen3-4B/-8B for klein) and the VAE ship as separate files",
+    releases=tuple(
+        Release(name, models, variant, config, {
+            "*": "get_flux2_transformer_config in diffusers' scripts/convert_flux2_to_diffusers.py "
+                 "(huggingface/diffusers@207bae7a5e772ce97e6a446cdf16fba5b9acca24)" + extra,
+            "joint_attention_dim": f"{config['joint_attention_dim']} = 3 stacked hidden states of {encoder}"},
+            description=f"{title} transformer (BFL original names)")
+        for name, models, variant, config, extra, encoder, title in (
+            ("flux2_dev", ("black-forest-labs/FLUX.2-dev",), "dev", FLUX2_DEV_CONFIG,
+             "; = Flux2Transformer2DModel defaults in diffusers 0.42.1", "Mistral-Small-3.2-24B (5120)", "FLUX.2 [dev]"),
+            ("flux2_klein_4b", ("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-base-4B"), "klein",
+             FLUX2_KLEIN_4B_CONFIG, "", "Qwen3-4B (2560)", "FLUX.2 [klein] 4B"),
+            ("flux2_klein_9b", ("black-forest-labs/FLUX.2-klein-9B", "black-forest-labs/FLUX.2-klein-base-9B"), "klein",
+             FLUX2_KLEIN_9B_CONFIG, "", "Qwen3-8B (4096)", "FLUX.2 [klein] 9B"),
+        )),
 )

@@ -28,6 +28,8 @@ COMFY_GGUF_KEYS_DETECT = {
     "auraflow": [("double_layers.3.modX.1.weight",)],
     "z_image": [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
     "lumina2": [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
+    "chroma": [("double_blocks.0.img_attn.proj.weight",)],  # written as arch flux
+    "flux2": [("double_blocks.0.img_attn.proj.weight",)],  # written as arch flux
 }
 
 
