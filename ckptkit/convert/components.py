@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 
 # Text encoders whose original names already are transformers' names.
-HF_NATIVE = frozenset({"hf_clip", "hf_t5"})
+HF_NATIVE = frozenset({"hf_clip", "hf_t5", "hf_llm"})
+# ... and those whose names are kept whatever the target naming (LLM text encoders: the prefix their
+# text tower sits under depends on who saved them, never converted)
+ONE_NAMING = frozenset({"hf_llm"})
 
 
 @dataclass
@@ -127,6 +130,9 @@ def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str
     shapes = local_shapes(ckpt, prefix, exclude)
     if not shapes:
         raise CkptError(f"{comp.name}: no tensors under {prefix!r}")
+    if comp.layout in ONE_NAMING:  # the file's names are the class's: one naming, mapped as it is
+        cfg = source_config(comp, shapes, "original", config, ckpt) if strict and target == "diffusers" else None
+        return ComponentMap(_identity(shapes, prefix), cfg)
     if names == target:
         if names == "diffusers" and config is not None:
             source_config(comp, shapes, names, config, ckpt)  # a shipped config is checked even when copied as is
@@ -261,6 +267,10 @@ def output_path(comp: ComponentSpec, layout: str) -> str:
 def component_spec(det: "Detection") -> ComponentSpec:
     if det.family and list(det.components) == ["diffusion_model"]:
         return det.spec.diffusion_model
+    if det.standalone and det.standalone_layout == "hf_llm":  # no family spec has one: the signature's
+        from ckptkit.families.components import llm_component
+
+        return llm_component(next(iter(det.components)), det.standalone_class or "")
     if det.standalone:
         return find_component_spec(next(iter(det.components)), det.standalone_layout, det.used_by)
     raise CkptError("not a single component (family unknown and no component signature matches)")

@@ -116,6 +116,9 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
         return ResolvedConfig(check_config(comp.diffusers_class, explicit, where), dict(label))
 
     undetermined = getattr(layout, "undetermined", {})
+    if hasattr(layout, "determined"):  # values the shapes decide for some models only (Qwen3's heads, by its q_norm)
+        decided = layout.determined(shapes)
+        undetermined = {k: v for k, v in undetermined.items() if k not in decided}
     shape_keys = getattr(layout, "shape_keys", ())
     candidates = [("config", dict(comp.config))] + [(f"released[{i}]", dict(c)) for i, c in enumerate(comp.released)]
     matched, derived = None, None
@@ -128,7 +131,7 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
             continue
         if derived is None:
             derived = trial
-        if _matches(trial, released, shape_keys):
+        if released and _matches(trial, released, shape_keys):  # an empty config (no released model) matches nothing
             matched, derived = (tag, released), trial
             break
     # released models of these very sizes that differ in a value the weights cannot tell (Qwen-Image

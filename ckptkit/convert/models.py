@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 TRANSFORMERS_CONFIGS = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithProjection": "CLIPTextConfig",
-                        "T5EncoderModel": "T5Config"}
+                        "T5EncoderModel": "T5Config",
+                        # LLM text encoders (layout hf_llm), as the files hold them
+                        "Qwen2_5_VLForConditionalGeneration": "Qwen2_5_VLConfig",
+                        "Qwen2_5_VLTextModel": "Qwen2_5_VLTextConfig",
+                        "Qwen3Model": "Qwen3Config", "Qwen3ForCausalLM": "Qwen3Config",
+                        "Gemma2Model": "Gemma2Config", "Gemma2ForCausalLM": "Gemma2Config",
+                        "LlamaModel": "LlamaConfig", "LlamaForCausalLM": "LlamaConfig",
+                        "Mistral3ForConditionalGeneration": "Mistral3Config"}
 
 
 # The text encoders' weights that are 2-D but not nn.Linear (embeddings), and the modules the class

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ckptkit.families.spec import ComponentSpec, Condition, Has
+from ckptkit.families.spec import ComponentSpec, Condition, Has, Lacks
 
 # Standalone signatures that name no family component: the component of their kind.
 GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
@@ -19,6 +19,7 @@ class ComponentSignature:
     when: tuple[Condition, ...]
     used_by: tuple[str, ...]
     description: str
+    diffusers_class: str = ""  # the transformers class whose names the file holds (LLM text encoders)
 
 
 _HF_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
@@ -54,6 +55,81 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
                        (Has("decoder.conv_in.weight", 1, 16), Has("encoder.down_blocks.0.resnets.0.conv1.weight")),
                        ("sd3", "flux"), "16-channel SD3/FLUX.1 VAE (diffusers layout)"),
 )
+
+
+# --- LLM text encoders (layout "hf_llm": transformers' names kept as they are) -----------------------
+# Told apart by structure, at any width or depth (layer 0 under the prefix the file uses):
+#   gemma2    pre_/post_feedforward_layernorm (Gemma-2: Lumina 2)
+#   qwen3     per-head self_attn.q_norm, no q/k/v biases (Qwen3: Z-Image, FLUX.2 klein)
+#   qwen25vl  q/k/v biases (Qwen2 layout: Qwen2.5-VL's text tower, Qwen-Image; `visual.*` may be there)
+#   mistral3  the Llama layout under a *ForConditionalGeneration prefix (Mistral3ForConditionalGeneration:
+#             FLUX.2 dev; its vision tower and projector may be there)
+#   llama     the Llama layout (Llama-3.1: HiDream; Mistral-Small's text tower as ComfyUI ships it:
+#             FLUX.2 dev): the vocabulary and width only describe which model it looks like
+# Prefixes: transformers-5 state dicts of the *ForConditionalGeneration classes name the text tower
+# `model.language_model.`; their save_pretrained writes the legacy `model.` (Qwen2.5-VL, vision at
+# `visual.`) or `language_model.model.` (Mistral-3); *ForCausalLM and ComfyUI files use `model.`;
+# a bare *Model save (diffusers' Z-Image / Lumina 2 text_encoder folders) has none.
+_LLM_PREFIXES = (("model.language_model.", "model.visual."), ("language_model.model.", "vision_tower."),
+                 ("model.", "visual."), ("", None))
+
+
+def _llm_signatures() -> tuple[ComponentSignature, ...]:
+    out = []
+    for p, vision in _LLM_PREFIXES:
+        layer = f"{p}layers.0."
+        base = (Has(f"{p}embed_tokens.weight"), Has(f"{layer}self_attn.q_proj.weight"),
+                Has(f"{layer}mlp.gate_proj.weight"), Has(f"{layer}input_layernorm.weight"))
+        no_bias, no_qnorm = Lacks(f"{layer}self_attn.q_proj.bias"), Lacks(f"{layer}self_attn.q_norm.weight")
+        plain_ffn = Lacks(f"{layer}pre_feedforward_layernorm.weight")
+        causal = "ForCausalLM" if p == "model." else "Model"
+        out.append(ComponentSignature(
+            "gemma2", "hf_llm", "text_encoder",
+            (*base, Has(f"{layer}pre_feedforward_layernorm.weight"), Has(f"{layer}post_feedforward_layernorm.weight"),
+             no_qnorm), ("lumina2",), "Gemma-2 text model (Lumina 2's text encoder is Gemma-2-2B)", f"Gemma2{causal}"))
+        out.append(ComponentSignature(
+            "qwen3", "hf_llm", "text_encoder", (*base, Has(f"{layer}self_attn.q_norm.weight"), no_bias, plain_ffn),
+            ("z_image", "flux2"), "Qwen3 text model (Z-Image: Qwen3-4B; FLUX.2 klein: Qwen3-4B/8B)", f"Qwen3{causal}"))
+        qwen_class = "Qwen2_5_VLTextModel" if not p else "Qwen2_5_VLForConditionalGeneration"
+        if vision and p != "language_model.model.":
+            out.append(ComponentSignature(
+                "qwen25vl", "hf_llm", "text_encoder",
+                (*base, Has(f"{layer}self_attn.q_proj.bias"), no_qnorm, plain_ffn, Has(f"{vision}blocks.0.norm1.weight")),
+                ("qwen_image",), "Qwen2.5-VL text and vision towers (Qwen-Image: Qwen2.5-VL-7B)", qwen_class))
+        out.append(ComponentSignature(
+            "qwen25vl", "hf_llm", "text_encoder", (*base, Has(f"{layer}self_attn.q_proj.bias"), no_qnorm, plain_ffn),
+            ("qwen_image",), "Qwen2.5-VL text tower (Qwen2 layout: q/k/v biases; Qwen-Image: Qwen2.5-VL-7B)",
+            qwen_class))
+        llama = (*base, no_bias, no_qnorm, plain_ffn)
+        if p in ("model.language_model.", "language_model.model."):
+            out.append(ComponentSignature(
+                "mistral3", "hf_llm", "text_encoder", llama, ("flux2",),
+                "Mistral-3 text tower in Mistral3ForConditionalGeneration names (FLUX.2 dev: Mistral-Small-3.x-24B)",
+                "Mistral3ForConditionalGeneration"))
+            continue
+        embed = f"{p}embed_tokens.weight"
+        cls = f"Llama{causal}"
+        out.append(ComponentSignature(
+            "llama", "hf_llm", "text_encoder", (*llama, Has(embed, 0, 128256)), ("hidream",),
+            "Llama-style text model with Llama-3's 128256-token vocabulary (HiDream: Llama-3.1-8B)", cls))
+        out.append(ComponentSignature(
+            "llama", "hf_llm", "text_encoder", (*llama, Has(embed, 0, 131072)), ("flux2",),
+            "Llama-style text model with Mistral's 131072-token vocabulary (FLUX.2 dev: Mistral-Small-3.x-24B's "
+            "text tower)", cls))
+        out.append(ComponentSignature(
+            "llama", "hf_llm", "text_encoder", llama, ("hidream", "flux2"),
+            "Llama-style text model (HiDream: Llama-3.1-8B; FLUX.2 dev: Mistral-Small-3.x-24B)", cls))
+    return tuple(out)
+
+
+SIGNATURES = SIGNATURES + _llm_signatures()
+LLM_COMPONENTS = frozenset({"qwen25vl", "qwen3", "gemma2", "llama", "mistral3"})
+
+
+def llm_component(name: str, diffusers_class: str) -> ComponentSpec:
+    """The spec of a standalone LLM text encoder: transformers' names kept (layout hf_llm), no
+    released config (what the shapes do not decide comes from --config or the file's own)."""
+    return ComponentSpec(name, "text_encoder", "", "hf_llm", diffusers_class, "text_encoder")
 
 
 def generic_component(name: str = "model") -> ComponentSpec:

@@ -30,6 +30,7 @@ class Detection:
     confidence: float = 0.0
     standalone: str | None = None  # description of a standalone component file
     standalone_layout: str | None = None  # its layout kind ("hf_clip", "open_clip", "ldm_vae", ...)
+    standalone_class: str | None = None  # the transformers class whose names it holds (LLM text encoders)
     used_by: tuple[str, ...] = ()
     evidence: list[str] = field(default_factory=list)  # the detection conditions that held, said for people
     given: str | None = None  # "--family NAME" when the family was given, not detected
@@ -143,7 +144,8 @@ def _detect(ckpt: Checkpoint, shapes: dict) -> Detection:
             return Detection(None, None, "component", "diffusers" if sig.layout.startswith("diffusers:") else "original",
                              components={_component_name(ckpt, sig.name): ""}, confidence=1.0,
                              standalone=sig.description, used_by=_used_by(ckpt, sig.used_by),
-                             standalone_layout=sig.layout.removeprefix("diffusers:"))
+                             standalone_layout=sig.layout.removeprefix("diffusers:"),
+                             standalone_class=sig.diffusers_class or None)
     return Detection(None, None, "unknown", "original", unclaimed=list(shapes), confidence=0.0)
 
 

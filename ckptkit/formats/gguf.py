@@ -398,8 +398,11 @@ class GGUFCheckpoint(Checkpoint):
         self.alignment = parsed.alignment
         self.data_offset = parsed.data_offset
         self.metadata = {k: str(v) for k, v in self.kv.items() if not k.startswith(ORIG_SHAPE_KEY)}
-        # llama.cpp names T5 tensors its own way; read them as transformers names, as ComfyUI-GGUF does
+        # llama.cpp names T5 and LLM tensors its own way; read them as transformers names, as ComfyUI-GGUF does
         rename = _t5_to_hf if self.architecture in ("t5", "t5encoder") else (lambda n: n)
+        self._unpermute: dict[str, int] = {}  # name -> heads: q/k rows to put back in HF order (arch llama)
+        if self.architecture in _LLM_ARCHS:
+            rename, self._unpermute = _llm_to_hf(self.kv, self.architecture, [t[:2] for t in parsed.tensors])
         self.layout: list[GGUFTensor] = []
         self._records: dict[str, GGUFTensor] = {}
         for name, dims, qtype, rel, nbytes, numel in parsed.tensors:
@@ -444,7 +447,14 @@ class GGUFCheckpoint(Checkpoint):
         return rec.type.name, tuple(rec.shape)
 
     def stored_bytes(self, name: str) -> np.ndarray:
-        return self.raw(name)
+        heads = self._unpermute.get(name)
+        if heads is None:
+            return self.raw(name)
+        from ckptkit.quant.llm_names import unpermute_rows
+
+        rec = self._records[name]  # rows are whole blocks: the bytes of the tensor in HF row order
+        rows = rec.numel // rec.dims[0] if len(rec.dims) > 1 else rec.numel
+        return unpermute_rows(self.raw(name), rows, heads)
 
     def read_span(self, begin: int, end: int) -> bytes:
         """A copy of the file's bytes [begin, end) (clipped to the file), e.g. padding to inspect."""
@@ -470,6 +480,15 @@ class GGUFCheckpoint(Checkpoint):
             mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def _read(self, name: str) -> torch.Tensor:
+        t = self._read_stored(name)
+        heads = self._unpermute.get(name)
+        if heads is None:
+            return t
+        from ckptkit.quant.llm_names import unpermute
+
+        return unpermute(t, heads).contiguous()  # llama.cpp's q/k order back to transformers'
+
+    def _read_stored(self, name: str) -> torch.Tensor:
         rec = self._records[name]
         info = self.tensors[name]
         type_name = rec.type.name
@@ -528,6 +547,37 @@ def _gguf_py_dequantizes(qtype) -> bool:
 def _one_line(text: str, limit: int = 200) -> str:
     text = printable(" ".join(text.split()))
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_LLM_ARCHS = frozenset({"llama", "qwen2vl", "qwen3", "qwen3vl"})  # ComfyUI-GGUF's LLAMA_SD_MAP archs
+
+
+def _llm_to_hf(kv: dict, arch: str, stored: list[str]):
+    """(rename, {name: heads}) for an LLM text encoder: ComfyUI-GGUF's LLAMA_SD_MAP, then the prefix
+    the tower had in the file ckptkit wrote it from (`ckptkit.hf_prefix`; ComfyUI's `model.` names
+    otherwise); arch llama's q/k are un-permuted with the file's head counts (ComfyUI-GGUF's fixed
+    32/8 where it has none)."""
+    from ckptkit.quant import llm_names
+
+    prefix = kv.get("ckptkit.hf_prefix")
+    prefix = prefix if isinstance(prefix, str) and prefix in llm_names.TEXT_PREFIXES else "model."
+
+    def rename(name: str) -> str:
+        return llm_names.from_canonical(llm_names.to_hf(name), prefix)
+
+    heads = {}
+    if arch == "llama":
+        q, k = (kv.get(f"llama.attention.{key}") for key in ("head_count", "head_count_kv"))
+        q = q if isinstance(q, int) and q > 0 else llm_names.COMFY_HEADS[0]
+        k = k if isinstance(k, int) and k > 0 else llm_names.COMFY_HEADS[1]
+        for name, dims in stored:
+            rows = math.prod(dims[1:]) if len(dims) > 1 else math.prod(dims)
+            for suffix, h in (("attn_q", q), ("attn_k", k)):
+                # rows that are no whole number of head pairs were never permuted by llama.cpp: left as stored
+                if name.startswith("blk.") and name.endswith((f".{suffix}.weight", f".{suffix}.bias")) \
+                        and len(dims) <= 2 and rows % (2 * h) == 0:
+                    heads[rename(name)] = h
+    return rename, heads
 
 
 def _t5_to_hf(name: str) -> str:

@@ -38,9 +38,15 @@ class Client:
     unit_dims: str = "torch"
     one_file_families: frozenset[str] = frozenset()  # families it loads only from its one-file bundle
     bundle: bool = False  # loads one GGUF holding every component under the family's bundle prefixes
+    # general.architecture values its text-encoder loader takes; None: any (the layout kind decides)
+    text_archs: frozenset[str] | None = None
 
     def takes(self, arch: str | None) -> bool:
         return self.diffusion_archs is None or arch in self.diffusion_archs
+
+    def loads_text_encoder(self, layout: str, arch: str | None) -> bool:
+        """Does its loader read a text encoder of this layout kind, written with `arch`, from GGUF?"""
+        return layout in self.gguf_text_encoders and (self.text_archs is None or arch in self.text_archs)
 
 
 COMFY = Client(
@@ -48,8 +54,11 @@ COMFY = Client(
     "city96/ComfyUI-GGUF loader.py: IMG_ARCH_LIST, TXT_ARCH_LIST, get_orig_shape; README: CLIP as safetensors",
     diffusion_archs=frozenset({"flux", "sd1", "sdxl", "sd3", "aura", "hidream", "cosmos", "ltxv", "hyvid", "wan",
                                "lumina2", "qwen_image"}),
-    gguf_text_encoders=frozenset({"hf_t5"}),  # t5 / t5encoder in llama.cpp names (T5_SD_MAP); no CLIP arch
+    # t5 / t5encoder in llama.cpp names (T5_SD_MAP); LLMs in llama.cpp names (LLAMA_SD_MAP); no CLIP arch
+    gguf_text_encoders=frozenset({"hf_t5", "hf_llm"}),
     text_encoder_fallback="safetensors",
+    # TXT_ARCH_LIST of loader.py on main (795e451): no gemma2 (only the unmerged gemma_tenc branch), no mistral3
+    text_archs=frozenset({"t5", "t5encoder", "llama", "qwen2vl", "qwen3", "qwen3vl"}),
     conv_reshape=True, names="original", config_beside=False,
     usage="ComfyUI: Unet Loader (GGUF) / CLIPLoader (GGUF) on {file}")
 

@@ -26,7 +26,7 @@ from ckptkit.families.detect import Detection
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
-from ckptkit.quant import t5_names
+from ckptkit.quant import llm_names, t5_names
 from ckptkit.quant.imatrix import imatrix_key
 from ckptkit.quant.clients import DEFAULT as DEFAULT_CLIENT, Client, for_diffusion_model, get_client
 from ckptkit.quant.policy import Decision, Policy, check_component_request, decide, decide_sdcpp, keep_type
@@ -40,6 +40,14 @@ FP16_MAX = 65504.0  # |x| up to this cannot overflow any block's fp16 scale (nor
 
 def final_name(comp: ComponentSpec, name: str) -> str:
     return t5_names.to_llama(name) if comp.layout == "hf_t5" else name
+
+
+def text_encoder_arch(comp: ComponentSpec) -> str | None:
+    """general.architecture of a text encoder's GGUF; None: none a text-encoder loader takes (Gemma-2)."""
+    if comp.layout == "hf_llm":
+        arch = llm_names.ARCHS.get(comp.name)
+        return arch[0] if arch else None
+    return TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
 
 
 @dataclass
@@ -185,13 +193,12 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         if gguf and comp.role == "diffusion_model":
             client = for_diffusion_model(policy.client, policy.arch or (src.spec.gguf_arch if src.spec else None),
                                          src.family, plan.notes)
-        elif gguf and comp.role == "text_encoder" and comp.layout not in client.gguf_text_encoders:
-            limit = f"{client.title} loads no {comp.name} text encoder from GGUF"
+        elif gguf and comp.role == "text_encoder" and (limit := gguf_text_limit(ckpt, comp, client, cmap.ops)):
             if client.text_encoder_fallback == "refuse" or single_fmt == "gguf":
                 raise CkptError(f"--client {client.name}: {limit}; leave {comp.name} unquantized"
                                 + (" (or name another --client)" if client.text_encoder_fallback == "refuse" else
                                    ", or write it as .safetensors"))
-            why = f"{limit} (its text-encoder loader takes T5 and LLM archs only)"
+            why = limit if comp.layout == "hf_llm" else f"{limit} (its text-encoder loader takes T5 and LLM archs only)"
             plan.notes.append(f"{comp.name}: {why}: written as safetensors, not {request.name}")
             not_written = {"asked": request.name, "not_done": why}
             gguf, request = False, None
@@ -204,6 +211,8 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
             else:
                 ops[name] = e
         bundle_prefix = comp.prefix if bundle else ""  # a bundle's names: the family's prefixes, as sd.cpp reads them
+        if gguf and request is not None and comp.layout == "hf_llm":
+            ops = _llm_text_tower(comp, ops, plan)
         if not gguf:
             out = _plain_output(ckpt, comp, ops, request, policy, path)
         elif request is None:  # a component of a bundle left as it is stored
@@ -358,12 +367,15 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
     src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     conv_reshape = client.conv_reshape and comp.role == "diffusion_model" and src.family in CONV_RESHAPE_FAMILIES
     kv: dict = {"general.quantization_version": 2, "general.file_type": int(request.file_type)}
+    llm = _llm_gguf(ckpt, comp, ops, kv) if comp.layout == "hf_llm" and not prefix else None
     tensors = []
     for name, e in ops.items():
         try:
-            final = prefix + name if prefix else final_name(comp, name)
+            final = prefix + name if prefix else llm.names[name] if llm else final_name(comp, name)
         except ValueError as exc:
             raise CkptError(f"{comp.name}: {exc}") from None
+        if llm and llm.permute and (heads := llm_names.permuted_heads(final)):
+            e = expr.fn("llama_permute", e, heads)  # llama.cpp's q/k order; ComfyUI-GGUF's llama_permute undoes it
         if len(final.encode("utf-8")) > MAX_NAME_BYTES:
             raise CkptError(f"{comp.name}: tensor name {final!r} is {len(final.encode('utf-8'))} bytes; ggml "
                             f"cannot load GGUF tensor names over {MAX_NAME_BYTES} bytes")
@@ -391,9 +403,103 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
                "all are 1-D, small, high-precision, non-finite or of unfit row length")
         raise CkptError(f"{comp.name}: asked for {request.name} but no tensor can be quantized ({why})")
     spec = src.spec
-    arch = spec.gguf_arch if comp.role == "diffusion_model" and spec else TEXT_ENCODER_ARCH.get(comp.layout, comp.name)
+    arch = spec.gguf_arch if comp.role == "diffusion_model" and spec else text_encoder_arch(comp)
     return OutputFile(path, comp.name, "comfy", tensors, format="gguf", gguf_arch=arch, kv=kv,
                       metadata={"ckptkit.component": comp.name})
+
+
+def gguf_text_limit(ckpt, comp: ComponentSpec, client: Client, ops: dict) -> str | None:
+    """Why `client` cannot load this text encoder from the GGUF we would write; None: it can."""
+    arch = text_encoder_arch(comp)
+    if not client.loads_text_encoder(comp.layout, arch):
+        limit = f"{client.title} loads no {comp.name} text encoder from GGUF"
+        if comp.layout == "hf_llm" and client.text_archs is not None:
+            limit += (f" (its text-encoder loader takes general.architecture {', '.join(sorted(client.text_archs))}"
+                      + ("; Gemma-2 only on its unmerged gemma_tenc branch" if comp.name == "gemma2" else "") + ")")
+        return limit
+    if comp.layout == "hf_llm" and client.name == "comfy" and arch == "llama":
+        embed = llm_names.text_prefix(ops) + "embed_tokens.weight"
+        info = ckpt.tensors.get(ops[embed].sources()[0]) if embed in ops else None
+        if info is not None and tuple(info.shape) in llm_names.COMFY_TEKKEN_SHAPES:
+            return (f"{client.title} loads no {comp.name} text encoder of a {tuple(info.shape)} embedding from a GGUF "
+                    "ckptkit writes: for that shape (Mistral-Small) it rebuilds the tekken tokenizer from "
+                    "tokenizer.ggml.* metadata, which the weights do not hold, and refuses a file without it")
+    return None
+
+
+def _llm_text_tower(comp: ComponentSpec, ops: dict, plan: Plan) -> dict:
+    """The text tower of an LLM text encoder, for its GGUF: a vision tower or projector beside it is
+    no part of what ComfyUI-GGUF's text-encoder loader reads from this file (said in the notes)."""
+    kept = {n: e for n, e in ops.items() if not llm_names.is_vision(n)}
+    left = [n for n in ops if n not in kept]
+    if not left:
+        return ops
+    if comp.name == "qwen25vl":
+        why = ("Qwen2.5-VL vision tower: not in the LLM GGUF (ComfyUI-GGUF's qwen2vl loader reads it from a sibling "
+               "mmproj GGUF, which ckptkit does not write)")
+        plan.notes.append(f"{comp.name}: the vision tower ({len(left)} tensors) is not written: ComfyUI-GGUF reads it "
+                          "from a sibling '*mmproj*.gguf' (without one it warns that Qwen-Image-Edit will be broken); "
+                          "ckptkit writes no mmproj file. Qwen-Image text-to-image uses the text tower only; for "
+                          "Qwen-Image-Edit keep the safetensors text encoder or add a published mmproj GGUF")
+    else:
+        why = f"{comp.name} vision tower / projector: not part of the text encoder GGUF (llama.cpp's text model leaves it out)"
+        plan.notes.append(f"{comp.name}: {len(left)} vision-tower / projector tensors left out of the text encoder GGUF")
+    plan.dropped.update({n: why for n in left})
+    return kept
+
+
+@dataclass
+class _LLMGGUF:
+    names: dict[str, str]  # tensor name -> llama.cpp name
+    permute: bool  # q/k in llama.cpp's order (arch llama)
+
+
+def _llm_gguf(ckpt, comp: ComponentSpec, ops: dict, kv: dict) -> _LLMGGUF:
+    """llama.cpp names, the q/k permute and the hyper-parameters the shapes give, for an LLM text
+    encoder's GGUF. Arch llama is refused where ComfyUI-GGUF's fixed 32/8-head un-permute would be
+    wrong (llm_names.check_comfy_heads). `ckptkit.hf_prefix` records the prefix the tower sat under,
+    so reading the file back gives the source's own names (ComfyUI-GGUF's are the `model.` ones)."""
+    arch = llm_names.ARCHS.get(comp.name)
+    if arch is None:
+        raise CkptError(f"{comp.name}: no GGUF architecture a text-encoder loader takes; keep it as safetensors")
+    shapes = {n: expr.shape_of(e, {k: t.shape for k, t in ckpt.tensors.items()}) for n, e in ops.items()}
+    prefix = llm_names.text_prefix(shapes)
+    blocks = llm_names.n_blocks(shapes, prefix)
+    names = {}
+    for n in ops:
+        try:
+            names[n] = llm_names.to_llama(comp.name, n, prefix, blocks)
+        except ValueError as exc:
+            raise CkptError(f"{comp.name}: {exc}") from None
+    layer = f"{prefix}layers.0."
+    q_rows, k_rows = shapes[layer + "self_attn.q_proj.weight"][0], shapes[layer + "self_attn.k_proj.weight"][0]
+    a = arch[0]
+    kv.update({f"{a}.block_count": blocks, f"{a}.embedding_length": shapes[prefix + "embed_tokens.weight"][1],
+               f"{a}.feed_forward_length": shapes[layer + "mlp.gate_proj.weight"][0], "ckptkit.hf_prefix": prefix})
+    q_norm = shapes.get(layer + "self_attn.q_norm.weight")
+    if q_norm is not None:
+        kv.update({f"{a}.attention.head_count": q_rows // q_norm[0], f"{a}.attention.head_count_kv": k_rows // q_norm[0],
+                   f"{a}.attention.key_length": q_norm[0], f"{a}.attention.value_length": q_norm[0]})
+    if arch[2]:
+        llm_names.check_comfy_heads(comp.name, q_rows, k_rows, _declared_heads(ckpt, comp, shapes))
+        heads, kv_heads = llm_names.COMFY_HEADS
+        kv.update({f"{a}.attention.head_count": heads, f"{a}.attention.head_count_kv": kv_heads})
+    return _LLMGGUF(names, arch[2])
+
+
+def _declared_heads(ckpt, comp: ComponentSpec, shapes: dict) -> tuple[int | None, int | None]:
+    """(query heads, key/value heads) as a config says them (the file's own, --config); None where
+    nothing does (the weights cannot tell them)."""
+    from ckptkit.convert.components import resolve_component_config
+    from ckptkit.convert.configs import AMBIGUOUS, UNDETERMINED
+
+    resolved = resolve_component_config(comp, shapes, "original", None, ckpt, strict=False)
+    out = []
+    for key in ("num_attention_heads", "num_key_value_heads"):
+        value = resolved.values.get(key)
+        known = resolved.sources.get(key) not in (UNDETERMINED, AMBIGUOUS, None)
+        out.append(value if known and isinstance(value, int) else None)
+    return out[0], out[1]
 
 
 def stored_as_ggml(t: TensorOp, kv: dict) -> TensorOp:

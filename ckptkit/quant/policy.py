@@ -31,23 +31,34 @@ ATTN_V = {
     "ldm_unet": r"\.attn[12]\.to_v\.weight$",
     "mmdit": r"\.attn2?\.qkv\.weight$",
     "flux": r"(_attn\.qkv|single_blocks\.\d+\.linear1)\.weight$",
+    "chroma": r"(_attn\.qkv|single_blocks\.\d+\.linear1)\.weight$",  # FLUX.1's names
+    "flux2": r"(_attn\.qkv|single_blocks\.\d+\.linear1)\.weight$",
     "sana": r"(\.attn\.qkv|\.cross_attn\.kv_linear)\.weight$",
     "hf_clip": r"self_attn\.v_proj\.weight$",
     "open_clip": r"self_attn\.v_proj\.weight$",  # quantized in transformers names
     "hf_t5": r"\.attn_v\.weight$",  # llama.cpp names
+    "hf_llm": r"^blk\.\d+\.attn_v\.weight$",  # llama.cpp names (LLM text encoders)
     "qwen_image": r"\.attn\.(to_v|add_v_proj)\.weight$",
     "hidream": r"\.attn1\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (the text stream's to_v_t is not)
+    "z_image": r"\.attention\.qkv\.weight$",
+    "lumina2": r"\.attention\.qkv\.weight$",
+    "auraflow": r"\.attn\.w[12]v\.weight$",
 }
 FFN_DOWN = {
     "ldm_unet": r"\.ff\.net\.2\.weight$",
     "mmdit": r"\.mlp\.fc2\.weight$",
     "flux": r"(_mlp\.2|single_blocks\.\d+\.linear2)\.weight$",
+    "chroma": r"(_mlp\.2|single_blocks\.\d+\.linear2)\.weight$",
+    "flux2": r"(_mlp\.2|single_blocks\.\d+\.linear2)\.weight$",
     "sana": r"\.mlp\.point_conv\.conv\.weight$",
     "hf_clip": r"mlp\.fc2\.weight$",
     "open_clip": r"mlp\.fc2\.weight$",
     "hf_t5": r"\.ffn_down\.weight$",
+    "hf_llm": r"^blk\.\d+\.ffn_down\.weight$",
     "qwen_image": r"\.(img|txt)_mlp\.net\.2\.weight$",
     "hidream": r"\.ff_[it]\.(shared_experts\.|experts\.\d+\.)?w2\.weight$",
+    "z_image": r"\.feed_forward\.w2\.weight$",
+    "lumina2": r"\.feed_forward\.w2\.weight$",
 }
 
 

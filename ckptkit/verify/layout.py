@@ -21,10 +21,13 @@ def expected_shapes(comp: Component, shapes: dict) -> dict[str, tuple[int, ...]]
     spec = comp.spec
     # names and shapes do not depend on the values the weights cannot decide (heads, activations)
     config = source_config(spec, shapes, comp.names, comp.config, comp.ckpt, strict=False)
+    layout = get_layout(spec.layout)
+    if hasattr(layout, "expected_shapes"):  # a layout that knows its tensors without the class (hf_llm)
+        return layout.expected_shapes(shapes, config)
     dshapes = diffusers_shapes(spec.diffusers_class, config)
     if comp.names == "diffusers":
         return dshapes
-    mapping = get_layout(spec.layout).to_original(dshapes, config)
+    mapping = layout.to_original(dshapes, config)
     if spec.identity_projection:  # the identity diffusers adds; the original file has none
         mapping.pop("text_projection.weight", None)
     return {n: s for n, s in expr.shapes(mapping, dshapes).items() if mapping[n].op != "zeros" or n in shapes}

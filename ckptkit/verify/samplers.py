@@ -257,6 +257,208 @@ class QwenImageCall:
         return flux_unpack(out, h, w)
 
 
+class ChromaCall:
+    """ChromaTransformer2DModel: FLUX.1's 2x2 packing and 3-axis ids (ChromaPipeline._pack_latents,
+    _prepare_latent_image_ids, text ids all zero), timestep t in [0, 1] (the pipeline divides its
+    1000-scale timesteps by 1000; the model scales by 1000 inside). No guidance input (the
+    approximator's guidance channel is fixed at 0), no pooled text. The mask is the pipeline's for a
+    caption with no padding: text tokens then image tokens, all 1, in the latents' dtype
+    (ChromaPipeline._get_t5_prompt_embeds / _prepare_attention_mask)."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["joint_attention_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ctx = cond["context"]
+        t = torch.full((b,), timestep, device=x.device, dtype=x.dtype)
+        packed = flux_pack(x)
+        mask = torch.ones(b, ctx.shape[1] + packed.shape[1], device=x.device, dtype=x.dtype)
+        out = model(hidden_states=packed, encoder_hidden_states=ctx, timestep=t,
+                    img_ids=flux_img_ids(h, w).to(x.device, x.dtype),
+                    txt_ids=torch.zeros(ctx.shape[1], 3, device=x.device, dtype=x.dtype), attention_mask=mask).sample
+        return flux_unpack(out, h, w)
+
+
+def flux2_ids(h: int, w: int, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLUX.2's 4-axis (t, row, column, l) position ids: latent tokens (0, row, column, 0) of the
+    2x2-patchified grid (Flux2Pipeline._prepare_latent_ids), text tokens (0, 0, 0, index)
+    (_prepare_text_ids)."""
+    img = torch.cartesian_prod(torch.arange(1), torch.arange(h // 2), torch.arange(w // 2), torch.arange(1))
+    txt = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(text_length))
+    return img, txt
+
+
+class Flux2Call:
+    """Flux2Transformer2DModel: the latents (in_channels / 4 channels; the VAE's, before its 2x2
+    patchify) patchified 2x2 and flattened row by row (Flux2Pipeline._patchify_latents then
+    _pack_latents: the same tensor as FLUX.1's packing), 4-axis ids (`flux2_ids`), timestep t in
+    [0, 1] and, for guidance-distilled [dev], the guidance scale itself (the model scales both by
+    1000 inside). The latent compared is the pipeline's, in its batch-norm-normalised space."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["joint_attention_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ctx = cond["context"]
+        img_ids, txt_ids = flux2_ids(h, w, ctx.shape[1])
+        t = torch.full((b,), timestep, device=x.device, dtype=x.dtype)
+        g = None if guidance is None else torch.full((b,), guidance, device=x.device, dtype=torch.float32)
+        out = model(hidden_states=flux_pack(x), encoder_hidden_states=ctx, timestep=t, guidance=g,
+                    img_ids=img_ids.to(x.device), txt_ids=txt_ids.to(x.device)).sample
+        return flux_unpack(out, h, w)
+
+
+class HiDreamCall:
+    """HiDreamImageTransformer2DModel: unpacked latents (it patchifies inside), `timesteps` in
+    [0, 1000], T5 states, the Llama states of every layer its blocks read ((layers, B, L, C)), the
+    pooled CLIP-L + CLIP-G embedding. HiDreamImagePipeline negates the output (`noise_pred = -...`):
+    the model predicts x0 - noise, so the velocity is minus its output."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 2)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        m = cfg.get("max_resolution")
+        return min(m) * cfg.get("patch_size", 2) if m else None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        t5, llama = cfg["caption_channels"]
+        return {"context": (text_length, t5), "llama": (max(cfg["llama_layers"]) + 1, text_length, llama),
+                "pooled": (cfg["text_emb_dim"],)}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        t = torch.full((x.shape[0],), timestep, device=x.device, dtype=torch.float32)
+        llama = cond["llama"].transpose(0, 1)  # (B, layers, L, C) -> (layers, B, L, C)
+        out = model(hidden_states=x, timesteps=t, encoder_hidden_states_t5=cond["context"],
+                    encoder_hidden_states_llama3=llama, pooled_embeds=cond["pooled"]).sample
+        return -out
+
+
+class ZImageCall:
+    """ZImageTransformer2DModel: lists, one (C, 1, H, W) latent (a frame axis) and one (L, C) caption
+    per sample (it patchifies inside), and `t` in [0, 1] with 0 at the noise: ZImagePipeline feeds
+    (1000 - timestep) / 1000 = 1 - t (the model scales it by its t_scale) and negates the output, so the
+    model predicts x0 - noise and the velocity is minus its output."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg["all_patch_size"][0]
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        lens = cfg.get("axes_lens")
+        return min(lens[1:]) * cfg["all_patch_size"][0] if lens else None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["cap_feat_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        t = torch.full((x.shape[0],), 1.0 - timestep, device=x.device, dtype=torch.float32)
+        out = model(list(x.unsqueeze(2).unbind(0)), t, list(cond["context"].unbind(0)), return_dict=False)[0]
+        return -torch.stack(out, 0).squeeze(2)
+
+
+class Lumina2Call:
+    """Lumina2Transformer2DModel: unpacked latents (it patchifies inside), a text mask, and `timestep`
+    in [0, 1] with 0 at the noise: Lumina2Pipeline feeds 1 - timestep / 1000 = 1 - t (no scaling
+    inside) and negates the output, so the velocity is minus the model's output."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 2)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        lens = cfg.get("axes_lens")
+        return min(lens[1:]) * cfg.get("patch_size", 2) if lens else None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["cap_feat_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        ctx = cond["context"]
+        t = torch.full((x.shape[0],), 1.0 - timestep, device=x.device, dtype=torch.float32)
+        mask = torch.ones(ctx.shape[:2], device=x.device, dtype=torch.bool)
+        return -model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
+
+
+class AuraFlowCall:
+    """AuraFlowTransformer2DModel: unpacked latents, the text states, timestep t in [0, 1]
+    (AuraFlowPipeline feeds `t / 1000` of its 1000-scale timesteps; the model scales by 1000 inside)."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 2)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        m = cfg.get("pos_embed_max_size")
+        return math.isqrt(m) * cfg.get("patch_size", 2) if m else None
+
+    @staticmethod
+    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["joint_attention_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        t = torch.full((x.shape[0],), timestep, device=x.device, dtype=x.dtype)
+        return model(x, encoder_hidden_states=cond["context"], timestep=t).sample
+
+
 def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
     """Inpainting models take extra input channels (mask, masked image): zeros here."""
     extra = _cfg(model, "in_channels", x.shape[1]) - x.shape[1]
@@ -266,7 +468,9 @@ def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
 
 
 DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall(),
-             "qwen_image": QwenImageCall()}
+             "qwen_image": QwenImageCall(), "chroma": ChromaCall(), "flux2": Flux2Call(),
+             "hidream": HiDreamCall(), "z_image": ZImageCall(), "lumina2": Lumina2Call(),
+             "auraflow": AuraFlowCall()}
 
 
 def model_time(recipe, model, t: float) -> float:

@@ -230,6 +230,32 @@ def _pipeline_inputs(pipe) -> dict:
     if name == "QwenImagePipeline":  # no VAE in these folders: the pipeline assumes an 8x one
         return dict(prompt_embeds=randn(1, 5, cfg.joint_attention_dim), prompt_embeds_mask=torch.ones(1, 5,
                     dtype=torch.long), height=32, width=32)
+    if name == "ChromaPipeline":  # guidance 5 (the default) runs the classifier-free pass: negative states too
+        return dict(prompt_embeds=randn(1, 5, cfg.joint_attention_dim), prompt_attention_mask=torch.ones(1, 5),
+                    negative_prompt_embeds=randn(1, 5, cfg.joint_attention_dim),
+                    negative_prompt_attention_mask=torch.ones(1, 5), height=32, width=32)
+    if name == "Flux2Pipeline":  # [dev]: embedded guidance (4, the default), no negative pass
+        return dict(prompt_embeds=randn(1, 5, cfg.joint_attention_dim), height=32, width=32)
+    if name == "Flux2KleinPipeline":
+        # it de-normalises even a latent output with its VAE's batch-norm statistics: a stand-in VAE
+        # (one level) on the loaded pipeline; guidance 4 (the default) runs the negative pass
+        pipe.vae = diffusers.AutoencoderKLFlux2(
+            block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+            layers_per_block=1, latent_channels=cfg.in_channels // 4)
+        return dict(prompt_embeds=randn(1, 5, cfg.joint_attention_dim),
+                    negative_prompt_embeds=randn(1, 5, cfg.joint_attention_dim), height=32, width=32)
+    if name == "AuraFlowPipeline":
+        return dict(prompt_embeds=randn(1, 5, cfg.joint_attention_dim), prompt_attention_mask=torch.ones(1, 5),
+                    guidance_scale=1.0, height=32, width=32)
+    if name == "HiDreamImagePipeline":  # (Llama layers, batch, tokens, width) for the Llama states
+        t5, llama = cfg.caption_channels
+        return dict(prompt_embeds_t5=randn(1, 5, t5), prompt_embeds_llama3=randn(max(cfg.llama_layers) + 1, 1, 5, llama),
+                    pooled_prompt_embeds=randn(1, cfg.text_emb_dim), guidance_scale=0.0, height=32, width=32)
+    if name == "ZImagePipeline":  # a list of (tokens, width) caption states; no VAE: an 8x one assumed
+        return dict(prompt_embeds=[randn(5, cfg.cap_feat_dim)], guidance_scale=0.0, height=32, width=32)
+    if name == "Lumina2Pipeline":  # guidance 1: no classifier-free pass (no negative embeddings)
+        return dict(prompt_embeds=randn(1, 5, cfg.cap_feat_dim), prompt_attention_mask=torch.ones(1, 5,
+                    dtype=torch.long), guidance_scale=1.0, height=32, width=32)
     # Sana: no VAE in these folders, so the pipeline assumes a 32x VAE; tiny sample sizes need no binning
     kw = dict(prompt_embeds=randn(1, 5, cfg.caption_channels), prompt_attention_mask=torch.ones(1, 5),
               height=256, width=256, use_resolution_binning=False)
@@ -336,6 +362,18 @@ def _single_file_gap(fixture: str, comp: str) -> tuple[type[Exception], str] | N
         return RuntimeError, ("diffusers' convert_flux_transformer_checkpoint_to_diffusers hard-codes "
                               "inner_dim = 3072 (and mlp_ratio 4.0) to split the fused qkv/linear1 weights, "
                               "so a FLUX transformer of any other width (the tiny one is 128) cannot load")
+    if spec.diffusers_class == "ChromaTransformer2DModel" and width != 3072:
+        return RuntimeError, ("diffusers' convert_chroma_transformer_checkpoint_to_diffusers hard-codes "
+                              "inner_dim = 3072 and mlp_ratio 4.0 to split linear1, so a Chroma transformer of any "
+                              "other width (the tiny one is 64) cannot load; tests/convert/test_layout_chroma_flux2.py "
+                              "runs it with the split patched to the tiny width")
+    if spec.diffusers_class == "Lumina2Transformer2DModel" and (
+            cfg.get("hidden_size"), cfg.get("num_kv_heads", 0) * cfg.get("hidden_size", 0)
+            // max(1, cfg.get("num_attention_heads", 1))) != (2304, 768):
+        return RuntimeError, ("diffusers' convert_lumina2_to_diffusers hard-codes the qkv split as q 2304 and "
+                              "k = v 768 rows (Lumina-Image-2.0's widths), so a Lumina 2 transformer of any other "
+                              "width (the tiny one is 64, k = v 32) cannot load; tests/convert/test_layout_z_image_lumina2.py "
+                              "runs it with the split patched to the tiny widths")
     if spec.diffusers_class == "SanaTransformer2DModel" and cfg.get("guidance_embeds"):
         return NotImplementedError, ("diffusers' convert_sana_transformer_to_diffusers knows only plain Sana: it "
                                      "maps t_embedder to AdaLayerNormSingle names (time_embed.emb.*) and ignores "

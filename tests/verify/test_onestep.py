@@ -367,6 +367,53 @@ def _pipeline_latent(fixture, seed=0):
         pipe.set_progress_bar_config(disable=True)
         ref = flux_unpack(pipe(prompt_embeds=cond["context"], pooled_prompt_embeds=cond["pooled"], guidance_scale=3.5,
                                height=size, width=size, latents=flux_pack(z), **common).images, 16, 16)
+    elif family == "chroma":  # no VAE: the pipeline assumes an 8x one (latent 8 x 8 at 64 px)
+        z = torch.randn(1, 4, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, 48, generator=gen)}
+        pipe = diffusers.ChromaPipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
+                                        tokenizer=None, transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+        ref = flux_unpack(pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32),
+                               guidance_scale=1.0, height=64, width=64, latents=flux_pack(z), **common).images, 8, 8)
+    elif family == "flux2":  # latents given patchified (B, 4C, H/2, W/2)
+        z = torch.randn(1, 4, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, 48, generator=gen)}
+        patchified = diffusers.Flux2Pipeline._patchify_latents(z)
+        assert torch.equal(diffusers.Flux2Pipeline._pack_latents(patchified), flux_pack(z))  # FLUX.1's packing
+        if variant == "dev":  # no VAE: an 8x one assumed; the latent comes back packed
+            pipe = diffusers.Flux2Pipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
+                                           tokenizer=None, transformer=model)
+            pipe.set_progress_bar_config(disable=True)
+            ref = flux_unpack(pipe(prompt_embeds=cond["context"], guidance_scale=4.0, height=64, width=64,
+                                   latents=patchified, **common).images, 8, 8)
+        else:  # [klein] de-normalises even a latent output with its VAE's batch norm: a one-level (1x) VAE
+            vae = diffusers.AutoencoderKLFlux2(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
+                                               up_block_types=("UpDecoderBlock2D",), layers_per_block=1,
+                                               latent_channels=4)
+            pipe = diffusers.Flux2KleinPipeline(scheduler=_scheduler(spec.scheduler), vae=vae, text_encoder=None,
+                                                tokenizer=None, transformer=model, is_distilled=True)
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(prompt_embeds=cond["context"], height=8, width=8, latents=patchified, **common).images
+            std = torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps).view(1, -1, 1, 1)
+            mean = vae.bn.running_mean.view(1, -1, 1, 1)
+            ref = flux_unpack(diffusers.Flux2Pipeline._pack_latents(
+                (diffusers.Flux2Pipeline._patchify_latents(out) - mean) / std), 8, 8)
+    elif family == "z_image":  # no VAE: an 8x one assumed (latent 8 x 8 at 64 px); guidance 0: no CFG pass
+        z = torch.randn(1, 4, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, 24, generator=gen)}
+        pipe = diffusers.ZImagePipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
+                                        tokenizer=None, transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=list(cond["context"].unbind(0)), guidance_scale=0.0, height=64, width=64,
+                   latents=z.clone(), **common).images
+    elif family == "lumina2":  # its pipeline assumes an 8x VAE; guidance 1: no CFG pass
+        z = torch.randn(1, 4, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, 24, generator=gen)}
+        pipe = diffusers.Lumina2Pipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
+                                         tokenizer=None, transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32, dtype=torch.long),
+                   guidance_scale=1.0, height=64, width=64, latents=z.clone(), **common).images
     else:  # sana sprint
         z = torch.randn(1, 32, 4, 4, generator=gen)
         cond = {"context": torch.randn(1, 32, 24, generator=gen)}
@@ -381,7 +428,8 @@ def _pipeline_latent(fixture, seed=0):
     return one_step(recipe, model, z, cond, scheduler), ref
 
 
-@pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint"])
+@pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint", "chroma", "flux2_dev",
+                                     "flux2_klein", "z_image", "lumina2"])
 def test_one_step_matches_the_diffusers_pipeline(fixture):
     ours, ref = _pipeline_latent(fixture)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)

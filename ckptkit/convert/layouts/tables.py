@@ -6,10 +6,15 @@ A table maps an original name (or a module prefix ending in ".", for its weight 
 diffusers name. `Blocks` repeats a table over numbered blocks (`double_blocks.N.` <->
 `transformer_blocks.N.`). `fused` concatenates diffusers modules on dim 0 into one original module
 (q|k|v -> qkv); `split` says how to cut it back: "equal" pieces, or `width` rows each but the last,
-which takes the rest (FLUX's single-block linear1 = q|k|v|mlp). `swapped` stores the two halves of
+which takes the rest (FLUX's single-block linear1 = q|k|v|mlp), or "gqa": `width` rows for the first
+(the queries), the rest in equal pieces (grouped-query keys and values: Lumina 2's qkv, k = v =
+kv_heads x head_dim). `swapped` stores the two halves of
 a tensor the other way round (BFL's final (shift, scale) against diffusers' (scale, shift)).
 `passthrough`: names in no table are the same on both sides (Qwen-Image, HiDream: ComfyUI loads the
 diffusers names); otherwise a name no table covers is an error, never silently dropped.
+`dropped`: original tensors the original model holds but never uses, with no diffusers counterpart
+(NextDiT's `norm_final.weight`): accepted on the way to diffusers and left out, never made back.
+`config_renames`: renames that depend on the config (Z-Image's `all_x_embedder.{patch}-{f_patch}.`).
 
 Both directions are Expr maps from the same tables, so they are exact inverses and stream.
 """
@@ -34,7 +39,7 @@ class Blocks:
     diffusers: str  # the same blocks in diffusers names ("transformer_blocks.")
     renames: dict = field(default_factory=dict)  # original -> diffusers, inside one block
     fused: dict = field(default_factory=dict)  # original module -> diffusers modules, cat on dim 0
-    split: str = "equal"  # "equal" | "width": `width` rows each, the last piece takes the rest
+    split: str = "equal"  # "equal" | "width": `width` rows each, the last piece takes the rest | "gqa" (see above)
     swapped: dict = field(default_factory=dict)  # original -> diffusers, halves swapped
 
 
@@ -66,17 +71,20 @@ class TableLayout:
     shape_keys: tuple[str, ...] = ()
     undetermined: dict = field(default_factory=dict)
     placeholder_rule: Callable[[dict], dict] | None = None
+    dropped: dict = field(default_factory=dict)  # original name -> why it has no diffusers counterpart
+    config_renames: Callable[[dict], dict] | None = None  # config -> more top-level renames
 
-    def _scopes(self, names, side: str):
+    def _scopes(self, names, side: str, config: dict):
         """(original prefix, diffusers prefix, renames, fused, swapped, split) for the top and every block."""
-        yield "", "", self.top, {}, self.swapped, "equal"
+        top = {**self.top, **self.config_renames(config)} if self.config_renames else self.top
+        yield "", "", top, {}, self.swapped, "equal"
         for b in self.blocks:
             for i in range(num_blocks(names, b.original if side == "original" else b.diffusers)):
                 yield f"{b.original}{i}.", f"{b.diffusers}{i}.", b.renames, b.fused, b.swapped, b.split
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out: dict[str, Expr] = {}
-        for o_pre, d_pre, renames, fused, swapped, _ in self._scopes(shapes, "diffusers"):
+        for o_pre, d_pre, renames, fused, swapped, _ in self._scopes(shapes, "diffusers", config):
             out.update({o: src(d) for o, d in pairs(renames, o_pre, d_pre) if d in shapes})
             for o_mod, parts in fused.items():
                 for p in PARAMS:
@@ -88,7 +96,7 @@ class TableLayout:
     def to_diffusers_map(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         """The inverse of `to_original`, as Exprs over original names."""
         out: dict[str, Expr] = {}
-        for o_pre, d_pre, renames, fused, swapped, split in self._scopes(shapes, "original"):
+        for o_pre, d_pre, renames, fused, swapped, split in self._scopes(shapes, "original", config):
             out.update({d: src(o) for o, d in pairs(renames, o_pre, d_pre) if o in shapes})
             for o_mod, parts in fused.items():
                 for p in PARAMS:
@@ -107,13 +115,20 @@ class TableLayout:
         if split == "width":
             width = shapes[self.width[0]][self.width[1]]
             return [width] * (len(parts) - 1) + [rows - width * (len(parts) - 1)]
+        if split == "gqa":
+            width = shapes[self.width[0]][self.width[1]]
+            rest = rows - width
+            if rest <= 0 or rest % (len(parts) - 1):
+                raise CkptError(f"{self.title}: {name} has {rows} rows, not {width} query rows and "
+                                f"{len(parts) - 1} equal key/value parts")
+            return [width] + [rest // (len(parts) - 1)] * (len(parts) - 1)
         if rows % len(parts):
             raise CkptError(f"{self.title}: {name} has {rows} rows, not {len(parts)} equal parts")
         return [rows // len(parts)] * len(parts)
 
     def _finish(self, out: dict[str, Expr], shapes, side: str) -> dict[str, Expr]:
         used = {s for e in out.values() for s in e.sources()}
-        left = sorted(set(shapes) - used)
+        left = sorted(set(shapes) - used - (set(self.dropped) if side == "original" else set()))
         if self.passthrough:
             clash = sorted(n for n in left if n in out)
             if clash:
