@@ -479,3 +479,29 @@ def test_text_encoder_linears_from_the_table_are_the_classes(fixture, tmp_path, 
     assert len(built) == len(encoders)
     assert from_table == from_class
     assert sum(t[3].startswith("quanto:") for _, ts in from_table for t in ts) > 0
+
+
+NEWER = [n for n, fx in __import__("ckptkit.fixtures.factory", fromlist=["FIXTURES"]).FIXTURES.items()
+         if fx.family not in ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux", "sana")]
+
+
+@pytest.mark.parametrize("backend, type_name", [("bnb", "nf4"), ("quanto", "qint8"), ("comfy", "fp8")])
+@pytest.mark.parametrize("fixture", NEWER)
+def test_newer_families_quantize_with_every_library_backend_and_verify(tmp_path, fixture, backend, type_name):
+    """The newer families' transformers through bitsandbytes, quanto and ComfyUI's fp8: only their
+    Linear weights quantized (raw parameters such as HiDream's MoE gate, AuraFlow's register tokens
+    and Z-Image's pad tokens kept), and the set passes verify against its source, 1-step check included."""
+    from ckptkit.fixtures.factory import write_bundle
+    from ckptkit.verify import VerifyOptions, run_verify
+
+    bundle = write_bundle(fixture, tmp_path / f"{fixture}.safetensors", dtype=torch.bfloat16)
+    run = pipeline.quantize(bundle, tmp_path / "set", Policy(diffusion_model=type_name, backend=backend))
+    info = run.plan.info["components"]["diffusion_model"]
+    assert info["policy"]["quantized_tensors"] > 0
+    report = run_verify(tmp_path / "set", VerifyOptions(against=str(bundle), device="cpu"))
+    assert report.passed, [(r.check, r.component, r.metric, r.detail) for r in report.results if r.passed is False]
+    with open_checkpoint(next((tmp_path / "set").glob("diffusion_model*.safetensors"))) as ck:
+        names = set(ck.tensors)
+    for raw in ("double_stream_blocks.0.block.ff_i.gate.weight", "register_tokens", "x_pad_token", "cap_pad_token"):
+        if raw in names:  # a raw nn.Parameter stays a plain tensor: no library scale beside it
+            assert not any(n.startswith(raw.removesuffix(".weight") + ".") and n != raw for n in names), raw
