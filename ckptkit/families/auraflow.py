@@ -1,7 +1,8 @@
 """AuraFlow (fal, v0.3; 6.8B). fal's `aura_flow_0.3.safetensors` bundles the transformer in
 original names (bare; ComfyUI adds `model.diffusion_model.`) — ComfyUI's all-in-one file also holds
 the text encoder (Pile-T5-XL encoder, UMT5EncoderModel in diffusers) and the SDXL VAE, which ship as
-separate files in the diffusers repo; only the diffusion model is in this spec.
+separate files in the diffusers repo; the VAE is an optional component here, the text encoder is not
+(yet).
 
 Released config (fal/AuraFlow-v0.3 transformer/config.json as quoted in public copies, and
 diffusers' scripts/convert_aura_flow_to_diffusers.py defaults): 4 MMDiT + 32 single blocks,
@@ -9,6 +10,9 @@ diffusers' scripts/convert_aura_flow_to_diffusers.py defaults): 4 MMDiT + 32 sin
 SDXL VAE), patch 2, 9216 positions (96 x 96; the class default 1024 is not the release's).
 """
 
+from dataclasses import replace
+
+from ckptkit.families.common import SDXL_VAE_CONFIG, vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 AURAFLOW_CONFIG = dict(sample_size=64, patch_size=2, in_channels=4, num_mmdit_layers=4, num_single_dit_layers=32,
@@ -34,11 +38,13 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "auraflow",
                       "AuraFlowTransformer2DModel", "transformer", config=AURAFLOW_CONFIG, alt_prefixes=("",),
                       high_precision=AURAFLOW_HIGH_PRECISION),
+        # the SDXL VAE (4 latent channels), under `vae.` in all-in-one files (`first_stage_model.` read too)
+        replace(vae("vae.", SDXL_VAE_CONFIG, alt_prefixes=("first_stage_model.",)), optional=True),
     ),
     detect=(Has("double_layers.0.attn.w1q.weight"), Has("cond_seq_linear.weight")),
     detect_diffusers=(Has("joint_transformer_blocks.0.ff_context.out_projection.weight"), Has("register_tokens")),
     variants=(Variant("v0.3", (), (), "AuraFlow v0.3 (earlier versions not checked)"),),
-    notes="text encoder Pile-T5-XL (UMT5EncoderModel) and the SDXL VAE ship beside it",
+    notes="text encoder Pile-T5-XL (UMT5EncoderModel, not a component yet) and the SDXL VAE (optional)",
     releases=(
         Release("auraflow_v0_3", ("fal/AuraFlow-v0.3",), "v0.3", AURAFLOW_CONFIG,
                 {"*": _SOURCE, "sample_size": "64: the pipeline's default resolution / 16 (class default; not "

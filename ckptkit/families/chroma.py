@@ -1,15 +1,18 @@
 """Chroma (Chroma1-HD, lodestones): a FLUX.1-schnell derivative whose modulations come from one
 "approximator" (`distilled_guidance_layer`) instead of per-block modulation layers. The release
 (`Chroma1-HD.safetensors`) is the transformer alone in BFL-style names, bare; ComfyUI adds
-`model.diffusion_model.`. Only the diffusion model is in this spec: the text encoder (T5-XXL encoder,
-no CLIP) and the VAE (FLUX.1's `ae.safetensors`) ship as separate files.
+`model.diffusion_model.`. Its text encoder (T5-XXL encoder, no CLIP) and VAE (FLUX.1's
+`ae.safetensors`) ship as separate files, or beside it in all-in-one files under FLUX.1's prefixes:
+both are optional components here.
 
 Released config: ChromaTransformer2DModel's defaults in diffusers 0.42.1 (transformer_chroma.py),
 which diffusers' single-file loader uses for `lodestones/Chroma1-HD` and which ComfyUI's detection
 hard-codes (in_dim 64, hidden_dim 5120, n_layers 5); 19 + 38 blocks of 3072 as FLUX.1.
 """
 
-from ckptkit.families.common import FLUX_SCHEDULER
+from dataclasses import replace
+
+from ckptkit.families.common import FLUX_SCHEDULER, FLUX_VAE_CONFIG, t5xxl, vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 CHROMA_HD_CONFIG = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
@@ -34,12 +37,16 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "chroma",
                       "ChromaTransformer2DModel", "transformer", config=CHROMA_HD_CONFIG, alt_prefixes=("",),
                       high_precision=CHROMA_HIGH_PRECISION),
+        # ComfyUI's all-in-one files: T5-XXL and the FLUX.1 VAE under FLUX.1's prefixes; ChromaPipeline's
+        # T5 is its only text encoder (`text_encoder`)
+        replace(t5xxl("text_encoders.t5xxl.transformer."), diffusers_folder="text_encoder", optional=True),
+        replace(vae("vae.", FLUX_VAE_CONFIG, alt_prefixes=("first_stage_model.",)), optional=True),
     ),
     # the approximator is Chroma's alone (FLUX.1 and FLUX.2 have none); its diffusers names are the same
     detect=(Has("distilled_guidance_layer.in_proj.weight"), Has("double_blocks.0.img_attn.norm.key_norm.scale")),
     detect_diffusers=(Has("distilled_guidance_layer.in_proj.weight"), Has("transformer_blocks.0.attn.norm_added_k.weight")),
     variants=(Variant("chroma1-hd", (), (), "Chroma1-HD"),),
-    notes="text encoder T5-XXL (encoder only) and the VAE (FLUX.1's) ship as separate files",
+    notes="text encoder T5-XXL (encoder only) and the VAE (FLUX.1's): separate files or all-in-one",
     releases=(
         Release("chroma1_hd", ("lodestones/Chroma1-HD",), "chroma1-hd", CHROMA_HD_CONFIG, {
             "*": "ChromaTransformer2DModel defaults in diffusers 0.42.1 (transformer_chroma.py), which its single-file "

@@ -1,7 +1,7 @@
 """HiDream-I1 (Full / Dev / Fast: one 17B mixture-of-experts transformer layout, different weights
 and schedules). The release and ComfyUI's `diffusion_models/hidream_i1_*.safetensors` carry diffusers'
 names (bare, or under `model.diffusion_model.`); its four text encoders (CLIP-L, CLIP-G, T5-XXL,
-Llama-3.1-8B-Instruct) and the FLUX.1 VAE ship as separate files.
+Llama-3.1-8B-Instruct) and the FLUX.1 VAE ship as separate files; the VAE is an optional component.
 
 Released config: ComfyUI's model_detection hard-codes it for `caption_projection.0.linear.weight`
 (Comfy-Org/ComfyUI@0b61ce5b comfy/model_detection.py: attention_head_dim 128, axes_dims_rope
@@ -11,6 +11,9 @@ HiDream-ai/HiDream-I1's transformer/config.json holds as quoted in public copies
 defaults of diffusers 0.42.1 differ (2-axis rope, no llama_layers): never relied on.
 """
 
+from dataclasses import replace
+
+from ckptkit.families.common import FLUX_VAE_CONFIG, vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 HIDREAM_I1_CONFIG = dict(patch_size=2, in_channels=16, out_channels=16, num_layers=16, num_single_layers=32,
@@ -38,12 +41,15 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "hidream",
                       "HiDreamImageTransformer2DModel", "transformer", config=HIDREAM_I1_CONFIG,
                       alt_prefixes=("",), high_precision=HIDREAM_HIGH_PRECISION),
+        # ComfyUI's all-in-one files: the FLUX.1 VAE under `vae.` (its own `first_stage_model.` is read too)
+        replace(vae("vae.", FLUX_VAE_CONFIG, alt_prefixes=("first_stage_model.",)), optional=True),
     ),
     detect=(Has("double_stream_blocks.0.block.adaLN_modulation.1.weight"), Has("caption_projection.0.linear.weight")),
     detect_diffusers=(Has("double_stream_blocks.0.block.adaLN_modulation.1.weight"),
                       Has("caption_projection.0.linear.weight")),
     variants=(Variant("i1", (), (), "HiDream-I1 Full / Dev / Fast: one layout (the weights cannot tell them apart)"),),
-    notes="text encoders CLIP-L, CLIP-G, T5-XXL, Llama-3.1-8B-Instruct and the FLUX.1 VAE ship as separate files",
+    notes="text encoders CLIP-L, CLIP-G, T5-XXL, Llama-3.1-8B-Instruct ship as separate files; the FLUX.1 VAE "
+          "is an optional component",
     releases=(
         Release("hidream_i1", ("HiDream-ai/HiDream-I1-Full", "HiDream-ai/HiDream-I1-Dev", "HiDream-ai/HiDream-I1-Fast"),
                 "i1", HIDREAM_I1_CONFIG, {"*": _SOURCE,

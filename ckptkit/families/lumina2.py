@@ -1,15 +1,18 @@
 """Lumina 2 (Alpha-VLLM's Lumina-Image-2.0, a 2.6B NextDiT; Neta-Lumina and other finetunes share it).
 ComfyUI's split file (`diffusion_models/lumina_2_model_bf16.safetensors`) and Alpha-VLLM's release use
-NextDiT's original names (convert/layouts/lumina2.py), bare or under `model.diffusion_model.`. Only the
-diffusion model is specified here: the text encoder (Gemma-2-2B, `hidden_states[-2]`) and the VAE
-(FLUX.1's 16-channel AutoencoderKL) ship as separate files (or beside it in ComfyUI's all-in-one
-`lumina_2.safetensors`).
+NextDiT's original names (convert/layouts/lumina2.py), bare or under `model.diffusion_model.`. The text
+encoder (Gemma-2-2B, `hidden_states[-2]`; a standalone LLM component) and the VAE (FLUX.1's
+16-channel AutoencoderKL; an optional component here) ship as separate files (or beside it in
+ComfyUI's all-in-one `lumina_2.safetensors`).
 
 Told from Z-Image (the same original layout) by structure: modulation behind a SiLU
 (`layers.N.adaLN_modulation.1`, Z-Image's is `.0`) and no pad tokens; ComfyUI uses the width
 (`cap_embedder.1.weight` rows 2304, Z-Image 3840), which is not used here.
 """
 
+from dataclasses import replace
+
+from ckptkit.families.common import FLUX_VAE_CONFIG, vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Release
 
 # Alpha-VLLM/Lumina-Image-2.0 transformer/config.json (_diffusers_version 0.33.0.dev0) as quoted in public
@@ -41,12 +44,14 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "lumina2",
                       "Lumina2Transformer2DModel", "transformer", config=LUMINA2_CONFIG, alt_prefixes=("",),
                       high_precision=NEXTDIT_HIGH_PRECISION),
+        # ComfyUI's all-in-one files: the FLUX.1 VAE under `vae.` (its own `first_stage_model.` is read too)
+        replace(vae("vae.", FLUX_VAE_CONFIG, alt_prefixes=("first_stage_model.",)), optional=True),
     ),
     detect=(Has("cap_embedder.1.weight"), Has("layers.0.adaLN_modulation.1.weight"),
             Has("layers.0.attention.qkv.weight"), Lacks("x_pad_token")),
     detect_diffusers=(Has("time_caption_embed.caption_embedder.1.weight"), Has("layers.0.norm1.linear.weight"),
                       Has("layers.0.attn.to_q.weight")),
-    notes="text encoder Gemma-2-2B and the VAE (FLUX.1's) ship as separate files",
+    notes="text encoder Gemma-2-2B (a standalone component) and the VAE (FLUX.1's, optional here)",
     releases=(
         Release("lumina_image_2", ("Alpha-VLLM/Lumina-Image-2.0",), None, LUMINA2_CONFIG, {
             "*": "Alpha-VLLM/Lumina-Image-2.0 transformer/config.json (_diffusers_version 0.33.0.dev0) as quoted in "

@@ -1,8 +1,8 @@
 """Z-Image (Tongyi-MAI, 6B single-stream DiT; Z-Image-Turbo). ComfyUI's split file
 (`diffusion_models/z_image_turbo_bf16.safetensors`) uses NextDiT's original names (the layout Lumina 2
-shares, convert/layouts/z_image.py), bare or under `model.diffusion_model.`. Only the diffusion model
-is specified here: the text encoder (Qwen3-4B, `hidden_states[-2]`) and the VAE (FLUX.1's 16-channel
-AutoencoderKL) ship as separate files.
+shares, convert/layouts/z_image.py), bare or under `model.diffusion_model.`. The text encoder
+(Qwen3-4B, `hidden_states[-2]`; a standalone LLM component, families/components.py) and the VAE
+(FLUX.1's 16-channel AutoencoderKL; an optional component here) ship as separate files.
 
 Told from Lumina 2 by structure, not width: Z-Image has the pad tokens `x_pad_token` / `cap_pad_token`
 and modulation without a SiLU in front (`layers.N.adaLN_modulation.0`; Lumina 2's is `.1`). ComfyUI
@@ -11,6 +11,9 @@ Z-Image (base) and Z-Image-Turbo share this config and layout (the weights canno
 only their schedulers' shift differs (6.0 / 3.0).
 """
 
+from dataclasses import replace
+
+from ckptkit.families.common import FLUX_VAE_CONFIG, vae
 from ckptkit.families.lumina2 import NEXTDIT_HIGH_PRECISION
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release
 
@@ -41,12 +44,14 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "z_image",
                       "ZImageTransformer2DModel", "transformer", config=Z_IMAGE_CONFIG, alt_prefixes=("",),
                       high_precision=Z_IMAGE_HIGH_PRECISION),
+        # ComfyUI's all-in-one files: the FLUX.1 VAE under `vae.` (its own `first_stage_model.` is read too)
+        replace(vae("vae.", FLUX_VAE_CONFIG, alt_prefixes=("first_stage_model.",)), optional=True),
     ),
     detect=(Has("x_pad_token"), Has("cap_pad_token"), Has("layers.0.adaLN_modulation.0.weight"),
             Has("layers.0.attention.qkv.weight")),
     detect_diffusers=(Has("x_pad_token"), Has("cap_pad_token"), Has("layers.0.adaLN_modulation.0.weight"),
                       Has("layers.0.attention.to_q.weight")),
-    notes="text encoder Qwen3-4B and the VAE (FLUX.1's) ship as separate files",
+    notes="text encoder Qwen3-4B (a standalone component) and the VAE (FLUX.1's, optional here)",
     releases=(
         Release("z_image_turbo", ("Tongyi-MAI/Z-Image-Turbo", "Tongyi-MAI/Z-Image"), None, Z_IMAGE_CONFIG, {
             "*": "Tongyi-MAI/Z-Image-Turbo transformer/config.json (_diffusers_version 0.36.0.dev0) as quoted "

@@ -106,9 +106,10 @@ RECIPES: dict[str, OneStepRecipe] = {
         timestep_doc="t in [0, 1] (the transformer scales by 1000); latents packed 2x2; seeded random "
                      "Qwen2.5-VL-width text states (the text encoder ships separately)"),
     "chroma": OneStepRecipe(
-        denoiser="chroma", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),), has_vae=False,
+        denoiser="chroma", sampler="flow", start=1.0, time_scale=1.0, text=(TextUse("t5xxl", _T5, "last"),),
+        context=(("t5xxl",),),
         timestep_doc="t in [0, 1] (the transformer scales by 1000); no guidance input; latents packed 2x2; "
-                     "seeded random T5-width text states (the text encoder ships separately)"),
+                     "T5's last hidden state (seeded random T5-width states when the set has no T5)"),
     "flux2": OneStepRecipe(
         denoiser="flux2", sampler="flow", start=1.0, time_scale=1.0, guidance=4.0, context=(("caption",),),
         has_vae=False,
@@ -116,21 +117,21 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "default, also scaled by 1000 inside); latents patchified 2x2, 4-axis ids; seeded random "
                      "text states of the 3 stacked text-encoder layers' width (the text encoder ships separately)"),
     "hidream": OneStepRecipe(
-        denoiser="hidream", sampler="flow", start=1.0, time_scale=1000.0, context=(("caption",),), has_vae=False,
+        denoiser="hidream", sampler="flow", start=1.0, time_scale=1000.0, context=(("caption",),),
         timestep_doc="1000 t; the model's output negated (HiDreamImagePipeline); seeded random T5, Llama (every "
                      "layer its blocks read) and pooled CLIP states (the text encoders ship separately)"),
     "z_image": OneStepRecipe(
-        denoiser="z_image", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),), has_vae=False,
+        denoiser="z_image", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),),
         timestep_doc="1 - t (0 at the noise; ZImagePipeline's (1000 - timestep) / 1000, scaled by t_scale "
                      "inside); the model's output negated; seeded random Qwen3-width caption states (the text "
                      "encoder ships separately)"),
     "lumina2": OneStepRecipe(
-        denoiser="lumina2", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),), has_vae=False,
+        denoiser="lumina2", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),),
         timestep_doc="1 - t (0 at the noise; Lumina2Pipeline's 1 - timestep / 1000, not scaled inside); the "
                      "model's output negated; seeded random Gemma-2-width caption states (the text encoder "
                      "ships separately)"),
     "auraflow": OneStepRecipe(
-        denoiser="auraflow", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),), has_vae=False,
+        denoiser="auraflow", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),),
         timestep_doc="t in [0, 1] (AuraFlowPipeline feeds t / 1000; the model scales by 1000); seeded random "
                      "Pile-T5-XL-width text states (the text encoder ships separately)"),
 }

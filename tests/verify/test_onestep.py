@@ -368,8 +368,8 @@ def _pipeline_latent(fixture, seed=0):
         ref = flux_unpack(pipe(prompt_embeds=cond["context"], pooled_prompt_embeds=cond["pooled"], guidance_scale=3.5,
                                height=size, width=size, latents=flux_pack(z), **common).images, 16, 16)
     elif family == "chroma":  # no VAE: the pipeline assumes an 8x one (latent 8 x 8 at 64 px)
-        z = torch.randn(1, 4, 8, 8, generator=gen)
-        cond = {"context": torch.randn(1, 32, 48, generator=gen)}
+        z = torch.randn(1, model.config.in_channels // 4, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, model.config.joint_attention_dim, generator=gen)}
         pipe = diffusers.ChromaPipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
                                         tokenizer=None, transformer=model)
         pipe.set_progress_bar_config(disable=True)
@@ -399,21 +399,55 @@ def _pipeline_latent(fixture, seed=0):
             ref = flux_unpack(diffusers.Flux2Pipeline._pack_latents(
                 (diffusers.Flux2Pipeline._patchify_latents(out) - mean) / std), 8, 8)
     elif family == "z_image":  # no VAE: an 8x one assumed (latent 8 x 8 at 64 px); guidance 0: no CFG pass
-        z = torch.randn(1, 4, 8, 8, generator=gen)
-        cond = {"context": torch.randn(1, 32, 24, generator=gen)}
+        z = torch.randn(1, model.config.in_channels, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, model.config.cap_feat_dim, generator=gen)}
         pipe = diffusers.ZImagePipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
                                         tokenizer=None, transformer=model)
         pipe.set_progress_bar_config(disable=True)
         ref = pipe(prompt_embeds=list(cond["context"].unbind(0)), guidance_scale=0.0, height=64, width=64,
                    latents=z.clone(), **common).images
     elif family == "lumina2":  # its pipeline assumes an 8x VAE; guidance 1: no CFG pass
-        z = torch.randn(1, 4, 8, 8, generator=gen)
-        cond = {"context": torch.randn(1, 32, 24, generator=gen)}
+        z = torch.randn(1, model.config.in_channels, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, model.config.cap_feat_dim, generator=gen)}
         pipe = diffusers.Lumina2Pipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
                                          tokenizer=None, transformer=model)
         pipe.set_progress_bar_config(disable=True)
         ref = pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32, dtype=torch.long),
                    guidance_scale=1.0, height=64, width=64, latents=z.clone(), **common).images
+    elif family == "qwen_image":  # no VAE: an 8x one assumed; its shift_terminal stretch divides by 0 at 1 step
+        cfg = model.config
+        z = torch.randn(1, cfg.out_channels, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, cfg.joint_attention_dim, generator=gen)}
+        pipe = diffusers.QwenImagePipeline(scheduler=_scheduler({**spec.scheduler, "shift_terminal": None}), vae=None,
+                                           text_encoder=None, tokenizer=None, transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+        ref = flux_unpack(pipe(prompt_embeds=cond["context"], prompt_embeds_mask=torch.ones(1, 32, dtype=torch.long),
+                               true_cfg_scale=1.0, height=64, width=64, latents=flux_pack(z), **common).images, 8, 8)
+    elif family == "hidream":  # no VAE: an 8x one assumed; no CFG pass at guidance 0
+        cfg = model.config
+        z = torch.randn(1, cfg.in_channels, 8, 8, generator=gen)
+        t5, llama = cfg.caption_channels
+        cond = {"context": torch.randn(1, 32, t5, generator=gen),
+                "llama": torch.randn(1, max(cfg.llama_layers) + 1, 32, llama, generator=gen),
+                "pooled": torch.randn(1, cfg.text_emb_dim, generator=gen)}
+        pipe = diffusers.HiDreamImagePipeline(
+            scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+            tokenizer_2=None, text_encoder_3=None, tokenizer_3=None, text_encoder_4=None, tokenizer_4=None,
+            transformer=model)
+        pipe.default_sample_size = 8  # it rescales every size to this area (1024 x 1024 px by default)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds_t5=cond["context"], prompt_embeds_llama3=cond["llama"].transpose(0, 1),
+                   pooled_prompt_embeds=cond["pooled"], guidance_scale=0.0, height=64, width=64, latents=z.clone(),
+                   **common).images
+    elif family == "auraflow":  # no VAE: an 8x one assumed; no CFG pass at guidance 1
+        cfg = model.config
+        z = torch.randn(1, cfg.in_channels, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, cfg.joint_attention_dim, generator=gen)}
+        pipe = diffusers.AuraFlowPipeline(scheduler=_scheduler(spec.scheduler), vae=None, text_encoder=None,
+                                          tokenizer=None, transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32), guidance_scale=1.0,
+                   height=64, width=64, latents=z.clone(), **common).images
     else:  # sana sprint
         z = torch.randn(1, 32, 4, 4, generator=gen)
         cond = {"context": torch.randn(1, 32, 24, generator=gen)}
@@ -429,7 +463,7 @@ def _pipeline_latent(fixture, seed=0):
 
 
 @pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint", "chroma", "flux2_dev",
-                                     "flux2_klein", "z_image", "lumina2"])
+                                     "flux2_klein", "z_image", "lumina2", "qwen_image", "hidream", "auraflow"])
 def test_one_step_matches_the_diffusers_pipeline(fixture):
     ours, ref = _pipeline_latent(fixture)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
