@@ -74,8 +74,10 @@ def main() -> None:
         *rows, "",
         "Qwen-Image's published Q4_K_M files were made with ComfyUI-GGUF's patched llama-quantize "
         "(branch auto_convert, tools/lcpp.patch), which also raises the first and last transformer block "
-        "(`transformer_blocks.0.` / `.59.`) to Q5_K at Q4_K_M; ckptkit does not (yet), which accounts for the "
-        "~0.1 GB difference.", ""])
+        "(`transformer_blocks.0.` / `.59.`) to Q5_K at Q4_K_M; ckptkit does the same for the family's "
+        "first and last block (`edge_blocks`), whatever the depth. FLUX.1-style families (FLUX.2, Chroma) "
+        "up-type the fused qkv and single-block linear1/linear2 weights in the _M mixes (ckptkit's FLUX.1 "
+        "rule), which is why FLUX.2's Q4_K_M is 41% of its BF16 size.", ""])
     print("\n" + section)
     if args.write:
         from bench.benchdoc import write_section

@@ -181,13 +181,14 @@ def planned(tensors: dict, family: str, qtype: str = "q4_k_m") -> tuple[int, int
     the whole model even when only part of it is written."""
     from ckptkit.families import get_family
     from ckptkit.quant.plan import CONV_RESHAPE_FAMILIES
-    from ckptkit.quant.policy import decide
+    from ckptkit.quant.policy import decide, edge_prefixes
     from ckptkit.quant.types import PLAIN, nbytes, parse_request
 
     comp, request = get_family(family).diffusion_model, parse_request(qtype)
     total = quantized = 0
+    edges = edge_prefixes(comp, tensors)
     for name, (shape, dtype) in tensors.items():
-        d = decide(name, shape, dtype, comp, request, [], family in CONV_RESHAPE_FAMILIES)
+        d = decide(name, shape, dtype, comp, request, [], family in CONV_RESHAPE_FAMILIES, edges)
         total += nbytes(d.type, d.stored_shape) if d.type not in PLAIN else math.prod(shape) * (4 if d.type == "F32" else 2)
         quantized += math.prod(shape) if d.type not in PLAIN else 0
     return total, quantized

@@ -18,8 +18,9 @@ QWEN_IMAGE_CONFIG = dict(patch_size=2, in_channels=64, out_channels=16, num_laye
 QWEN_IMAGE_EDIT_2511_CONFIG = dict(QWEN_IMAGE_CONFIG, zero_cond_t=True)
 QWEN_IMAGE_LAYERED_CONFIG = dict(QWEN_IMAGE_CONFIG, use_additional_t_cond=True, use_layer3d_rope=True)
 
-# ComfyUI-GGUF's convert.py keeps these out of quantization for every image model (1-D and small
-# tensors aside): the embedders and the output layer; stable-diffusion.cpp keeps the same.
+# ComfyUI-GGUF's lcpp.patch keeps these out of quantization (1-D and small tensors aside): the
+# embedders and the output layer; stable-diffusion.cpp keeps the same. Its patch also raises the
+# first and last block (`edge_blocks`: Q5_K at Q4_K_M), there hard-coded as blocks 0 and 59.
 QWEN_IMAGE_HIGH_PRECISION = ("img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")
 
 SPEC = FamilySpec(
@@ -34,7 +35,8 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "qwen_image",
                       "QwenImageTransformer2DModel", "transformer", config=QWEN_IMAGE_CONFIG,
                       released=(QWEN_IMAGE_EDIT_2511_CONFIG, QWEN_IMAGE_LAYERED_CONFIG),
-                      alt_prefixes=("",), high_precision=QWEN_IMAGE_HIGH_PRECISION),
+                      alt_prefixes=("",), high_precision=QWEN_IMAGE_HIGH_PRECISION,
+                      edge_blocks="transformer_blocks."),
     ),
     detect=(Has("transformer_blocks.0.img_mod.1.weight"), Has("transformer_blocks.0.txt_mod.1.weight"),
             Has("txt_norm.weight")),

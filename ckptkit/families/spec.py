@@ -130,6 +130,9 @@ class ComponentSpec:
     # the diffusers class carries a text_projection the original file has not: an identity, as diffusers'
     # single-file loader adds it (SD3's CLIP-L: StableDiffusion3Pipeline wants CLIPTextModelWithProjection)
     identity_projection: bool = False
+    # numbered blocks whose first and last are raised for the _M/_L/K_S mixes (Request.edge), as
+    # ComfyUI-GGUF's lcpp.patch raises Qwen-Image's transformer_blocks.0. and .59.
+    edge_blocks: str = ""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from ckptkit.formats.dtypes import FLOAT_CODES
 from ckptkit.quant import llm_names, t5_names
 from ckptkit.quant.imatrix import imatrix_key
 from ckptkit.quant.clients import DEFAULT as DEFAULT_CLIENT, Client, for_diffusion_model, get_client
-from ckptkit.quant.policy import Decision, Policy, check_component_request, decide, decide_sdcpp, keep_type
+from ckptkit.quant.policy import (Decision, Policy, check_component_request, decide, decide_sdcpp, edge_prefixes,
+                                  keep_type)
 from ckptkit.quant.types import PLAIN, Request, fallback_for, fits
 
 CONV_RESHAPE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # ComfyUI-GGUF's `shape_fix` archs
@@ -369,6 +370,7 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
     kv: dict = {"general.quantization_version": 2, "general.file_type": int(request.file_type)}
     llm = _llm_gguf(ckpt, comp, ops, kv) if comp.layout == "hf_llm" and not prefix else None
     tensors = []
+    edges = edge_prefixes(comp, ops) if not prefix and not llm else ()
     for name, e in ops.items():
         try:
             final = prefix + name if prefix else llm.names[name] if llm else final_name(comp, name)
@@ -386,7 +388,7 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
             notes.append(f"{comp.name}: {final} ({sdt}) stored as F32: GGUF has no {sdt} type ComfyUI reads")
         else:
             d = (decide_sdcpp(final, shape, sdt, comp, request, rules) if client.type_rules == "sdcpp" else
-                 decide(final, shape, sdt, comp, request, rules, conv_reshape))
+                 decide(final, shape, sdt, comp, request, rules, conv_reshape, edges))
         if scan and (d.quantized or (d.type == "F16" and sdt not in ("F16",))):
             d = _checked(ckpt, e, d, sdt, shape, progress, notes, comp.name, final)
         if client.unit_dims == "ggml" and unit_dims_trimmed(d.stored_shape) != d.stored_shape:

@@ -165,7 +165,7 @@ def _bf16_ok(shape: tuple[int, ...], name: str) -> bool:
 
 
 def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpec, request: Request,
-           rules: list[tuple[re.Pattern, str]], conv_reshape: bool) -> Decision:
+           rules: list[tuple[re.Pattern, str]], conv_reshape: bool, edges: tuple[str, ...] = ()) -> Decision:
     """The type of one tensor, by its final name and shape (see the module docstring for the order)."""
     numel = 1
     for d in shape:
@@ -208,7 +208,19 @@ def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpe
         type_name, reason = request.attn_v, f"{request.name}: attention v/qkv up-typed"
     elif request.ffn_down and (p := FFN_DOWN.get(comp.layout)) and re.search(p, name):
         type_name, reason = request.ffn_down, f"{request.name}: FFN down up-typed"
+    elif request.edge and name.startswith(edges):
+        type_name, reason = request.edge, f"{request.name}: first/last block up-typed"
     return _fit(Decision(type_name, reason, stored, reshaped))
+
+
+def edge_prefixes(comp: ComponentSpec, names) -> tuple[str, ...]:
+    """The first and last of the component's `edge_blocks` among `names` (final names), or ()."""
+    if not comp.edge_blocks:
+        return ()
+    from ckptkit.convert.layouts import num_blocks
+
+    n = num_blocks(names, comp.edge_blocks)
+    return tuple(dict.fromkeys((f"{comp.edge_blocks}0.", f"{comp.edge_blocks}{n - 1}."))) if n else ()
 
 
 # stable-diffusion.cpp's ModelLoader::tensor_should_be_converted (src/model.cpp): a tensor whose

@@ -84,7 +84,13 @@ def test_qwen_image_is_20b_and_plans_13_gb_at_q4_k_m(tmp_path):
     assert manifest["summary"]["diffusion_model"]["params"] == 20_430_401_088
     path = write_sparse_safetensors(tmp_path / "qwen.safetensors", manifest_tensors(manifest, ""))
     run = quantize(path, tmp_path / "q.gguf", Policy("q4_k_m"), dry_run=True, scan=False)
-    assert 12.9e9 < planned_bytes(run.plan) < 13.1e9, planned_bytes(run.plan)
+    assert 13.05e9 < planned_bytes(run.plan) < 13.15e9, planned_bytes(run.plan)
+    types = {t.name: t.dtype for t in run.plan.outputs[0].tensors}
+    # ComfyUI-GGUF's lcpp.patch: the first and last block up to Q5_K, the mix's v / FFN-down to Q6_K
+    assert types["transformer_blocks.0.attn.to_q.weight"] == types["transformer_blocks.59.img_mod.1.weight"] == "Q5_K"
+    assert types["transformer_blocks.1.attn.to_q.weight"] == types["transformer_blocks.58.img_mod.1.weight"] == "Q4_K"
+    assert types["transformer_blocks.0.attn.to_v.weight"] == types["transformer_blocks.30.img_mlp.net.2.weight"] == "Q6_K"
+    assert types["img_in.weight"] == "BF16" and types["txt_norm.weight"] == "F32"
     assert not (tmp_path / "q.gguf").exists()
     assert get_family("qwen_image").gguf_arch == "qwen_image"
 
