@@ -205,4 +205,8 @@ def random_model(class_name: str, config: dict, seed: int) -> torch.nn.Module:
         for param in model.parameters():
             if param.ndim >= 1 and not param.any():
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+        for module in model.modules():  # batch-norm statistics away from (0, 1): FLUX.2's VAE de-normalises by them
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.5)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
     return model.eval()

@@ -44,6 +44,22 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
                        ("sd3", "flux"), "T5-XXL encoder"),
     ComponentSignature("t5", "hf_t5", "text_encoder", (Has("encoder.block.0.layer.0.SelfAttention.q.weight"),), (),
                        "T5 encoder"),
+    # FLUX.2's VAE by its structure (batch-norm latent statistics; 32 latent channels as released) before
+    # the LDM VAEs its encoder / decoder names share
+    ComponentSignature("vae", "flux2_vae", "vae",
+                       (Has("bn.running_mean"), Has("encoder.quant_conv.weight"), Has("encoder.down.0.block.0.conv1.weight")),
+                       ("flux2",), "FLUX.2 VAE (original layout: batch-norm latent statistics, 32 latent channels)"),
+    ComponentSignature("vae", "diffusers:flux2_vae", "vae",
+                       (Has("bn.running_mean"), Has("encoder.down_blocks.0.resnets.0.conv1.weight")),
+                       ("flux2",), "FLUX.2 VAE (diffusers layout: AutoencoderKLFlux2)"),
+    # The Wan 2.1 causal 3-D VAE (5-D conv weights, RMS-norm gammas) with 16 latent channels: Qwen-Image's
+    # vae/qwen_image_vae.safetensors in Wan's names, or diffusers' AutoencoderKLQwenImage
+    ComponentSignature("vae", "wan_vae", "vae",
+                       (Has("encoder.downsamples.0.residual.0.gamma"), Has("decoder.conv1.weight", 1, 16)),
+                       ("qwen_image",), "Qwen-Image VAE (Wan 2.1 layout, 16 latent channels)"),
+    ComponentSignature("vae", "diffusers:wan_vae", "vae",
+                       (Has("encoder.down_blocks.0.norm1.gamma"), Has("decoder.conv_in.weight", 1, 16)),
+                       ("qwen_image",), "Qwen-Image VAE (diffusers layout: AutoencoderKLQwenImage)"),
     ComponentSignature("vae", "ldm_vae", "vae", (Has("decoder.conv_in.weight", 1, 4), Has("encoder.down.0.block.0.conv1.weight")),
                        ("sd1", "sd2", "sdxl", "sdxl_refiner"), "4-channel SD VAE (original layout)"),
     ComponentSignature("vae", "ldm_vae", "vae", (Has("decoder.conv_in.weight", 1, 16), Has("encoder.down.0.block.0.conv1.weight")),

@@ -1,7 +1,8 @@
 """FLUX.2 ([dev], and [klein] 4B / 9B). Black Forest Labs ship the transformer alone in original
-names, bare (`flux2-dev.safetensors`, ...); ComfyUI adds `model.diffusion_model.`. Only the
-diffusion model is in this spec: the text encoder (Mistral-Small-3.2-24B for [dev], Qwen3-4B / -8B
-for [klein]) and the VAE (AutoencoderKLFlux2, 32 latent channels) ship as separate files.
+names, bare (`flux2-dev.safetensors`, ...); ComfyUI adds `model.diffusion_model.`. The text encoder
+(Mistral-Small-3.2-24B for [dev], Qwen3-4B / -8B for [klein]) and the VAE (AutoencoderKLFlux2, 32 latent
+channels, batch-norm latent statistics; layouts/flux2_vae.py) ship as separate files; the VAE is an
+optional component (`vae.` in all-in-one repacks).
 
 Released configs: `get_flux2_transformer_config` of diffusers' scripts/convert_flux2_to_diffusers.py
 (huggingface/diffusers@207bae7a); [dev]'s equal Flux2Transformer2DModel's defaults in diffusers 0.42.1.
@@ -10,7 +11,9 @@ embedding. The step-distilled [klein] and its undistilled "base" share one layou
 `is_distilled` is not in the weights).
 """
 
-from ckptkit.families.common import FLUX_SCHEDULER
+from dataclasses import replace
+
+from ckptkit.families.common import FLUX_SCHEDULER, vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Release, Variant
 
 FLUX2_DEV_CONFIG = dict(patch_size=1, in_channels=128, out_channels=None, num_layers=8, num_single_layers=48,
@@ -21,6 +24,14 @@ FLUX2_KLEIN_4B_CONFIG = dict(FLUX2_DEV_CONFIG, num_layers=5, num_single_layers=2
                              joint_attention_dim=7680, guidance_embeds=False)
 FLUX2_KLEIN_9B_CONFIG = dict(FLUX2_DEV_CONFIG, num_layers=8, num_single_layers=24, num_attention_heads=32,
                              joint_attention_dim=12288, guidance_embeds=False)
+# The VAE: diffusers' scripts/convert_flux2_to_diffusers.py (huggingface/diffusers@207bae7a) builds
+# `AutoencoderKLFlux2()` with its defaults (these, diffusers 0.42.1) and loads BFL's file into it strictly.
+FLUX2_VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
+                        decoder_block_out_channels=None, layers_per_block=2, act_fn="silu", latent_channels=32,
+                        norm_num_groups=32, sample_size=1024, use_quant_conv=True, use_post_quant_conv=True,
+                        mid_block_add_attention=True, batch_norm_eps=1e-4, batch_norm_momentum=0.1,
+                        patch_size=[2, 2])
 # ComfyUI-GGUF writes FLUX.2 as arch "flux"; its lcpp.patch keeps FLUX's input/output layers and
 # (its "flux2" lines) the shared modulations out of quantization. stable-diffusion.cpp keeps the
 # FLUX list only (its modulations are quantized); the union is kept here.
@@ -41,6 +52,10 @@ SPEC = FamilySpec(
                       "Flux2Transformer2DModel", "transformer", config=FLUX2_DEV_CONFIG,
                       released=(FLUX2_KLEIN_4B_CONFIG, FLUX2_KLEIN_9B_CONFIG), alt_prefixes=("",),
                       high_precision=FLUX2_HIGH_PRECISION),
+        # a separate file (BFL's ae.safetensors, ComfyUI's flux2-vae.safetensors); `vae.` / `first_stage_model.`
+        # in all-in-one repacks. Never quantized (common.vae).
+        replace(vae("vae.", FLUX2_VAE_CONFIG, layout="flux2_vae", alt_prefixes=("first_stage_model.",)),
+                diffusers_class="AutoencoderKLFlux2", optional=True),
     ),
     # the shared modulations are FLUX.2's alone (FLUX.1 modulates per block, Chroma not at all)
     detect=(Has("double_stream_modulation_img.lin.weight"), Has("double_blocks.0.img_attn.norm.key_norm.scale")),
@@ -54,7 +69,8 @@ SPEC = FamilySpec(
                 "FLUX.2 [klein] 4B / 9B (sizes tell them apart), no guidance embedding",
                 pipeline="Flux2KleinPipeline"),
     ),
-    notes="text encoder (Mistral-Small-3.2-24B for dev, Qwen3-4B/-8B for klein) and the VAE ship as separate files",
+    notes="text encoder (Mistral-Small-3.2-24B for dev, Qwen3-4B/-8B for klein) and the VAE (AutoencoderKLFlux2) "
+          "ship as separate files",
     releases=tuple(
         Release(name, models, variant, config, {
             "*": "get_flux2_transformer_config in diffusers' scripts/convert_flux2_to_diffusers.py "

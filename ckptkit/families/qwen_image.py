@@ -9,6 +9,9 @@ weights: a file cannot say which it is, so converting one needs its config); Lay
 time embedding (detectable) and 3-D rotary positions.
 """
 
+from dataclasses import replace
+
+from ckptkit.families.common import vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 QWEN_IMAGE_CONFIG = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
@@ -17,6 +20,20 @@ QWEN_IMAGE_CONFIG = dict(patch_size=2, in_channels=64, out_channels=16, num_laye
                          use_layer3d_rope=False)
 QWEN_IMAGE_EDIT_2511_CONFIG = dict(QWEN_IMAGE_CONFIG, zero_cond_t=True)
 QWEN_IMAGE_LAYERED_CONFIG = dict(QWEN_IMAGE_CONFIG, use_additional_t_cond=True, use_layer3d_rope=True)
+
+# The VAE (`AutoencoderKLQwenImage`; ComfyUI's vae/qwen_image_vae.safetensors in Wan 2.1's names,
+# layout "wan_vae"): the defaults of AutoencoderKLQwenImage.__init__ in diffusers 0.42.1
+# (models/autoencoders/autoencoder_kl_qwenimage.py), the values of Qwen/Qwen-Image's vae/config.json
+# as public copies quote it (z_dim 16, temperal_downsample [false, true, true]); base_dim, z_dim,
+# dim_mult, num_res_blocks, attn_scales and temperal_downsample are also read from the weights.
+# latents_mean / latents_std (not in the weights) normalise the latents (QwenImagePipeline).
+QWEN_IMAGE_VAE_CONFIG = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0, input_channels=3,
+    latents_mean=[-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                  0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    latents_std=[2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916])
 
 # ComfyUI-GGUF's lcpp.patch keeps these out of quantization (1-D and small tensors aside): the
 # embedders and the output layer; stable-diffusion.cpp keeps the same. Its patch also raises the
@@ -37,6 +54,9 @@ SPEC = FamilySpec(
                       released=(QWEN_IMAGE_EDIT_2511_CONFIG, QWEN_IMAGE_LAYERED_CONFIG),
                       alt_prefixes=("",), high_precision=QWEN_IMAGE_HIGH_PRECISION,
                       edge_blocks="transformer_blocks."),
+        # the Wan-2.1-style VAE, usually its own file; all-in-one repacks put it under `vae.`
+        replace(vae("vae.", QWEN_IMAGE_VAE_CONFIG, layout="wan_vae", alt_prefixes=("first_stage_model.",)),
+                diffusers_class="AutoencoderKLQwenImage", optional=True),
     ),
     detect=(Has("transformer_blocks.0.img_mod.1.weight"), Has("transformer_blocks.0.txt_mod.1.weight"),
             Has("txt_norm.weight")),
@@ -49,7 +69,8 @@ SPEC = FamilySpec(
                 "Qwen-Image / -2512 / -Edit / -Edit-2509 / -Edit-2511: the same weights layout "
                 "(Edit-2511's zero_cond_t is not in the weights)"),
     ),
-    notes="text encoder Qwen2.5-VL-7B and the VAE ship as separate files",
+    notes="text encoder Qwen2.5-VL-7B and the VAE ship as separate files; the VAE (AutoencoderKLQwenImage, "
+          "Wan 2.1 layout) is an optional component",
     releases=(
         Release("qwen_image", ("Qwen/Qwen-Image", "Qwen/Qwen-Image-2512", "Qwen/Qwen-Image-Edit",
                                "Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image-Edit-2511"),

@@ -14,7 +14,8 @@ from ckptkit.verify.sets import Component, ComponentSet
 
 INTEGER_CODES = frozenset({"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"})
 # Present in real files but not part of the model (tolerated, never required).
-TOLERATED = ("position_ids", "logit_scale", "encoder.embed_tokens.weight", "text_projection")
+# ... and torch's BatchNorm step counter (int64 by design; FLUX.2's VAE `bn.`, which files may or may not carry)
+TOLERATED = ("position_ids", "logit_scale", "encoder.embed_tokens.weight", "text_projection", "num_batches_tracked")
 
 
 def expected_shapes(comp: Component, shapes: dict) -> dict[str, tuple[int, ...]]:

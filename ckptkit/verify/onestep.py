@@ -423,13 +423,13 @@ class _Run:
 
     def geometry(self, dm_cfg: dict | None, vae_cfg: dict | None, recipe: OneStepRecipe):
         """(latent channels, latent side, image side)."""
-        factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1) if vae_cfg else recipe.latent_factor
+        factor = vae_factor(vae_cfg) if vae_cfg else recipe.latent_factor
         side = max(1, self.resolution // factor)
         if dm_cfg is not None:
             call = DENOISERS[recipe.denoiser]
             channels, mult, top = call.latent_channels(dm_cfg), call.multiple(dm_cfg), call.max_side(dm_cfg)
         else:
-            channels, mult, top = vae_cfg["latent_channels"], 1, None
+            channels, mult, top = vae_cfg.get("latent_channels") or vae_cfg["z_dim"], 1, None
         if vae_cfg is None:
             side = max(side, MIN_LATENT_SIDE)
         side = max(mult, side - side % mult)
@@ -543,10 +543,10 @@ class _Run:
             self.notes.append("vae: decoded in float32 with float16 compute (the SDXL VAE overflows in float16)")
 
         def decode(model, latent):
-            sf = float(model.config.scaling_factor or 1.0)
+            sf = float(getattr(model.config, "scaling_factor", None) or 1.0)
             shift = float(getattr(model.config, "shift_factor", None) or 0.0)
-            z = (latent / sf + shift).to(self.device, vae_dtype)
-            return decoded_to_image(model.decode(z).sample)
+            z = (vae_latent(model, latent) / sf + shift).to(self.device, vae_dtype)
+            return decoded_to_image(decode_frames(model, z))
 
         if rv and not cv and "e2e" in x0:
             self.notes.append("e2e: the candidate has no VAE; the reference's is used")
@@ -592,6 +592,49 @@ class _Run:
             if "e2e" in x0:
                 e2e.outputs["latent"] = _compare(x0["reference"], x0["e2e"])
         return vae, e2e
+
+
+def vae_latent(model, latent: torch.Tensor) -> torch.Tensor:
+    """The diffusion model's latent as the VAE's decoder takes it. A VAE with batch-norm latent
+    statistics (`bn` running stats and a `patch_size`: FLUX.2's AutoencoderKLFlux2) had its latents
+    normalised per channel of the patchified latent: de-normalise there, as Flux2Pipeline does
+    (x * sqrt(running_var + batch_norm_eps) + running_mean on the 2x2 patches, then unpatchify)."""
+    bn = getattr(model, "bn", None)
+    patch = getattr(model.config, "patch_size", None)
+    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) or bn.running_mean is None or not patch:
+        return latent
+    ph, pw = patch if isinstance(patch, (list, tuple)) else (patch, patch)
+    b, c, h, w = latent.shape
+    mean = bn.running_mean.detach().to(latent.device, torch.float32).view(1, -1, 1, 1)
+    std = torch.sqrt(bn.running_var.detach().to(latent.device, torch.float32) + bn.eps).view(1, -1, 1, 1)
+    # (b, c, h/ph, ph, w/pw, pw) -> channel c * ph * pw + i * pw + j, as Flux2Pipeline._patchify_latents
+    x = latent.float().reshape(b, c, h // ph, ph, w // pw, pw).permute(0, 1, 3, 5, 2, 4)
+    x = x.reshape(b, c * ph * pw, h // ph, w // pw) * std + mean
+    x = x.reshape(b, c, ph, pw, h // ph, w // pw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+    return x.to(latent.dtype)
+
+
+def vae_factor(cfg: dict) -> int:
+    """Pixels per latent pixel: one halving per level but the last (AutoencoderKL's block_out_channels,
+    the Wan / Qwen-Image VAE's dim_mult)."""
+    levels = cfg.get("block_out_channels") or cfg["dim_mult"]
+    return 2 ** (len(levels) - 1)
+
+
+def decode_frames(model, z: torch.Tensor) -> torch.Tensor:
+    """`model.decode(z).sample` for an image latent (B, C, H, W). A VAE whose class works on video
+    latents (a 3-D conv decoder: Wan / Qwen-Image's causal VAE) gets a one-frame axis, (B, C, 1, H, W),
+    and its image back as that frame; one with per-channel `latents_mean` / `latents_std` in its config
+    decodes `z * std + mean`, as QwenImagePipeline de-normalises before decoding."""
+    mean, std = getattr(model.config, "latents_mean", None), getattr(model.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        z = z * torch.tensor(std, dtype=z.dtype, device=z.device).view(shape) \
+            + torch.tensor(mean, dtype=z.dtype, device=z.device).view(shape)
+    video = isinstance(getattr(getattr(model, "decoder", None), "conv_in", None), torch.nn.Conv3d)
+    if video and z.ndim == 4:
+        return model.decode(z[:, :, None]).sample[:, :, 0]
+    return model.decode(z).sample
 
 
 def _family_components(family: str):

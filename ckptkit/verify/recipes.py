@@ -102,9 +102,11 @@ RECIPES: dict[str, OneStepRecipe] = {
         has_vae=False,
         timestep_doc="TrigFlow s = pi/2 -> t = 1 fed as t * timestep_scale; guidance 4.5 * guidance_embeds_scale"),
     "qwen_image": OneStepRecipe(
-        denoiser="qwen_image", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),), has_vae=False,
+        denoiser="qwen_image", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),),
         timestep_doc="t in [0, 1] (the transformer scales by 1000); latents packed 2x2; seeded random "
-                     "Qwen2.5-VL-width text states (the text encoder ships separately)"),
+                     "Qwen2.5-VL-width text states (the text encoder ships separately); the VAE "
+                     "(AutoencoderKLQwenImage) decodes z * latents_std + latents_mean as one frame "
+                     "(onestep.decode_frames)"),
     "chroma": OneStepRecipe(
         denoiser="chroma", sampler="flow", start=1.0, time_scale=1.0, text=(TextUse("t5xxl", _T5, "last"),),
         context=(("t5xxl",),),
@@ -112,10 +114,10 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "T5's last hidden state (seeded random T5-width states when the set has no T5)"),
     "flux2": OneStepRecipe(
         denoiser="flux2", sampler="flow", start=1.0, time_scale=1.0, guidance=4.0, context=(("caption",),),
-        has_vae=False,
         timestep_doc="t in [0, 1] (the transformer scales by 1000); dev: guidance 4.0 (Flux2Pipeline's "
                      "default, also scaled by 1000 inside); latents patchified 2x2, 4-axis ids; seeded random "
-                     "text states of the 3 stacked text-encoder layers' width (the text encoder ships separately)"),
+                     "text states of the 3 stacked text-encoder layers' width (the text encoder ships separately); "
+                     "the VAE decodes after the batch-norm de-normalisation (onestep.vae_latent)"),
     "hidream": OneStepRecipe(
         denoiser="hidream", sampler="flow", start=1.0, time_scale=1000.0, context=(("caption",),),
         timestep_doc="1000 t; the model's output negated (HiDreamImagePipeline); seeded random T5, Llama (every "

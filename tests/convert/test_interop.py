@@ -92,8 +92,11 @@ def forward(model) -> dict[str, torch.Tensor]:
             out = model(randn(1, cfg.in_channels, 8, 8), torch.tensor([500]),
                         encoder_hidden_states=randn(1, 5, cfg.cross_attention_dim), **kw)
             return {"sample": out.sample}
-        if name == "AutoencoderKL":
+        if name in ("AutoencoderKL", "AutoencoderKLFlux2"):
             post = model.encode(torch.rand(1, cfg.in_channels, 16, 16, generator=g) * 2 - 1).latent_dist
+            return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
+        if name == "AutoencoderKLQwenImage":  # video latents (B, C, T, H, W): one frame
+            post = model.encode(torch.rand(1, cfg.input_channels, 1, 16, 16, generator=g) * 2 - 1).latent_dist
             return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
         if name == "SD3Transformer2DModel":
             out = model(hidden_states=randn(1, cfg.in_channels, 8, 8),

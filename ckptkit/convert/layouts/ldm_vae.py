@@ -99,10 +99,13 @@ class LdmVae:
         cannot tell (scaling_factor, shift_factor, norm_num_groups, sample_size, ...)."""
         return config_from_original(shapes, base)
 
+    def original_name(self, name: str, config: dict) -> str:
+        return original_name(name, config)
+
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
         out = {}
         for name, shape in shapes.items():
-            orig = original_name(name, config)
+            orig = self.original_name(name, config)
             is_attn_matrix = ".mid.attn_1." in orig and len(shape) == 2
             # LDM's attention q/k/v/proj_out are Conv2d(C, C, 1): same bytes, two trailing 1s.
             out[orig] = reshape(name, (*shape, 1, 1)) if is_attn_matrix else src(name)
