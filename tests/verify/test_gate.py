@@ -291,7 +291,7 @@ def test_quiet_and_non_terminal_print_no_progress(sets):
 
 
 # --------------------------------------------------------------------------- one model at a time
-@pytest.mark.parametrize("name", list(FIXTURES))
+@pytest.mark.parametrize("name", [n for n in FIXTURES if n != "flux2_klein"])  # klein: flux2_dev's class
 def test_layer_streamed_models_compute_the_same(tmp_path, name):
     """Every family's every component, layer-streamed on the candidate side and loaded whole on the
     reference side: every stage's outputs are bit-identical."""

@@ -24,6 +24,11 @@ from ckptkit.verify.samplers import (alphas_cumprod, eps_x0, flow_euler, flux_pa
                                      one_step, trigflow_onestep)
 
 ALL = list(FIXTURES)
+# The newer families (issue 16) run these two engine tests through two of them (Qwen-Image: identity
+# layout, Wan-style VAE; Chroma: T5 and FLUX.1's VAE): tests/verify/test_verify.py covers every one of
+# them end to end (a split set's 1-step check exact, a Q8_0 set passing, a broken quantizer failing it).
+OLDER = ("sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux", "sana")
+ENGINE = [n for n in ALL if FIXTURES[n].family in OLDER or n in ("qwen_image", "chroma")]
 WITH_TEXT = ["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux_schnell"]
 
 
@@ -84,7 +89,7 @@ def _outputs(result):
     return [(c, k, v) for c in result.checks() for k, v in c.outputs.items()]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENGINE)
 def test_reference_against_itself_is_exact(bundles, name):
     path, _, det = bundles(name)
     ref = _open(path)
@@ -117,7 +122,7 @@ def test_reference_against_itself_is_exact(bundles, name):
         assert data["e2e"]["outputs"]["image"]["psnr"] == "inf"
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENGINE)
 def test_diffusion_model_perturbation(bundles, name):
     path, _, det = bundles(name)
     cand = _open(_perturbed(bundles, name, "diffusion_model", "dm"))
