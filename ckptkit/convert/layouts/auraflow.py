@@ -12,8 +12,7 @@ caption projection width, the depths, the position table's length. What they do 
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, size
-from ckptkit.errors import CkptError
+from ckptkit.convert.layouts.tables import Blocks, TableLayout, heads, patch_size, per_patch, size
 
 TITLE = "AuraFlow transformer"
 
@@ -47,23 +46,19 @@ SWAPPED = {"modF.1.weight": "norm_out.linear.weight"}
 
 
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
-    width, patched_in = size(shapes, "init_x_linear.weight", 0, TITLE), size(shapes, "init_x_linear.weight", 1, TITLE)
-    patch, head_dim = base.get("patch_size"), base.get("attention_head_dim")
-    if not isinstance(patch, int) or patch < 1 or patched_in % (patch * patch):
-        raise CkptError(f"{TITLE}: patch_size {patch!r} does not divide init_x_linear's {patched_in} inputs")
-    if not isinstance(head_dim, int) or head_dim < 1 or width % head_dim:
-        raise CkptError(f"{TITLE}: attention_head_dim {head_dim!r} does not divide the width {width}")
+    patch, head_dim = patch_size(base, TITLE), base.get("attention_head_dim")
+    n_heads = heads(size(shapes, "init_x_linear.weight", 0, TITLE), head_dim, TITLE)
     return {
         "sample_size": base.get("sample_size", 64),
         "patch_size": patch,
-        "in_channels": patched_in // (patch * patch),
+        "in_channels": per_patch(shapes, "init_x_linear.weight", 1, patch, TITLE),
         "num_mmdit_layers": num_blocks(shapes, "double_layers."),
         "num_single_dit_layers": num_blocks(shapes, "single_layers."),
         "attention_head_dim": head_dim,
-        "num_attention_heads": width // head_dim,
+        "num_attention_heads": n_heads,
         "joint_attention_dim": size(shapes, "cond_seq_linear.weight", 1, TITLE),
         "caption_projection_dim": size(shapes, "cond_seq_linear.weight", 0, TITLE),
-        "out_channels": size(shapes, "final_linear.weight", 0, TITLE) // (patch * patch),
+        "out_channels": per_patch(shapes, "final_linear.weight", 0, patch, TITLE),
         "pos_embed_max_size": size(shapes, "positional_encoding", 1, TITLE),
     }
 

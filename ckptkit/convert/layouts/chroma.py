@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
 from ckptkit.convert.layouts.flux import DOUBLE, DOUBLE_FUSED, HEAD_DIM_FROM, SINGLE, SINGLE_FUSED
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, rope_axes, rope_placeholder, size
+from ckptkit.convert.layouts.tables import (Blocks, TableLayout, heads, patch_size, per_patch, rope_axes,
+                                            rope_placeholder, size)
 from ckptkit.errors import CkptError
 
 TITLE = "Chroma transformer"
@@ -44,8 +45,7 @@ def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     width = size(shapes, "img_in.weight", 0, TITLE)
     head_dim = _head_dim(shapes)
-    if width % head_dim:
-        raise CkptError(f"{TITLE}: width {width} is not a whole number of {head_dim}-wide heads")
+    n_heads = heads(width, head_dim, TITLE)
     for name in ("double_blocks.0.img_mlp.0.weight", "single_blocks.0.linear1.weight"):
         rows = shapes.get(name, (None,))[0]
         mlp = rows - 3 * width if name.startswith("single") and rows else rows
@@ -55,14 +55,9 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     if size(shapes, APPROX + "out_proj.weight", 0, TITLE) != width:
         raise CkptError(f"{TITLE}: {APPROX}out_proj gives {shapes[APPROX + 'out_proj.weight'][0]} "
                         f"channels, not the width {width}")
-    patch = base.get("patch_size")
-    if not isinstance(patch, int) or patch < 1:
-        raise CkptError(f"{TITLE}: patch_size must be a positive integer, not {patch!r}")
+    patch = patch_size(base, TITLE)
     in_channels = size(shapes, "img_in.weight", 1, TITLE)
-    out_rows = size(shapes, "final_layer.linear.weight", 0, TITLE)
-    if out_rows % (patch * patch):
-        raise CkptError(f"{TITLE}: final_layer.linear has {out_rows} rows, not a multiple of patch_size^2")
-    out_channels = out_rows // (patch * patch)
+    out_channels = per_patch(shapes, "final_layer.linear.weight", 0, patch, TITLE)
     return {
         "patch_size": patch,
         "in_channels": in_channels,
@@ -71,7 +66,7 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         "num_layers": num_blocks(shapes, "double_blocks."),
         "num_single_layers": num_blocks(shapes, "single_blocks."),
         "attention_head_dim": head_dim,
-        "num_attention_heads": width // head_dim,
+        "num_attention_heads": n_heads,
         "joint_attention_dim": size(shapes, "txt_in.weight", 1, TITLE),
         "axes_dims_rope": rope_axes(base, head_dim, TITLE),
         "approximator_num_channels": size(shapes, APPROX + "in_proj.weight", 1, TITLE),

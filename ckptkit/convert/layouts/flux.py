@@ -25,6 +25,7 @@ import torch
 
 from ckptkit.engine.expr import Expr, apply, cat, chunks, src
 from ckptkit.convert.layouts import num_blocks, register
+from ckptkit.convert.layouts.tables import PARAMS, pairs as _pairs, rope_axes, swap_halves as _swap_halves
 from ckptkit.errors import CkptError
 
 # original name (or module prefix ending in ".") -> diffusers name (or prefix)
@@ -68,8 +69,6 @@ DOUBLE_FUSED = {
 SINGLE_FUSED = {"linear1.": ("attn.to_q.", "attn.to_k.", "attn.to_v.", "proj_mlp.")}
 SWAPPED = {"final_layer.adaLN_modulation.1.": "norm_out.linear."}
 
-PARAMS = ("weight", "bias")
-
 FLUX1_HEAD_DIM = 128  # only used when a file has no double block to read the QK-norm length from
 HEAD_DIM_FROM = ("double_blocks.0.img_attn.norm.query_norm.scale", "single_blocks.0.norm.query_norm.scale")
 # diffusers config key -> (original tensor, dim): the size that key is
@@ -89,16 +88,6 @@ def _scopes(names, double_prefix: str, single_prefix: str):
         yield f"single_blocks.{i}.", f"single_transformer_blocks.{i}.", SINGLE, SINGLE_FUSED
 
 
-def _pairs(table: dict[str, str], o_pre: str, d_pre: str):
-    """Full (original, diffusers) name pairs of a rename table, weight and bias for module prefixes."""
-    for o, d in table.items():
-        if o.endswith("."):
-            for p in PARAMS:
-                yield o_pre + o + p, d_pre + d + p
-        else:
-            yield o_pre + o, d_pre + d
-
-
 def _size(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> int:
     if name not in shapes:
         raise CkptError(f"not a Flux transformer in original layout: no {name}")
@@ -107,25 +96,6 @@ def _size(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> int:
 
 def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
     return next((shapes[n][0] for n in HEAD_DIM_FROM if n in shapes), FLUX1_HEAD_DIM)
-
-
-def _rope_axes(base: dict, head_dim: int) -> list[int]:
-    """Rotary dims per position axis (ids: index, row, column); they must add up to the head dim. Not in
-    the shapes, so from `base` (the resolved config); axes that fit another head dim cannot be adapted
-    by guessing."""
-    axes = base.get("axes_dims_rope")
-    if not isinstance(axes, (list, tuple)) or not all(isinstance(a, int) and a > 0 for a in axes):
-        raise CkptError(f"Flux axes_dims_rope must be a list of positive integers, not {axes!r}")
-    axes = list(axes)
-    if sum(axes) != head_dim:
-        raise CkptError(f"Flux head dim {head_dim} but the base config's axes_dims_rope {axes} add up to "
-                        f"{sum(axes)}: the rotary split of this model is unknown")
-    return axes
-
-
-def _swap_halves(e: Expr | str, rows: int) -> Expr:
-    first, second = chunks(e, [rows // 2, rows // 2])
-    return cat([second, first])
 
 
 def _check_consumed(mapping: dict[str, Expr], names, side: str) -> None:
@@ -209,7 +179,7 @@ class Flux:
             "attention_head_dim": head_dim,
             "num_attention_heads": width // head_dim,
             "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
-            "axes_dims_rope": _rope_axes(base, head_dim),
+            "axes_dims_rope": rope_axes(base, head_dim, "Flux"),
         }
 
 

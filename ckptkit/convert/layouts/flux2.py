@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
 from ckptkit.convert.layouts.flux import DOUBLE, DOUBLE_FUSED, HEAD_DIM_FROM, SINGLE, TOP as FLUX1_TOP
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, rope_axes, rope_placeholder, size
+from ckptkit.convert.layouts.tables import (Blocks, TableLayout, heads, patch_size, per_patch, rope_axes,
+                                            rope_placeholder, size)
 from ckptkit.errors import CkptError
 
 TITLE = "FLUX.2 transformer"
@@ -69,16 +70,10 @@ def _mlp_ratio(shapes: dict[str, tuple[int, ...]], width: int) -> float:
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     width = size(shapes, "img_in.weight", 0, TITLE)
     head_dim = _head_dim(shapes)
-    if width % head_dim:
-        raise CkptError(f"{TITLE}: width {width} is not a whole number of {head_dim}-wide heads")
-    patch = base.get("patch_size")
-    if not isinstance(patch, int) or patch < 1:
-        raise CkptError(f"{TITLE}: patch_size must be a positive integer, not {patch!r}")
+    n_heads = heads(width, head_dim, TITLE)
+    patch = patch_size(base, TITLE)
     in_channels = size(shapes, "img_in.weight", 1, TITLE)
-    out_rows = size(shapes, "final_layer.linear.weight", 0, TITLE)
-    if out_rows % (patch * patch):
-        raise CkptError(f"{TITLE}: final_layer.linear has {out_rows} rows, not a multiple of patch_size^2")
-    out_channels = out_rows // (patch * patch)
+    out_channels = per_patch(shapes, "final_layer.linear.weight", 0, patch, TITLE)
     for key in ("rope_theta", "eps"):
         if not isinstance(base.get(key), (int, float)) or isinstance(base.get(key), bool) or base[key] <= 0:
             raise CkptError(f"{TITLE}: {key} must be a positive number, not {base.get(key)!r}")
@@ -89,7 +84,7 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         "num_layers": num_blocks(shapes, "double_blocks."),
         "num_single_layers": num_blocks(shapes, "single_blocks."),
         "attention_head_dim": head_dim,
-        "num_attention_heads": width // head_dim,
+        "num_attention_heads": n_heads,
         "joint_attention_dim": size(shapes, "txt_in.weight", 1, TITLE),
         "timestep_guidance_channels": size(shapes, "time_in.in_layer.weight", 1, TITLE),
         "mlp_ratio": _mlp_ratio(shapes, width),

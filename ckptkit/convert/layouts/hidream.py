@@ -12,25 +12,17 @@ rotary split, the largest resolution, and which Llama layer feeds which block.
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import TableLayout, rope_axes, rope_placeholder, size
+from ckptkit.convert.layouts.tables import TableLayout, heads, patch_size, per_patch, rope_axes, rope_placeholder, size
 from ckptkit.errors import CkptError
 
 TITLE = "HiDream-I1 transformer"
 
 
-def _head_dim(base: dict, width: int) -> int:
-    head_dim = base.get("attention_head_dim")
-    if not isinstance(head_dim, int) or head_dim < 1 or width % head_dim:
-        raise CkptError(f"{TITLE}: attention_head_dim {head_dim!r} does not divide the width {width}")
-    return head_dim
-
-
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
-    width, patched_in = size(shapes, "x_embedder.proj.weight", 0, TITLE), size(shapes, "x_embedder.proj.weight", 1, TITLE)
-    patch = base.get("patch_size")
-    if not isinstance(patch, int) or patch < 1 or patched_in % (patch * patch):
-        raise CkptError(f"{TITLE}: patch_size {patch!r} does not divide x_embedder's {patched_in} inputs")
-    head_dim = _head_dim(base, width)
+    width = size(shapes, "x_embedder.proj.weight", 0, TITLE)
+    patch = patch_size(base, TITLE)
+    head_dim = base.get("attention_head_dim")
+    n_heads = heads(width, head_dim, TITLE)
     n_double, n_single = num_blocks(shapes, "double_stream_blocks."), num_blocks(shapes, "single_stream_blocks.")
     n_captions = num_blocks(shapes, "caption_projection.")
     if n_captions != n_double + n_single + 1:
@@ -45,12 +37,12 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         experts = num_blocks(shapes, "single_stream_blocks.0.block.ff_i.experts.")
     return {
         "patch_size": patch,
-        "in_channels": patched_in // (patch * patch),
-        "out_channels": size(shapes, "final_layer.linear.weight", 0, TITLE) // (patch * patch),
+        "in_channels": per_patch(shapes, "x_embedder.proj.weight", 1, patch, TITLE),
+        "out_channels": per_patch(shapes, "final_layer.linear.weight", 0, patch, TITLE),
         "num_layers": n_double,
         "num_single_layers": n_single,
         "attention_head_dim": head_dim,
-        "num_attention_heads": width // head_dim,
+        "num_attention_heads": n_heads,
         "caption_channels": [size(shapes, f"caption_projection.{n_captions - 1}.linear.weight", 1, TITLE),
                              size(shapes, "caption_projection.0.linear.weight", 1, TITLE)],
         "text_emb_dim": size(shapes, "p_embedder.pooled_embedder.linear_1.weight", 1, TITLE),

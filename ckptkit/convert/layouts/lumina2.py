@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, rope_axes, rope_placeholder, size
+from ckptkit.convert.layouts.tables import (Blocks, TableLayout, gqa_kv_heads, heads, patch_size, per_patch, rope_axes,
+                                            rope_lens, rope_placeholder, size)
 from ckptkit.errors import CkptError
 
 TITLE = "Lumina 2 transformer"
@@ -111,29 +112,18 @@ def ffn_pair(dim: int, ffn: int, base: dict) -> tuple[int, float | None]:
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     width = size(shapes, "x_embedder.weight", 0, TITLE)
     head_dim = size(shapes, HEAD_NORM, 0, TITLE)
-    if width % head_dim:
-        raise CkptError(f"{TITLE}: width {width} is not a whole number of {head_dim}-wide heads")
-    kv_rows = size(shapes, QKV, 0, TITLE) - width
-    if kv_rows <= 0 or kv_rows % (2 * head_dim):
-        raise CkptError(f"{TITLE}: {QKV} has {kv_rows + width} rows, not {width} query rows and two equal "
-                        f"key/value parts of {head_dim}-wide heads")
+    n_heads = heads(width, head_dim, TITLE)
+    kv_heads = gqa_kv_heads(shapes, QKV, width, head_dim, TITLE)
     refiners = num_blocks(shapes, "noise_refiner.")
     if num_blocks(shapes, "context_refiner.") != refiners:
         raise CkptError(f"{TITLE}: {refiners} noise refiner blocks but {num_blocks(shapes, 'context_refiner.')} "
                         "context refiner blocks; the class has num_refiner_layers of each")
-    patch = base.get("patch_size")
-    if not isinstance(patch, int) or patch < 1:
-        raise CkptError(f"{TITLE}: patch_size must be a positive integer, not {patch!r}")
-    cols, out_rows = size(shapes, "x_embedder.weight", 1, TITLE), size(shapes, "final_layer.linear.weight", 0, TITLE)
-    if cols % (patch * patch) or out_rows % (patch * patch):
-        raise CkptError(f"{TITLE}: x_embedder has {cols} columns and final_layer {out_rows} rows, not multiples "
-                        f"of patch_size^2 = {patch * patch}")
-    in_channels, out_channels = cols // (patch * patch), out_rows // (patch * patch)
+    patch = patch_size(base, TITLE)
+    in_channels = per_patch(shapes, "x_embedder.weight", 1, patch, TITLE)
+    out_channels = per_patch(shapes, "final_layer.linear.weight", 0, patch, TITLE)
     multiple_of, multiplier = ffn_pair(width, size(shapes, FFN, 0, TITLE), base)
     axes = rope_axes(base, head_dim, TITLE, key="axes_dim_rope")
-    lens = base.get("axes_lens")
-    if not isinstance(lens, (list, tuple)) or len(lens) != len(axes) or not all(isinstance(n, int) and n > 0 for n in lens):
-        raise CkptError(f"{TITLE}: axes_lens must be {len(axes)} positive integers (one per rotary axis), not {lens!r}")
+    lens = rope_lens(base, axes, TITLE)
     return {
         "patch_size": patch,
         "in_channels": in_channels,
@@ -142,13 +132,13 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         "hidden_size": width,
         "num_layers": num_blocks(shapes, "layers."),
         "num_refiner_layers": refiners,
-        "num_attention_heads": width // head_dim,
-        "num_kv_heads": kv_rows // (2 * head_dim),
+        "num_attention_heads": n_heads,
+        "num_kv_heads": kv_heads,
         "multiple_of": multiple_of,
         "ffn_dim_multiplier": multiplier,
         "cap_feat_dim": size(shapes, "cap_embedder.1.weight", 1, TITLE),
         "axes_dim_rope": axes,
-        "axes_lens": list(lens),
+        "axes_lens": lens,
         **{k: base[k] for k in ("sample_size", "norm_eps", "scaling_factor") if k in base},
     }
 

@@ -13,31 +13,23 @@ split of a head, and Edit-2511's `zero_cond_t` (a different forward, the same we
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import TableLayout, rope_axes, rope_placeholder, size
-from ckptkit.errors import CkptError
+from ckptkit.convert.layouts.tables import (TableLayout, heads, patch_size, per_patch, rope_axes, rope_placeholder,
+                                            size)
 
 TITLE = "Qwen-Image transformer"
 HEAD_NORM = "transformer_blocks.0.attn.norm_q.weight"
 
 
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
-    width = size(shapes, "img_in.weight", 0, TITLE)
     head_dim = size(shapes, HEAD_NORM, 0, TITLE)
-    if width % head_dim:
-        raise CkptError(f"{TITLE}: width {width} is not a whole number of {head_dim}-wide heads")
-    patch = base.get("patch_size")
-    if not isinstance(patch, int) or patch < 1:
-        raise CkptError(f"{TITLE}: patch_size must be a positive integer, not {patch!r}")
-    out_rows = size(shapes, "proj_out.weight", 0, TITLE)
-    if out_rows % (patch * patch):
-        raise CkptError(f"{TITLE}: proj_out has {out_rows} rows, not a multiple of patch_size^2 = {patch * patch}")
+    patch = patch_size(base, TITLE)
     return {
         "patch_size": patch,
         "in_channels": size(shapes, "img_in.weight", 1, TITLE),
-        "out_channels": out_rows // (patch * patch),
+        "out_channels": per_patch(shapes, "proj_out.weight", 0, patch, TITLE),
         "num_layers": num_blocks(shapes, "transformer_blocks."),
         "attention_head_dim": head_dim,
-        "num_attention_heads": width // head_dim,
+        "num_attention_heads": heads(size(shapes, "img_in.weight", 0, TITLE), head_dim, TITLE),
         "joint_attention_dim": size(shapes, "txt_in.weight", 1, TITLE),
         "use_additional_t_cond": "time_text_embed.addition_t_embedding.weight" in shapes,
         "axes_dims_rope": rope_axes(base, head_dim, TITLE),

@@ -28,6 +28,7 @@ import torch
 
 from ckptkit.engine.expr import Expr, cat, src, zeros
 from ckptkit.convert.layouts import num_blocks, register
+from ckptkit.convert.layouts.tables import PARAMS, pairs as _pairs
 from ckptkit.errors import CkptError
 
 # original name (or module prefix ending in ".") -> diffusers name (or prefix); handled by diffusers too
@@ -71,22 +72,10 @@ BUFFERS = ("pos_embed", "y_embedder.y_embedding")  # saved by NVlabs, not kept b
 TRAINING_ONLY = ("logvar_linear.weight", "logvar_linear.bias")
 MODEL_MAX_LENGTH = 300  # caption tokens: the rows of y_embedding in every released Sana
 
-PARAMS = ("weight", "bias")
-
 # what shapes cannot tell: copied from the base config when it sets them (else diffusers' defaults);
 # guidance_embeds_scale (Sprint's cfg input scale) and timestep_scale are read by the pipelines
 FROM_BASE = ("dropout", "norm_elementwise_affine", "norm_eps", "interpolation_scale", "guidance_embeds_scale",
              "timestep_scale")
-
-
-def _pairs(table: dict[str, str], o_pre: str = "", d_pre: str = ""):
-    """Full (original, diffusers) name pairs of a rename table, weight and bias for module prefixes."""
-    for o, d in table.items():
-        if o.endswith("."):
-            for p in PARAMS:
-                yield o_pre + o + p, d_pre + d + p
-        else:
-            yield o_pre + o, d_pre + d
 
 
 def _unknown(names, side: str) -> CkptError:

@@ -152,6 +152,48 @@ def size(shapes: dict[str, tuple[int, ...]], name: str, dim: int, title: str) ->
     return shapes[name][dim]
 
 
+def patch_size(base: dict, title: str) -> int:
+    """The base config's patch size (never in these models' weights: their patchify layers hold
+    patch^2 x channels as one number), checked."""
+    patch = base.get("patch_size")
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+        raise CkptError(f"{title}: patch_size must be a positive integer, not {patch!r}")
+    return patch
+
+
+def per_patch(shapes: dict[str, tuple[int, ...]], name: str, dim: int, patch: int, title: str) -> int:
+    """Channels of a patchify / unpatchify layer: its `dim` size over patch^2, which must divide it."""
+    n = size(shapes, name, dim, title)
+    if n % (patch * patch):
+        raise CkptError(f"{title}: {name} has {n} {'rows' if dim == 0 else 'columns'}, not a multiple of "
+                        f"patch_size^2 = {patch * patch}")
+    return n // (patch * patch)
+
+
+def heads(width: int, head_dim, title: str) -> int:
+    """Attention heads of a `width`-wide model with `head_dim`-wide heads, checked."""
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1 or width % head_dim:
+        raise CkptError(f"{title}: width {width} is not a whole number of {head_dim!r}-wide heads")
+    return width // head_dim
+
+
+def gqa_kv_heads(shapes: dict[str, tuple[int, ...]], qkv: str, width: int, head_dim: int, title: str) -> int:
+    """Key/value heads of a fused q|k|v (the "gqa" split): `width` query rows, then two equal parts."""
+    kv_rows = size(shapes, qkv, 0, title) - width
+    if kv_rows <= 0 or kv_rows % (2 * head_dim):
+        raise CkptError(f"{title}: {qkv} has {kv_rows + width} rows, not {width} query rows and two equal "
+                        f"key/value parts of {head_dim}-wide heads")
+    return kv_rows // (2 * head_dim)
+
+
+def rope_lens(base: dict, axes: list[int], title: str) -> list[int]:
+    """The positions per rotary axis (`axes_lens`): not in the weights, so from `base`, one per axis."""
+    lens = base.get("axes_lens")
+    if not isinstance(lens, (list, tuple)) or len(lens) != len(axes) or not all(isinstance(n, int) and n > 0 for n in lens):
+        raise CkptError(f"{title}: axes_lens must be {len(axes)} positive integers (one per rotary axis), not {lens!r}")
+    return list(lens)
+
+
 def rope_axes(base: dict, head_dim: int, title: str, key: str = "axes_dims_rope") -> list[int]:
     """Rotary dims per position axis: not in the weights, so from `base`; they must add up to the head
     dim, or the rotary split of this model is unknown (never adapted by guessing)."""

@@ -29,7 +29,8 @@ rotary split and table lengths, rope_theta, t_scale, norm_eps.
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, rope_axes, rope_placeholder, size
+from ckptkit.convert.layouts.tables import (Blocks, TableLayout, gqa_kv_heads, heads, rope_axes, rope_lens,
+                                            rope_placeholder, size)
 from ckptkit.errors import CkptError
 
 TITLE = "Z-Image transformer"
@@ -83,16 +84,10 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     if HEAD_NORM not in shapes:
         raise CkptError(f"{TITLE}: no {HEAD_NORM}: without the per-head q norm the head width is not in the weights")
     head_dim = size(shapes, HEAD_NORM, 0, TITLE)
-    if dim % head_dim:
-        raise CkptError(f"{TITLE}: width {dim} is not a whole number of {head_dim}-wide heads")
-    heads = dim // head_dim
-    kv_rows = size(shapes, QKV, 0, TITLE) - dim
-    if kv_rows <= 0 or kv_rows % (2 * head_dim):
-        raise CkptError(f"{TITLE}: {QKV} has {kv_rows + dim} rows, not {dim} query rows and two equal "
-                        f"key/value parts of {head_dim}-wide heads")
-    kv_heads = kv_rows // (2 * head_dim)
-    if kv_heads != heads:
-        raise CkptError(f"{TITLE}: {kv_heads} key/value heads for {heads} query heads: diffusers' "
+    n_heads = heads(dim, head_dim, TITLE)
+    kv_heads = gqa_kv_heads(shapes, QKV, dim, head_dim, TITLE)
+    if kv_heads != n_heads:
+        raise CkptError(f"{TITLE}: {kv_heads} key/value heads for {n_heads} query heads: diffusers' "
                         "ZImageTransformer2DModel has no grouped-query attention (it ignores n_kv_heads)")
     ffn = size(shapes, "layers.0.feed_forward.w1.weight", 0, TITLE)
     if ffn != int(dim / 3 * 8):
@@ -112,9 +107,7 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         raise CkptError(f"{TITLE}: x_embedder has {cols} columns and final_layer {shapes['final_layer.linear.weight'][0]}"
                         f" rows: not the same patch ({p}x{p}x{f}) x channels")
     axes = rope_axes(base, head_dim, TITLE, key="axes_dims")
-    lens = base.get("axes_lens")
-    if not isinstance(lens, (list, tuple)) or len(lens) != len(axes) or not all(isinstance(n, int) and n > 0 for n in lens):
-        raise CkptError(f"{TITLE}: axes_lens must be {len(axes)} positive integers (one per rotary axis), not {lens!r}")
+    lens = rope_lens(base, axes, TITLE)
     return {
         "all_patch_size": [p],
         "all_f_patch_size": [f],
@@ -122,13 +115,13 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         "dim": dim,
         "n_layers": num_blocks(shapes, "layers."),
         "n_refiner_layers": refiners,
-        "n_heads": heads,
+        "n_heads": n_heads,
         "n_kv_heads": kv_heads,
         "qk_norm": True,
         "cap_feat_dim": size(shapes, "cap_embedder.1.weight", 1, TITLE),
         "siglip_feat_dim": None,
         "axes_dims": axes,
-        "axes_lens": list(lens),
+        "axes_lens": lens,
         **{k: base[k] for k in ("norm_eps", "rope_theta", "t_scale") if k in base},
     }
 
