@@ -225,7 +225,42 @@ class SanaCall:
                      guidance=g).sample
 
 
-class QwenImageCall:
+class _LatentCall:
+    """What the newer transformers' call conventions share unless they say otherwise: latents with the
+    model's own channels, sides a multiple of its patch size (2 when unset), no cap from position
+    tables, the text states `text_width` wide."""
+
+    text_width = "joint_attention_dim"
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 2)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    def cond_shapes(self, cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg[self.text_width])}
+
+
+class _PackedCall(_LatentCall):
+    """Latents packed 2x2 into tokens (FLUX.1's packing): the model's input channels are 4x the latent's."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2
+
+
+class QwenImageCall(_PackedCall):
     """QwenImageTransformer2DModel: 2x2-packed latents (QwenImagePipeline._pack_latents, FLUX's
     packing), `img_shapes` (frames, rows, columns) of the token grid, a text mask, timestep t in [0, 1]
     (the pipeline divides its 1000-scale timesteps by 1000; the model scales by 1000 inside)."""
@@ -233,18 +268,6 @@ class QwenImageCall:
     @staticmethod
     def latent_channels(cfg: dict) -> int:
         return cfg.get("out_channels") or cfg["in_channels"] // 4
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return 2
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
-
-    @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["joint_attention_dim"])}
 
     @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
@@ -257,29 +280,13 @@ class QwenImageCall:
         return flux_unpack(out, h, w)
 
 
-class ChromaCall:
+class ChromaCall(_PackedCall):
     """ChromaTransformer2DModel: FLUX.1's 2x2 packing and 3-axis ids (ChromaPipeline._pack_latents,
     _prepare_latent_image_ids, text ids all zero), timestep t in [0, 1] (the pipeline divides its
     1000-scale timesteps by 1000; the model scales by 1000 inside). No guidance input (the
     approximator's guidance channel is fixed at 0), no pooled text. The mask is the pipeline's for a
     caption with no padding: text tokens then image tokens, all 1, in the latents' dtype
     (ChromaPipeline._get_t5_prompt_embeds / _prepare_attention_mask)."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return 2
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
-
-    @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["joint_attention_dim"])}
 
     @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
@@ -303,28 +310,12 @@ def flux2_ids(h: int, w: int, text_length: int) -> tuple[torch.Tensor, torch.Ten
     return img, txt
 
 
-class Flux2Call:
+class Flux2Call(_PackedCall):
     """Flux2Transformer2DModel: the latents (in_channels / 4 channels; the VAE's, before its 2x2
     patchify) patchified 2x2 and flattened row by row (Flux2Pipeline._patchify_latents then
     _pack_latents: the same tensor as FLUX.1's packing), 4-axis ids (`flux2_ids`), timestep t in
     [0, 1] and, for guidance-distilled [dev], the guidance scale itself (the model scales both by
     1000 inside). The latent compared is the pipeline's, in its batch-norm-normalised space."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return 2
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
-
-    @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["joint_attention_dim"])}
 
     @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
@@ -338,19 +329,11 @@ class Flux2Call:
         return flux_unpack(out, h, w)
 
 
-class HiDreamCall:
+class HiDreamCall(_LatentCall):
     """HiDreamImageTransformer2DModel: unpacked latents (it patchifies inside), `timesteps` in
     [0, 1000], T5 states, the Llama states of every layer its blocks read ((layers, B, L, C)), the
     pooled CLIP-L + CLIP-G embedding. HiDreamImagePipeline negates the output (`noise_pred = -...`):
     the model predicts x0 - noise, so the velocity is minus its output."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return cfg.get("patch_size", 2)
 
     @staticmethod
     def max_side(cfg: dict) -> int | None:
@@ -372,15 +355,13 @@ class HiDreamCall:
         return -out
 
 
-class ZImageCall:
+class ZImageCall(_LatentCall):
     """ZImageTransformer2DModel: lists, one (C, 1, H, W) latent (a frame axis) and one (L, C) caption
     per sample (it patchifies inside), and `t` in [0, 1] with 0 at the noise: ZImagePipeline feeds
     (1000 - timestep) / 1000 = 1 - t (the model scales it by its t_scale) and negates the output, so the
     model predicts x0 - noise and the velocity is minus its output."""
 
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg["in_channels"]
+    text_width = "cap_feat_dim"
 
     @staticmethod
     def multiple(cfg: dict) -> int:
@@ -392,37 +373,23 @@ class ZImageCall:
         return min(lens[1:]) * cfg["all_patch_size"][0] if lens else None
 
     @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["cap_feat_dim"])}
-
-    @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
         t = torch.full((x.shape[0],), 1.0 - timestep, device=x.device, dtype=torch.float32)
         out = model(list(x.unsqueeze(2).unbind(0)), t, list(cond["context"].unbind(0)), return_dict=False)[0]
         return -torch.stack(out, 0).squeeze(2)
 
 
-class Lumina2Call:
+class Lumina2Call(_LatentCall):
     """Lumina2Transformer2DModel: unpacked latents (it patchifies inside), a text mask, and `timestep`
     in [0, 1] with 0 at the noise: Lumina2Pipeline feeds 1 - timestep / 1000 = 1 - t (no scaling
     inside) and negates the output, so the velocity is minus the model's output."""
 
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return cfg.get("patch_size", 2)
+    text_width = "cap_feat_dim"
 
     @staticmethod
     def max_side(cfg: dict) -> int | None:
         lens = cfg.get("axes_lens")
         return min(lens[1:]) * cfg.get("patch_size", 2) if lens else None
-
-    @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["cap_feat_dim"])}
 
     @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
@@ -432,26 +399,14 @@ class Lumina2Call:
         return -model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
 
 
-class AuraFlowCall:
+class AuraFlowCall(_LatentCall):
     """AuraFlowTransformer2DModel: unpacked latents, the text states, timestep t in [0, 1]
     (AuraFlowPipeline feeds `t / 1000` of its 1000-scale timesteps; the model scales by 1000 inside)."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return cfg.get("patch_size", 2)
 
     @staticmethod
     def max_side(cfg: dict) -> int | None:
         m = cfg.get("pos_embed_max_size")
         return math.isqrt(m) * cfg.get("patch_size", 2) if m else None
-
-    @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["joint_attention_dim"])}
 
     @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
