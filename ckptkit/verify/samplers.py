@@ -77,6 +77,41 @@ def _cfg(model, key, default=None):
     return getattr(model.config, key, default) if not isinstance(model.config, dict) else model.config.get(key, default)
 
 
+class _LatentCall:
+    """What the transformers' call conventions share unless they say otherwise: latents with the
+    model's own channels, sides a multiple of its patch size (2 when unset), no cap from position
+    tables, the text states `text_width` wide."""
+
+    text_width = "joint_attention_dim"
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return cfg.get("out_channels") or cfg["in_channels"]
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return cfg.get("patch_size", 2)
+
+    @staticmethod
+    def max_side(cfg: dict) -> int | None:
+        return None
+
+    def cond_shapes(self, cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg[self.text_width])}
+
+
+class _PackedCall(_LatentCall):
+    """Latents packed 2x2 into tokens (FLUX.1's packing): the model's input channels are 4x the latent's."""
+
+    @staticmethod
+    def latent_channels(cfg: dict) -> int:
+        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 2
+
+
 class UNetCall:
     """UNet2DConditionModel: (x, t, encoder_hidden_states, added_cond_kwargs for SDXL)."""
 
@@ -161,21 +196,9 @@ def flux_img_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-class FluxCall:
+class FluxCall(_PackedCall):
     """FluxTransformer2DModel: packed 2x2 latents, img_ids / txt_ids, timestep t in [0, 1],
     guidance tensor for dev."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return 2
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
 
     @staticmethod
     def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
@@ -197,24 +220,14 @@ class FluxCall:
         return flux_unpack(out, h, w)
 
 
-class SanaCall:
+class SanaCall(_LatentCall):
     """SanaTransformer2DModel: (hidden_states, encoder_hidden_states, timestep, guidance for Sprint)."""
 
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
+    text_width = "caption_channels"
 
     @staticmethod
     def multiple(cfg: dict) -> int:
         return cfg.get("patch_size", 1)
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
-
-    @staticmethod
-    def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg["caption_channels"])}
 
     @staticmethod
     def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
@@ -223,41 +236,6 @@ class SanaCall:
         g = None if guidance is None else torch.full((b,), guidance, device=x.device, dtype=x.dtype)
         return model(hidden_states=_pad_channels(model, x), encoder_hidden_states=cond["context"], timestep=t,
                      guidance=g).sample
-
-
-class _LatentCall:
-    """What the newer transformers' call conventions share unless they say otherwise: latents with the
-    model's own channels, sides a multiple of its patch size (2 when unset), no cap from position
-    tables, the text states `text_width` wide."""
-
-    text_width = "joint_attention_dim"
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return cfg.get("patch_size", 2)
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
-
-    def cond_shapes(self, cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
-        return {"context": (text_length, cfg[self.text_width])}
-
-
-class _PackedCall(_LatentCall):
-    """Latents packed 2x2 into tokens (FLUX.1's packing): the model's input channels are 4x the latent's."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return (cfg.get("out_channels") or cfg["in_channels"]) // 4
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return 2
 
 
 class QwenImageCall(_PackedCall):
