@@ -27,6 +27,7 @@ from ckptkit.families.flux2 import FLUX2_DEV_CONFIG, FLUX2_KLEIN_4B_CONFIG, FLUX
 from ckptkit.fixtures import factory
 from ckptkit.fixtures.factory import FIXTURES
 from tests.conftest import manifest_shapes
+from tests.convert.test_layout_flux_sana import assert_same_state, meta_tensors, shapes_of
 from tests.families.test_detect import ShapesOnly
 
 CONVERTERS = {"chroma": single_file_utils.convert_chroma_transformer_checkpoint_to_diffusers,
@@ -55,25 +56,6 @@ KNOWN = {
     "flux2-klein-9b": {"img_in.weight": (4096, 128), "txt_in.weight": (4096, 12288), "single_blocks.23.linear2.weight":
                        (4096, 4096 + 3 * 4096)},
 }
-
-
-def shapes_of(sd):
-    return {k: tuple(v.shape) for k, v in sd.items()}
-
-
-def same_bits(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
-
-
-def assert_same_state(got, want):
-    assert got.keys() == want.keys()
-    differ = [k for k in want if not same_bits(got[k], want[k])]
-    assert not differ, differ
-
-
-def meta_tensors(shapes, dtype=torch.bfloat16):
-    return {k: torch.empty(s, dtype=dtype, device="meta") for k, s in shapes.items()}
 
 
 def released_original(name):
@@ -175,9 +157,9 @@ def test_released_names_and_shapes_are_what_diffusers_converts(name):
     spec, config, dshapes, original = released_original(name)
     for key, shape in KNOWN[name].items():
         assert original[key] == shape, key
-    theirs = CONVERTERS[spec.name](meta_tensors(original))
+    theirs = CONVERTERS[spec.name](meta_tensors(original, torch.bfloat16))
     assert shapes_of(theirs) == dshapes
-    ours = get_layout(spec.diffusion_model.layout).to_diffusers(meta_tensors(original), config)
+    ours = get_layout(spec.diffusion_model.layout).to_diffusers(meta_tensors(original, torch.bfloat16), config)
     assert shapes_of(ours) == dshapes
 
 

@@ -16,9 +16,8 @@ rotary split of a head.
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.flux import DOUBLE, DOUBLE_FUSED, HEAD_DIM_FROM, SINGLE, SINGLE_FUSED
-from ckptkit.convert.layouts.tables import (Blocks, TableLayout, heads, patch_size, per_patch, rope_axes,
-                                            rope_placeholder, size)
+from ckptkit.convert.layouts.flux import DOUBLE, DOUBLE_FUSED, SINGLE, SINGLE_FUSED, bfl_head_dim, bfl_sizes
+from ckptkit.convert.layouts.tables import Blocks, TableLayout, rope_axes, rope_placeholder, size
 from ckptkit.errors import CkptError
 
 TITLE = "Chroma transformer"
@@ -37,15 +36,9 @@ BLOCKS = (
 MLP_RATIO = 4.0  # ChromaSingleTransformerBlock / FeedForward defaults; not a config value
 
 
-def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
-    name = next((n for n in HEAD_DIM_FROM if n in shapes), HEAD_DIM_FROM[0])
-    return size(shapes, name, 0, TITLE)
-
-
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+    sizes = bfl_sizes(shapes, base, TITLE)
     width = size(shapes, "img_in.weight", 0, TITLE)
-    head_dim = _head_dim(shapes)
-    n_heads = heads(width, head_dim, TITLE)
     for name in ("double_blocks.0.img_mlp.0.weight", "single_blocks.0.linear1.weight"):
         rows = shapes.get(name, (None,))[0]
         mlp = rows - 3 * width if name.startswith("single") and rows else rows
@@ -55,20 +48,9 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     if size(shapes, APPROX + "out_proj.weight", 0, TITLE) != width:
         raise CkptError(f"{TITLE}: {APPROX}out_proj gives {shapes[APPROX + 'out_proj.weight'][0]} "
                         f"channels, not the width {width}")
-    patch = patch_size(base, TITLE)
-    in_channels = size(shapes, "img_in.weight", 1, TITLE)
-    out_channels = per_patch(shapes, "final_layer.linear.weight", 0, patch, TITLE)
     return {
-        "patch_size": patch,
-        "in_channels": in_channels,
-        # released configs say None for "same as in_channels"
-        "out_channels": None if out_channels == in_channels else out_channels,
-        "num_layers": num_blocks(shapes, "double_blocks."),
-        "num_single_layers": num_blocks(shapes, "single_blocks."),
-        "attention_head_dim": head_dim,
-        "num_attention_heads": n_heads,
-        "joint_attention_dim": size(shapes, "txt_in.weight", 1, TITLE),
-        "axes_dims_rope": rope_axes(base, head_dim, TITLE),
+        **sizes,
+        "axes_dims_rope": rope_axes(base, sizes["attention_head_dim"], TITLE),
         "approximator_num_channels": size(shapes, APPROX + "in_proj.weight", 1, TITLE),
         "approximator_hidden_dim": size(shapes, APPROX + "in_proj.weight", 0, TITLE),
         "approximator_layers": num_blocks(shapes, APPROX + "layers."),
@@ -76,7 +58,7 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
 
 
 def _placeholders(shapes: dict[str, tuple[int, ...]]) -> dict:
-    return {"axes_dims_rope": rope_placeholder(_head_dim(shapes)), "patch_size": 1}
+    return {"axes_dims_rope": rope_placeholder(bfl_head_dim(shapes, TITLE)), "patch_size": 1}
 
 
 LAYOUT = register(TableLayout(

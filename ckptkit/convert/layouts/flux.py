@@ -25,7 +25,8 @@ import torch
 
 from ckptkit.engine.expr import Expr, apply, cat, chunks, src
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import PARAMS, pairs as _pairs, rope_axes, swap_halves as _swap_halves
+from ckptkit.convert.layouts.tables import (PARAMS, heads, pairs as _pairs, patch_size, per_patch, rope_axes, size,
+                                            swap_halves as _swap_halves)
 from ckptkit.errors import CkptError
 
 # original name (or module prefix ending in ".") -> diffusers name (or prefix)
@@ -96,6 +97,31 @@ def _size(shapes: dict[str, tuple[int, ...]], name: str, dim: int) -> int:
 
 def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
     return next((shapes[n][0] for n in HEAD_DIM_FROM if n in shapes), FLUX1_HEAD_DIM)
+
+
+def bfl_head_dim(shapes: dict[str, tuple[int, ...]], title: str) -> int:
+    """The head width of a BFL-named transformer (FLUX.1's descendants): its QK-norm length."""
+    return size(shapes, next((n for n in HEAD_DIM_FROM if n in shapes), HEAD_DIM_FROM[0]), 0, title)
+
+
+def bfl_sizes(shapes: dict[str, tuple[int, ...]], base: dict, title: str) -> dict:
+    """The config values Chroma and FLUX.2 read from their BFL names the same way (the patch size
+    from `base`): widths, depths, heads, input/output and text channels."""
+    head_dim = bfl_head_dim(shapes, title)
+    patch = patch_size(base, title)
+    in_channels = size(shapes, "img_in.weight", 1, title)
+    out_channels = per_patch(shapes, "final_layer.linear.weight", 0, patch, title)
+    return {
+        "patch_size": patch,
+        "in_channels": in_channels,
+        # released configs say None for "same as in_channels"
+        "out_channels": None if out_channels == in_channels else out_channels,
+        "num_layers": num_blocks(shapes, "double_blocks."),
+        "num_single_layers": num_blocks(shapes, "single_blocks."),
+        "attention_head_dim": head_dim,
+        "num_attention_heads": heads(size(shapes, "img_in.weight", 0, title), head_dim, title),
+        "joint_attention_dim": size(shapes, "txt_in.weight", 1, title),
+    }
 
 
 def _check_consumed(mapping: dict[str, Expr], names, side: str) -> None:

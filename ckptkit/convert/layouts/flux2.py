@@ -16,10 +16,9 @@ axes, the rotary theta and the norms' eps.
 
 from __future__ import annotations
 
-from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.flux import DOUBLE, DOUBLE_FUSED, HEAD_DIM_FROM, SINGLE, TOP as FLUX1_TOP
-from ckptkit.convert.layouts.tables import (Blocks, TableLayout, heads, patch_size, per_patch, rope_axes,
-                                            rope_placeholder, size)
+from ckptkit.convert.layouts import register
+from ckptkit.convert.layouts.flux import DOUBLE, DOUBLE_FUSED, SINGLE, TOP as FLUX1_TOP, bfl_head_dim, bfl_sizes
+from ckptkit.convert.layouts.tables import Blocks, TableLayout, rope_axes, rope_placeholder, size
 from ckptkit.errors import CkptError
 
 TITLE = "FLUX.2 transformer"
@@ -45,11 +44,6 @@ BLOCKS = (Blocks("double_blocks.", "transformer_blocks.", DOUBLE2, DOUBLE_FUSED)
 SWAPPED = {"final_layer.adaLN_modulation.1.": "norm_out.linear."}
 
 
-def _head_dim(shapes: dict[str, tuple[int, ...]]) -> int:
-    name = next((n for n in HEAD_DIM_FROM if n in shapes), HEAD_DIM_FROM[0])
-    return size(shapes, name, 0, TITLE)
-
-
 def _mlp_ratio(shapes: dict[str, tuple[int, ...]], width: int) -> float:
     """The SwiGLU hidden width over the model width: `img_mlp.2` columns (or, with no double block,
     what `linear1` has beyond q|k|v, halved for the gate); diffusers builds int(width * ratio)."""
@@ -68,27 +62,16 @@ def _mlp_ratio(shapes: dict[str, tuple[int, ...]], width: int) -> float:
 
 
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+    sizes = bfl_sizes(shapes, base, TITLE)
     width = size(shapes, "img_in.weight", 0, TITLE)
-    head_dim = _head_dim(shapes)
-    n_heads = heads(width, head_dim, TITLE)
-    patch = patch_size(base, TITLE)
-    in_channels = size(shapes, "img_in.weight", 1, TITLE)
-    out_channels = per_patch(shapes, "final_layer.linear.weight", 0, patch, TITLE)
     for key in ("rope_theta", "eps"):
         if not isinstance(base.get(key), (int, float)) or isinstance(base.get(key), bool) or base[key] <= 0:
             raise CkptError(f"{TITLE}: {key} must be a positive number, not {base.get(key)!r}")
     return {
-        "patch_size": patch,
-        "in_channels": in_channels,
-        "out_channels": None if out_channels == in_channels else out_channels,
-        "num_layers": num_blocks(shapes, "double_blocks."),
-        "num_single_layers": num_blocks(shapes, "single_blocks."),
-        "attention_head_dim": head_dim,
-        "num_attention_heads": n_heads,
-        "joint_attention_dim": size(shapes, "txt_in.weight", 1, TITLE),
+        **sizes,
         "timestep_guidance_channels": size(shapes, "time_in.in_layer.weight", 1, TITLE),
         "mlp_ratio": _mlp_ratio(shapes, width),
-        "axes_dims_rope": rope_axes(base, head_dim, TITLE),
+        "axes_dims_rope": rope_axes(base, sizes["attention_head_dim"], TITLE),
         "rope_theta": base["rope_theta"],
         "eps": base["eps"],
         "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
@@ -96,7 +79,7 @@ def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
 
 
 def _placeholders(shapes: dict[str, tuple[int, ...]]) -> dict:
-    return {"axes_dims_rope": rope_placeholder(_head_dim(shapes), 4), "patch_size": 1, "rope_theta": 2000,
+    return {"axes_dims_rope": rope_placeholder(bfl_head_dim(shapes, TITLE), 4), "patch_size": 1, "rope_theta": 2000,
             "eps": 1e-6}
 
 
