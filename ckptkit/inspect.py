@@ -290,7 +290,9 @@ def _problems(ckpt: Checkpoint, det: Detection, comps: list[ComponentReport]) ->
     for c in comps:
         undetermined = [k for k, info in (c.config or {}).items() if "UNDETERMINED" in info["source"]]
         if undetermined:
-            ambiguous = all("released models of these sizes differ" in c.config[k]["source"] for k in undetermined)
+            from ckptkit.convert.configs import AMBIGUOUS
+
+            ambiguous = all(c.config[k]["source"] == AMBIGUOUS for k in undetermined)
             why = ("released models of these very sizes differ in it" if ambiguous
                    else "the sizes are not a released model's")
             problems.append(Problem("config_undetermined", f"{c.name}: the weights do not decide "
