@@ -36,13 +36,14 @@ def component_quant_type(summary: dict[str, dict[str, int]]) -> str | None:
 
 def allowed_types(policy: dict) -> set[str] | None:
     """The quantized types a component may hold under its recorded policy: the requested base type,
-    the _M/_L mix's raised types, the rules' types, and the fallbacks of each (llama.cpp's chain).
+    the _M/_L mix's raised types (first/last-block ones included), the rules' types, and the fallbacks
+    of each (llama.cpp's chain).
     None: the request is not a GGUF type this tool knows (nothing to compare against)."""
     try:
         req = parse_request(policy["requested"])
     except CkptError:
         return None
-    todo = [t for t in (req.base, req.attn_v, req.ffn_down, *policy.get("rule_types", ())) if t]
+    todo = [t for t in (req.base, req.attn_v, req.ffn_down, req.edge, *policy.get("rule_types", ())) if t]
     allowed: set[str] = set()
     while todo:
         t = todo.pop()

@@ -414,3 +414,19 @@ def test_q4_k_m_fallback_rows_do_not_loosen_the_limits(sets, tmp_path):
     types = data["tables"]["types:diffusion_model"] if "tables" in data else None
     assert data["thresholds"]["diffusion_model"] == DEFAULTS["Q4_K"].__dict__, types
     assert code == 0, failing(data)
+
+
+def test_q4_k_m_first_and_last_block_types_pass_coverage(sets, tmp_path):
+    """Qwen-Image's first and last block are raised at q4_k_m (Q5_K, falling back to Q5_1 on rows
+    that do not divide into 256): types the request makes, so coverage accepts them; a type no part
+    of the request makes (Q8_0 from a rule nobody gave) still fails."""
+    from ckptkit.verify.coverage import allowed_types
+
+    s = sets("qwen_image")
+    run = pipeline.quantize(s["bundle"], tmp_path / "q4", Policy(diffusion_model="q4_k_m"))
+    assert "Q5_1" in run.plan.info["components"]["diffusion_model"]["policy"]["types"]  # the tiny blocks' Q5_K rows
+    code, data = verify_json(tmp_path / "q4", "--against", s["bundle"], "--no-onestep")
+    assert code == 0 and not failing(data), failing(data)
+    assert row(data, "coverage", "diffusion_model", "quantized")["passed"] is True
+    assert allowed_types({"requested": "q4_k_m"}) == {"Q4_K", "Q5_0", "Q5_K", "Q5_1", "Q6_K", "Q8_0"}
+    assert allowed_types({"requested": "q4_k_s"}) == {"Q4_K", "Q5_0"}
