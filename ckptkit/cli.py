@@ -302,11 +302,15 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
 @click.option("--imatrix", metavar="ones|FILE[,FILE]", default=None,
               help="Importance weights for ggml's weighted search: 'ones' (what stable-diffusion.cpp's convert "
                    "does) or imatrix files written by sd.cpp --imat-out (summed).")
+@click.option("--tokenizer", type=click.Path(path_type=str), default=None,
+              help="The LLM text encoder's tokenizer (tokenizer.json or tekken.json, or a folder holding one), "
+                   "written into its GGUF as llama.cpp does; ComfyUI-GGUF needs it for Mistral-Small (FLUX.2 "
+                   "dev). Default: one beside the source (its folder, tokenizer/, a diffusers folder's tokenizer/).")
 @config_option
 @family_option
 @run_options
 def quantize(source, out, target, type_name, component_types, layout, rules, policy_file, force_vae, no_scan, arch,
-             client, imatrix, config, family, dry_run, as_json, force, workers):
+             client, imatrix, tokenizer, config, family, dry_run, as_json, force, workers):
     """Quantize each component with its own policy (GGUF, K-quants included)."""
     from ckptkit import pipeline
     from ckptkit.quant.policy import Policy, load_policy_file
@@ -314,7 +318,8 @@ def quantize(source, out, target, type_name, component_types, layout, rules, pol
     policy = Policy(diffusion_model=type_name, components=_pairs(component_types, "--component", "NAME=TYPE"),
                     rules=list(_pairs(_rule_items(rules), "--rule", "REGEX=TYPE", split_last=True).items()),
                     force_vae=force_vae,
-                    arch=_arch(arch), client=client, imatrix=imatrix, backend=target, layout=layout)
+                    arch=_arch(arch), client=client, imatrix=imatrix, backend=target, layout=layout,
+                    tokenizer=tokenizer)
     if layout is not None and target == "gguf":
         raise click.UsageError("--layout is for --to comfy|bnb|quanto (GGUF files keep their clients' names: --client)")
     if policy_file:

@@ -77,8 +77,15 @@ def run_plan(plan: Plan, ckpt, out_dir: Path, workers: int, progress: Progress |
 def run_plan_to_file(plan: Plan, ckpt, out: Path, workers: int, progress: Progress | None, *, force: bool = False,
                      allow_overflow: bool = False, inputs: list[Path] = ()) -> RunResult:
     """Execute a plan whose one output is the file `out` (merge, convert to original, quantize to
-    one file): checked and written atomically (outputs.output_file)."""
+    one file): checked and written atomically (outputs.output_file). A file planned beside it (a
+    Qwen2.5-VL text encoder's mmproj GGUF) is checked the same way."""
+    from ckptkit.outputs import check_output
+
     notes: list[str] = []
+    for beside in (out.parent / o.path for o in plan.outputs if o.path != out.name):
+        check_output(beside, inputs or inputs_of(ckpt), "file")
+        if beside.exists() and not force:
+            raise CkptError(f"{beside}: exists (use --force to replace it)")
     with output_file(out, inputs or inputs_of(ckpt), force, notes) as folder:
         update = progress(planned_bytes(plan), plan.kind) if progress else None
         written = execute(plan, ckpt, folder, workers=workers, progress=update, allow_overflow=allow_overflow)

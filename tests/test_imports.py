@@ -10,10 +10,10 @@ from pathlib import Path
 import ckptkit
 
 ROOT = Path(ckptkit.__file__).parent
-# Leaves the engine and the readers may use: ggml's type table and kernels, llama.cpp's T5 names,
-# errors, units.
+# Leaves the engine and the readers may use: ggml's type table and kernels, llama.cpp's T5, LLM and
+# mmproj names, errors, units.
 LEAVES = ("ckptkit.errors", "ckptkit.units", "ckptkit.quant.types", "ckptkit.quant.ggml", "ckptkit.quant.t5_names",
-          "ckptkit.quant.llm_names")
+          "ckptkit.quant.llm_names", "ckptkit.quant.mmproj_names")
 
 
 def module_graph() -> dict[str, set[str]]:

@@ -48,7 +48,8 @@ READ_BACK_ARCHS = frozenset({"llama", "qwen2vl", "qwen3", "qwen3vl"})  # LLAMA_S
 COMFY_HEADS = (32, 8)  # llama_permute(sd, 32, 8): "L3 / Mistral"
 # token_embd shapes for which ComfyUI-GGUF's arch-llama loader rebuilds Mistral's tekken tokenizer from
 # the file's tokenizer.ggml.* metadata (gguf_tekken_tokenizer_loader), raising NotImplementedError
-# ("Unknown model, can't set tokenizer!") when it is not there: ckptkit writes no tokenizer
+# ("Unknown model, can't set tokenizer!") when it is not there: quantize writes it only from the model's
+# own tokenizer (llm_tokenizer.py, --tokenizer), and keeps such an encoder as safetensors without one
 COMFY_TEKKEN_SHAPES = frozenset({(131072, 5120)})
 
 # Where the text tower sits in the files transformers and ComfyUI write, longest first:

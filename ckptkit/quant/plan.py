@@ -26,12 +26,12 @@ from ckptkit.families.detect import Detection
 from ckptkit.families.spec import ComponentSpec
 from ckptkit.formats.base import Checkpoint
 from ckptkit.formats.dtypes import FLOAT_CODES
-from ckptkit.quant import llm_names, t5_names
+from ckptkit.quant import llm_names, mmproj_names, t5_names
 from ckptkit.quant.imatrix import imatrix_key
 from ckptkit.quant.clients import DEFAULT as DEFAULT_CLIENT, Client, for_diffusion_model, get_client
 from ckptkit.quant.policy import (Decision, Policy, check_component_request, decide, decide_sdcpp, edge_prefixes,
                                   keep_type)
-from ckptkit.quant.types import PLAIN, Request, fallback_for, fits
+from ckptkit.quant.types import PLAIN, REQUESTS, Request, fallback_for, fits
 
 CONV_RESHAPE_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # ComfyUI-GGUF's `shape_fix` archs
 TEXT_ENCODER_ARCH = {"hf_t5": "t5encoder", "hf_clip": "clip", "open_clip": "clip"}
@@ -191,10 +191,13 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         not_written = {}  # a request the client cannot take: what was asked and why it was not done
         gguf = (request is not None and (request.quantized or single_fmt == "gguf")) or bundle
         client = asked
+        tokenizer = (llm_tokenizer_for(ckpt, comp, client, cmap.ops, policy.tokenizer)
+                     if gguf and request is not None and not bundle else None)
         if gguf and comp.role == "diffusion_model":
             client = for_diffusion_model(policy.client, policy.arch or (src.spec.gguf_arch if src.spec else None),
                                          src.family, plan.notes)
-        elif gguf and comp.role == "text_encoder" and (limit := gguf_text_limit(ckpt, comp, client, cmap.ops)):
+        elif gguf and comp.role == "text_encoder" and (limit := gguf_text_limit(ckpt, comp, client, cmap.ops,
+                                                                                tokenizer)):
             if client.text_encoder_fallback == "refuse" or single_fmt == "gguf":
                 raise CkptError(f"--client {client.name}: {limit}; leave {comp.name} unquantized"
                                 + (" (or name another --client)" if client.text_encoder_fallback == "refuse" else
@@ -212,8 +215,9 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
             else:
                 ops[name] = e
         bundle_prefix = comp.prefix if bundle else ""  # a bundle's names: the family's prefixes, as sd.cpp reads them
+        vision = {}  # Qwen2.5-VL's vision tower: an mmproj GGUF beside the text encoder's (_mmproj_output)
         if gguf and request is not None and comp.layout == "hf_llm":
-            ops = _llm_text_tower(comp, ops, plan)
+            ops, vision = _llm_text_tower(comp, ops, plan, mmproj=not bundle)
         if not gguf:
             out = _plain_output(ckpt, comp, ops, request, policy, path)
         elif request is None:  # a component of a bundle left as it is stored
@@ -228,6 +232,9 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                 comp_imat = client_imat[client.importance]
             out = _gguf_output(ckpt, src, comp, ops, request, rules, path, scan, progress, plan.notes,
                                policy.force_vae, client, comp_imat, bundle_prefix)
+            if tokenizer is not None:  # what llama.cpp writes with the model, and ComfyUI-GGUF reads back
+                out.kv.update(tokenizer.kv)
+                plan.notes.append(f"{comp.name}: {tokenizer.describe()}")
             if client.names == "diffusers" and comp.role == "diffusion_model":
                 out = _in_diffusers_names(ckpt, out, map_component(ckpt, comp, prefix, naming_in, "diffusers",
                                                                    src.exclude, config))
@@ -247,7 +254,14 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         plan.info["components"][comp.name] = {"role": comp.role, "file": path, "naming": out.layout if out.layout != "comfy" else naming,
                                               "diffusers_class": comp.diffusers_class,
                                               "policy": {**policy_report(out, request, rules), **not_written},
+                                              **({"tokenizer": tokenizer.summary()} if tokenizer is not None
+                                                 and out.format == "gguf" else {}),
                                               **({"client": client.name} if out.format == "gguf" else {})}
+        if vision:
+            plan.outputs.append(_mmproj_output(ckpt, comp, ops, vision, request, path, scan, progress, plan))
+    if policy.tokenizer and not any("tokenizer" in c for c in plan.info["components"].values()):
+        plan.notes.append(f"--tokenizer {policy.tokenizer}: not used (only an arch-llama LLM text encoder written "
+                          f"as GGUF for {asked.title} carries one)")
     if not bundle and src.family in asked.one_file_families and any(o.format == "gguf" for o in plan.outputs):
         plan.notes.append(f"warning: {asked.title} loads {src.spec.title} only from one file (it tells the version "
                           f"by the text encoders' bundle names): merge the component set with `ckptkit merge SET "
@@ -410,8 +424,9 @@ def _gguf_output(ckpt, src: QuantSource, comp, ops, request: Request, rules, pat
                       metadata={"ckptkit.component": comp.name})
 
 
-def gguf_text_limit(ckpt, comp: ComponentSpec, client: Client, ops: dict) -> str | None:
-    """Why `client` cannot load this text encoder from the GGUF we would write; None: it can."""
+def gguf_text_limit(ckpt, comp: ComponentSpec, client: Client, ops: dict, tokenizer=None) -> str | None:
+    """Why `client` cannot load this text encoder from the GGUF we would write; None: it can.
+    `tokenizer`: the llm_tokenizer.GGUFTokenizer written with it (llm_tokenizer_for), if any."""
     arch = text_encoder_arch(comp)
     if not client.loads_text_encoder(comp.layout, arch):
         limit = f"{client.title} loads no {comp.name} text encoder from GGUF"
@@ -419,35 +434,132 @@ def gguf_text_limit(ckpt, comp: ComponentSpec, client: Client, ops: dict) -> str
             limit += (f" (its text-encoder loader takes general.architecture {', '.join(sorted(client.text_archs))}"
                       + ("; Gemma-2 only on its unmerged gemma_tenc branch" if comp.name == "gemma2" else "") + ")")
         return limit
-    if comp.layout == "hf_llm" and client.name == "comfy" and arch == "llama":
-        embed = llm_names.text_prefix(ops) + "embed_tokens.weight"
-        info = ckpt.tensors.get(ops[embed].sources()[0]) if embed in ops else None
-        if info is not None and tuple(info.shape) in llm_names.COMFY_TEKKEN_SHAPES:
-            return (f"{client.title} loads no {comp.name} text encoder of a {tuple(info.shape)} embedding from a GGUF "
-                    "ckptkit writes: for that shape (Mistral-Small) it rebuilds the tekken tokenizer from "
-                    "tokenizer.ggml.* metadata, which the weights do not hold, and refuses a file without it")
+    if comp.layout == "hf_llm" and client.name == "comfy" and arch == "llama" and tokenizer is None:
+        shape = _llm_embedding_shape(ckpt, ops)
+        if shape in llm_names.COMFY_TEKKEN_SHAPES:
+            return (f"{client.title} loads no {comp.name} text encoder of a {shape} embedding from a GGUF without "
+                    "its tokenizer: for that shape (Mistral-Small) it rebuilds the tekken tokenizer from "
+                    "tokenizer.ggml.* metadata, which the weights do not hold, and refuses a file without it; "
+                    "give the model's tokenizer with --tokenizer PATH (its tokenizer.json or tekken.json, or a "
+                    "folder holding one, e.g. a diffusers FLUX.2 folder's tokenizer/) to write it as GGUF")
     return None
 
 
-def _llm_text_tower(comp: ComponentSpec, ops: dict, plan: Plan) -> dict:
-    """The text tower of an LLM text encoder, for its GGUF: a vision tower or projector beside it is
-    no part of what ComfyUI-GGUF's text-encoder loader reads from this file (said in the notes)."""
+def _llm_embedding_shape(ckpt, ops: dict) -> tuple[int, ...] | None:
+    embed = llm_names.text_prefix(ops) + "embed_tokens.weight"
+    info = ckpt.tensors.get(ops[embed].sources()[0]) if embed in ops else None
+    return tuple(info.shape) if info is not None else None
+
+
+def llm_tokenizer_for(ckpt, comp: ComponentSpec, client: Client, ops: dict, explicit: str | None):
+    """The tokenizer an arch-llama LLM text encoder's GGUF carries (llm_tokenizer.py): `--tokenizer`,
+    else one found beside the source; None where there is none, or the client reads no such GGUF.
+    One whose token count is not the embedding's row count is refused."""
+    from ckptkit.quant import llm_tokenizer
+
+    arch = text_encoder_arch(comp)
+    if comp.layout != "hf_llm" or arch != "llama" or not client.loads_text_encoder(comp.layout, arch):
+        return None
+    path = llm_tokenizer.locate(explicit, getattr(ckpt, "path", None))
+    if path is None:
+        return None
+    tok = llm_tokenizer.load(path, arch)
+    shape = _llm_embedding_shape(ckpt, ops)
+    if shape is not None:
+        tok.check_rows(comp.name, shape[0])
+    return tok
+
+
+def _llm_text_tower(comp: ComponentSpec, ops: dict, plan: Plan, mmproj: bool = True) -> tuple[dict, dict]:
+    """The text tower of an LLM text encoder, for its GGUF, and Qwen2.5-VL's vision tower for the
+    mmproj GGUF beside it (`mmproj`: not in a one-file bundle). A vision tower or projector that no
+    file takes is no part of what ComfyUI-GGUF's text-encoder loader reads (said in the notes)."""
     kept = {n: e for n, e in ops.items() if not llm_names.is_vision(n)}
     left = [n for n in ops if n not in kept]
     if not left:
-        return ops
+        return ops, {}
+    unfit = mmproj_names.unfit(left) if comp.name == "qwen25vl" else None
+    if comp.name == "qwen25vl" and mmproj and unfit is None:
+        return kept, {n: ops[n] for n in left}
     if comp.name == "qwen25vl":
-        why = ("Qwen2.5-VL vision tower: not in the LLM GGUF (ComfyUI-GGUF's qwen2vl loader reads it from a sibling "
-               "mmproj GGUF, which ckptkit does not write)")
-        plan.notes.append(f"{comp.name}: the vision tower ({len(left)} tensors) is not written: ComfyUI-GGUF reads it "
-                          "from a sibling '*mmproj*.gguf' (without one it warns that Qwen-Image-Edit will be broken); "
-                          "ckptkit writes no mmproj file. Qwen-Image text-to-image uses the text tower only; for "
-                          "Qwen-Image-Edit keep the safetensors text encoder or add a published mmproj GGUF")
+        unfit = unfit or "a one-file bundle holds no mmproj"
+        why = f"Qwen2.5-VL vision tower: not in the LLM GGUF, and no mmproj GGUF written ({unfit})"
+        plan.notes.append(f"{comp.name}: the vision tower ({len(left)} tensors) is not written ({unfit}): ComfyUI-GGUF "
+                          "reads it from a sibling '*mmproj*.gguf' (without one it warns that Qwen-Image-Edit will be "
+                          "broken). Qwen-Image text-to-image uses the text tower only; for Qwen-Image-Edit keep the "
+                          "safetensors text encoder or add a published mmproj GGUF")
     else:
         why = f"{comp.name} vision tower / projector: not part of the text encoder GGUF (llama.cpp's text model leaves it out)"
         plan.notes.append(f"{comp.name}: {len(left)} vision-tower / projector tensors left out of the text encoder GGUF")
     plan.dropped.update({n: why for n in left})
-    return kept
+    return kept, {}
+
+
+def _mmproj_output(ckpt, comp: ComponentSpec, text: dict, vision: dict, request: Request, te_path: str, scan: bool,
+                   progress, plan: Plan) -> OutputFile:
+    """Qwen2.5-VL's vision tower as llama.cpp's clip mmproj GGUF, beside the text encoder's and named
+    so that ComfyUI-GGUF's qwen2vl loader finds it (quant/mmproj_names.py: names, KV and types as
+    llama.cpp's convert_hf_to_gguf.py writes them). Each tensor is an expression over the source
+    (q/k/v slices of the fused qkv, the two temporal halves of the patch embedding). The manifest
+    lists it as `<component>_mmproj`, role "mmproj"."""
+    src_shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    shapes = {n: expr.shape_of(e, src_shapes) for n, e in vision.items()}
+    prefix = mmproj_names.vision_prefix(vision)
+    canon = {mmproj_names.canonical(n, prefix): n for n in vision}
+    blocks = mmproj_names.n_blocks(canon)
+    ftype = mmproj_names.file_type(request.base, {source_dtype(ckpt, e) for e in vision.values()} & FLOAT_CODES)
+    tensors = []
+    for name, source in canon.items():
+        try:
+            made = mmproj_names.parts(name, vision[source], shapes[source], blocks)
+        except ValueError as exc:
+            raise CkptError(f"{comp.name}: {exc}") from None
+        tensors += [_mmproj_tensor(ckpt, comp, final, part, src_shapes, ftype, scan, progress, plan.notes)
+                    for final, part in made]
+    vision_config, eps = _vision_config(ckpt, comp, {**text, **vision}, src_shapes)
+    kv, missing = mmproj_names.hparams({n: shapes[s] for n, s in canon.items()}, blocks, vision_config, eps, ftype)
+    path = mmproj_names.file_name(te_path, ftype)
+    plan.notes.append(f"{comp.name}: the vision tower ({len(vision)} tensors) is written to {path}, llama.cpp's clip "
+                      f"mmproj ({ftype}), beside {te_path}: ComfyUI-GGUF's qwen2vl loader finds it there by name "
+                      f"(Qwen-Image-Edit needs it); stable-diffusion.cpp takes it as --llm_vision {path}")
+    if missing:
+        plan.notes.append(f"warning: {path}: {', '.join(missing)} not written (no config gives them, and the tower is "
+                          "not the released Qwen2.5-VL one's shape): llama.cpp's clip loader needs them (give the "
+                          "model's config.json with --config); ComfyUI-GGUF does not read them")
+    out = OutputFile(path, f"{comp.name}_mmproj", "comfy", tensors, format="gguf", gguf_arch="clip", kv=kv)
+    plan.info["components"][out.component] = {"role": "mmproj", "file": path, "naming": "llama.cpp",
+                                              "policy": policy_report(out, REQUESTS[ftype.lower()])}
+    return out
+
+
+def _mmproj_tensor(ckpt, comp: ComponentSpec, name: str, e, src_shapes: dict, ftype: str, scan: bool, progress,
+                   notes: list[str]) -> TensorOp:
+    """One mmproj tensor, typed as llama.cpp's converter types it (mmproj_names.tensor_type), and
+    scanned as every quantized tensor is (non-finite values, fp16 overflow: _checked)."""
+    shape, sdt = expr.shape_of(e, src_shapes), source_dtype(ckpt, e)
+    d = Decision(*mmproj_names.tensor_type(name, shape, ftype), shape)
+    if sdt not in FLOAT_CODES:
+        d = Decision("F32", f"{sdt} tensor stored as F32", shape)
+    elif scan and (d.quantized or (d.type == "F16" and sdt != "F16")):
+        d = _checked(ckpt, e, d, sdt, shape, progress, notes, comp.name, name)
+    return TensorOp(name, e, shape, sdt, d.type, d.reason)
+
+
+def _vision_config(ckpt, comp: ComponentSpec, ops: dict, src_shapes: dict) -> tuple[dict, float]:
+    """Qwen2.5-VL's vision_config and rms_norm_eps as a config says them (the file's own, --config);
+    ({}, 1e-6: convert_hf_to_gguf.py's default) where none does."""
+    from ckptkit.convert.components import resolve_component_config
+    from ckptkit.convert.configs import AMBIGUOUS, UNDETERMINED
+
+    shapes = {n: expr.shape_of(e, src_shapes) for n, e in ops.items()}
+    resolved = resolve_component_config(comp, shapes, "original", None, ckpt, strict=False)
+
+    def known(key):
+        value = resolved.values.get(key)
+        return value if resolved.sources.get(key) not in (UNDETERMINED, AMBIGUOUS, None) else None
+
+    vision, eps = known("vision_config"), known("rms_norm_eps")
+    return (vision if isinstance(vision, dict) else {}), (eps if isinstance(eps, float) else 1e-6)
 
 
 @dataclass

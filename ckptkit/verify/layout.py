@@ -43,6 +43,12 @@ def check_layout(cset: ComponentSet) -> Findings:
         if comp.ckpt is None:
             out.add("layout", name, "tensors", None, None, None, "skipped: unreadable")
             continue
+        if comp.spec is None and comp.ckpt.metadata.get("general.type") == "mmproj":
+            # llama.cpp's clip mmproj beside an LLM text encoder's GGUF (quant/mmproj_names.py): its
+            # tower in llama.cpp's names, no component of the family
+            out.add("layout", name, "tensors", len(comp.ckpt.tensors), None, None,
+                    "skipped: a llama.cpp clip mmproj (the vision tower beside a text encoder GGUF)")
+            continue
         if comp.spec is None:
             out.add("layout", name, "component", name, None, False, f"{name} is not a component of {cset.family}")
             continue

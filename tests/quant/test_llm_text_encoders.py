@@ -211,8 +211,8 @@ def test_f16_gguf_reads_back_exactly_through_comfyui_gguf(models, tmp_path, kind
     for n, t in want.items():
         # bit-exact; 1-D and <= 1024-element tensors are stored F32 (exact from fp16), the rest F16
         assert torch.equal(sd[n].to(t.dtype), t) and (sd[n].dtype == t.dtype or t.numel() <= 1024), n
-    if kind == "qwen25vl":
-        assert "ComfyUI-GGUF reads it from a sibling '*mmproj*.gguf'" in result.output
+    if kind == "qwen25vl":  # the vision tower goes to the mmproj GGUF beside it (tests/quant/test_mmproj.py)
+        assert "the vision tower (18 tensors) is written to te-mmproj-F16.gguf" in result.output
     if arch == "llama":  # stored in llama.cpp's q/k order, not as the source has them
         q = next(t for t in gguf.GGUFReader(tmp_path / "te.gguf").tensors if t.name == "blk.0.attn_q.weight")
         stored_q = torch.from_numpy(np.array(q.data)).reshape(sd["model.layers.0.self_attn.q_proj.weight"].shape)
