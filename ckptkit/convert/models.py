@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 TRANSFORMERS_CONFIGS = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithProjection": "CLIPTextConfig",
-                        "T5EncoderModel": "T5Config",
+                        "T5EncoderModel": "T5Config", "UMT5EncoderModel": "UMT5Config",
                         # LLM text encoders (layout hf_llm), as the files hold them
                         "Qwen2_5_VLForConditionalGeneration": "Qwen2_5_VLConfig",
                         "Qwen2_5_VLTextModel": "Qwen2_5_VLTextConfig",
@@ -24,6 +24,7 @@ NOT_LINEAR = {
     "CLIPTextModel": ({"token_embedding", "position_embedding"}, set()),
     "CLIPTextModelWithProjection": ({"token_embedding", "position_embedding"}, set()),
     "T5EncoderModel": ({"shared", "embed_tokens", "relative_attention_bias"}, {"wo"}),
+    "UMT5EncoderModel": ({"shared", "embed_tokens", "relative_attention_bias"}, {"wo"}),
 }
 
 

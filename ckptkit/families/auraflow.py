@@ -1,8 +1,9 @@
 """AuraFlow (fal, v0.3; 6.8B). fal's `aura_flow_0.3.safetensors` bundles the transformer in
 original names (bare; ComfyUI adds `model.diffusion_model.`) — ComfyUI's all-in-one file also holds
 the text encoder (Pile-T5-XL encoder, UMT5EncoderModel in diffusers) and the SDXL VAE, which ship as
-separate files in the diffusers repo; the VAE is an optional component here, the text encoder is not
-(yet).
+separate files in the diffusers repo. Both are optional components here: ComfyUI keeps the encoder
+under `text_encoders.pile_t5xl.transformer.` (supported_models.AuraFlow text_encoder_key_prefix +
+comfy/text_encoders/aura_t5.py's clip name "pile_t5xl") and the VAE under `vae.`.
 
 Released config (fal/AuraFlow-v0.3 transformer/config.json as quoted in public copies, and
 diffusers' scripts/convert_aura_flow_to_diffusers.py defaults): 4 MMDiT + 32 single blocks,
@@ -12,7 +13,7 @@ SDXL VAE), patch 2, 9216 positions (96 x 96; the class default 1024 is not the r
 
 from dataclasses import replace
 
-from ckptkit.families.common import SDXL_VAE_CONFIG, vae
+from ckptkit.families.common import PILE_T5_XL_CONFIG, SDXL_VAE_CONFIG, umt5, vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Release, Variant
 
 AURAFLOW_CONFIG = dict(sample_size=64, patch_size=2, in_channels=4, num_mmdit_layers=4, num_single_dit_layers=32,
@@ -31,24 +32,26 @@ SPEC = FamilySpec(
     title="AuraFlow",
     gguf_arch="aura",
     pipeline="AuraFlowPipeline",
-    # fal/AuraFlow-v0.3 scheduler/scheduler_config.json as recalled (shift 1.73; not verified here): the
-    # one-step check starts at t = 1, where the shift changes nothing.
+    # shift 1.73: ComfyUI's supported_models.AuraFlow sampling_settings (fal/AuraFlow-v0.3's scheduler
+    # config not read here); the one-step check starts at t = 1, where the shift changes nothing.
     scheduler=dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=1.73),
     components=(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "auraflow",
                       "AuraFlowTransformer2DModel", "transformer", config=AURAFLOW_CONFIG, alt_prefixes=("",),
                       high_precision=AURAFLOW_HIGH_PRECISION),
+        replace(umt5("pile_t5xl", "text_encoders.pile_t5xl.transformer.", PILE_T5_XL_CONFIG), optional=True),
         # the SDXL VAE (4 latent channels), under `vae.` in all-in-one files (`first_stage_model.` read too)
         replace(vae("vae.", SDXL_VAE_CONFIG, alt_prefixes=("first_stage_model.",)), optional=True),
     ),
     detect=(Has("double_layers.0.attn.w1q.weight"), Has("cond_seq_linear.weight")),
     detect_diffusers=(Has("joint_transformer_blocks.0.ff_context.out_projection.weight"), Has("register_tokens")),
     variants=(Variant("v0.3", (), (), "AuraFlow v0.3 (earlier versions not checked)"),),
-    notes="text encoder Pile-T5-XL (UMT5EncoderModel, not a component yet) and the SDXL VAE (optional)",
+    notes="text encoder Pile-T5-XL (UMT5EncoderModel) and the SDXL VAE: optional components",
     releases=(
         Release("auraflow_v0_3", ("fal/AuraFlow-v0.3",), "v0.3", AURAFLOW_CONFIG,
                 {"*": _SOURCE, "sample_size": "64: the pipeline's default resolution / 16 (class default; not "
                                                "in the weights)"},
-                description="AuraFlow transformer (aura_flow_0.3.safetensors), original names"),
+                description="AuraFlow transformer (aura_flow_0.3.safetensors), original names",
+                published_gguf={"q8_0": "7.35 GB (city96/AuraFlow-v0.3-gguf aura_flow_0.3-Q8_0.gguf)"}),
     ),
 )

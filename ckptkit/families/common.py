@@ -26,6 +26,14 @@ T5XXL_CONFIG = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_lay
                     relative_attention_num_buckets=32, relative_attention_max_distance=128,
                     feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new",
                     layer_norm_epsilon=1e-6, tie_word_embeddings=False)
+# UMT5 (T5 names, a relative-position bias in every layer): AuraFlow's Pile-T5-XL encoder as ComfyUI ships
+# its config (comfy/text_encoders/t5_pile_config_xl.json: model_type umt5, gated gelu_pytorch_tanh, which
+# is the "gelu_new" tanh approximation that "gated-gelu" selects); relative_attention_max_distance is
+# UMT5Config's default (128), which that file does not set.
+PILE_T5_XL_CONFIG = dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32,
+                         relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                         feed_forward_proj="gated-gelu", is_gated_act=True, dense_act_fn="gelu_new",
+                         layer_norm_epsilon=1e-6, tie_word_embeddings=False, pad_token_id=1, eos_token_id=2)
 
 SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4,
                      down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -54,6 +62,12 @@ def vae(prefix: str, config: dict, layout: str = "ldm_vae", alt_prefixes: tuple[
 def t5xxl(prefix: str, alt_prefixes: tuple[str, ...] = ()) -> ComponentSpec:
     return ComponentSpec("t5xxl", "text_encoder", prefix, "hf_t5", "T5EncoderModel", "text_encoder_2",
                          config=T5XXL_CONFIG, alt_prefixes=alt_prefixes,
+                         high_precision=("shared.", "encoder.embed_tokens.", "encoder.final_layer_norm."))
+
+
+def umt5(name: str, prefix: str, config: dict, folder: str = "text_encoder") -> ComponentSpec:
+    """A UMT5 encoder (UMT5EncoderModel): T5's names and layout, with its own config."""
+    return ComponentSpec(name, "text_encoder", prefix, "hf_t5", "UMT5EncoderModel", folder, config=config,
                          high_precision=("shared.", "encoder.embed_tokens.", "encoder.final_layer_norm."))
 
 

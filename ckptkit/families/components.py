@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ckptkit.families.spec import ComponentSpec, Condition, Has, Lacks
 
 # Standalone signatures that name no family component: the component of their kind.
-GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l"}
+GENERIC_COMPONENTS = {"t5": "t5xxl", "clip": "clip_l", "umt5": "pile_t5xl"}
 
 
 @dataclass(frozen=True)
@@ -19,12 +19,14 @@ class ComponentSignature:
     when: tuple[Condition, ...]
     used_by: tuple[str, ...]
     description: str
-    diffusers_class: str = ""  # the transformers class whose names the file holds (LLM text encoders)
+    diffusers_class: str = ""  # the transformers class whose names the file holds (LLM and UMT5 text encoders)
 
 
 _HF_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
 _HF_Q_FLAT = "encoder.layers.0.self_attn.q_proj.weight"  # transformers >= 5.6 CLIPTextModel
 _OC_IN = "transformer.resblocks.0.attn.in_proj_weight"
+_T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_UMT5_BIAS_1 = "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"
 
 SIGNATURES: tuple[ComponentSignature, ...] = (
     ComponentSignature("clip_l", "hf_clip", "text_encoder", (Has(_HF_Q, 0, 768),), ("sd1", "sdxl", "sd3", "flux"),
@@ -40,6 +42,12 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
     ComponentSignature("clip_h", "open_clip", "text_encoder", (Has(_OC_IN, 1, 1024),), ("sd2",),
                        "OpenCLIP ViT-H text encoder (open_clip layout)"),
     ComponentSignature("clip", "hf_clip", "text_encoder", (Has(_HF_Q),), (), "CLIP text encoder (transformers layout)"),
+    # UMT5 before T5: the same names, but a relative-position bias in every layer (a T5 has it in
+    # layer 0 only), which T5EncoderModel would silently not load
+    ComponentSignature("pile_t5xl", "hf_t5", "text_encoder", (Has(_UMT5_BIAS_1), Has(_T5_Q, 1, 2048)), ("auraflow",),
+                       "Pile-T5-XL encoder (UMT5; AuraFlow's text encoder)", "UMT5EncoderModel"),
+    ComponentSignature("umt5", "hf_t5", "text_encoder", (Has(_UMT5_BIAS_1),), (),
+                       "UMT5 encoder (a relative-position bias in every layer)", "UMT5EncoderModel"),
     ComponentSignature("t5xxl", "hf_t5", "text_encoder", (Has("encoder.block.0.layer.0.SelfAttention.q.weight", 1, 4096),),
                        ("sd3", "flux"), "T5-XXL encoder"),
     ComponentSignature("t5", "hf_t5", "text_encoder", (Has("encoder.block.0.layer.0.SelfAttention.q.weight"),), (),

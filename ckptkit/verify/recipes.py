@@ -133,9 +133,10 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "model's output negated; seeded random Gemma-2-width caption states (the text encoder "
                      "ships separately)"),
     "auraflow": OneStepRecipe(
-        denoiser="auraflow", sampler="flow", start=1.0, time_scale=1.0, context=(("caption",),),
-        timestep_doc="t in [0, 1] (AuraFlowPipeline feeds t / 1000; the model scales by 1000); seeded random "
-                     "Pile-T5-XL-width text states (the text encoder ships separately)"),
+        denoiser="auraflow", sampler="flow", start=1.0, time_scale=1.0, text=(TextUse("pile_t5xl", _T5, "last"),),
+        context=(("pile_t5xl",),),
+        timestep_doc="t in [0, 1] (AuraFlowPipeline feeds t / 1000; the model scales by 1000); Pile-T5-XL's "
+                     "last hidden state (seeded random states of its width when the set has no text encoder)"),
 }
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from ckptkit import __version__
 from ckptkit.cli import cli
 from ckptkit.fixtures import factory
+from ckptkit.convert.models import TRANSFORMERS_CONFIGS
 from ckptkit.formats.safetensors import SafetensorsWriter, save_safetensors
 
 FIXTURES = sorted(factory.FIXTURES)
@@ -135,7 +136,7 @@ def meta_shapes(class_name: str, config: dict | Path) -> dict[str, tuple[int, ..
             cls = getattr(diffusers, class_name)
             model = cls.from_config(json.loads(config.read_text()) if isinstance(config, Path) else config)
         else:
-            config_cls = transformers.T5Config if class_name.startswith("T5") else transformers.CLIPTextConfig
+            config_cls = getattr(transformers, TRANSFORMERS_CONFIGS[class_name])
             cfg = config_cls.from_json_file(config) if isinstance(config, Path) else config_cls(**config)
             model = getattr(transformers, class_name)(cfg)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
