@@ -72,12 +72,15 @@ def main() -> None:
         "| release | GGUF arch | parameters | source | Q8_0 planned | Q4_K_M planned | published | peak RSS of planning |",
         "|---|---|---:|---:|---:|---:|---|---:|",
         *rows, "",
-        "Qwen-Image's published Q4_K_M files were made with ComfyUI-GGUF's patched llama-quantize "
-        "(branch auto_convert, tools/lcpp.patch), which also raises the first and last transformer block "
-        "(`transformer_blocks.0.` / `.59.`) to Q5_K at Q4_K_M; ckptkit does the same for the family's "
-        "first and last block (`edge_blocks`), whatever the depth. FLUX.1-style families (FLUX.2, Chroma) "
-        "up-type the fused qkv and single-block linear1/linear2 weights in the _M mixes (ckptkit's FLUX.1 "
-        "rule), which is why FLUX.2's Q4_K_M is 41% of its BF16 size.", ""])
+        "The _M mixes follow ComfyUI-GGUF's patched llama-quantize (branch auto_convert, tools/lcpp.patch, "
+        "the tool the published ComfyUI-GGUF files come from): v projections and FFN-down weights to Q6_K at "
+        "Q4_K_M, fused qkv to Q5_K (FLUX-style families' single-block linear1/linear2 and `_mlp.2` stay at the "
+        "base type), and Qwen-Image's first and last block (`transformer_blocks.0.` / `.59.`) to Q5_K; "
+        "ckptkit raises a family's first and last block (`edge_blocks`) whatever the depth. The published "
+        "files were written by other tools (orabazes, city96 and QuantStack use ComfyUI-GGUF's; calcuis "
+        "uses gguf-connector; leejet uses stable-diffusion.cpp's convert, which quantizes the refiner blocks "
+        "and 1-D weights ComfyUI-GGUF keeps), so a few percent either way is the tools' own rules, said "
+        "per row where known.", ""])
     print("\n" + section)
     if args.write:
         from bench.benchdoc import write_section

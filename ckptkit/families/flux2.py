@@ -76,13 +76,15 @@ SPEC = FamilySpec(
             "*": "get_flux2_transformer_config in diffusers' scripts/convert_flux2_to_diffusers.py "
                  "(huggingface/diffusers@207bae7a5e772ce97e6a446cdf16fba5b9acca24)" + extra,
             "joint_attention_dim": f"{config['joint_attention_dim']} = 3 stacked hidden states of {encoder}"},
-            description=f"{title} transformer (BFL original names)")
-        for name, models, variant, config, extra, encoder, title in (
+            description=f"{title} transformer (BFL original names)", published_gguf=published)
+        for name, models, variant, config, extra, encoder, title, published in (
             ("flux2_dev", ("black-forest-labs/FLUX.2-dev",), "dev", FLUX2_DEV_CONFIG,
-             "; = Flux2Transformer2DModel defaults in diffusers 0.42.1", "Mistral-Small-3.2-24B (5120)", "FLUX.2 [dev]"),
+             "; = Flux2Transformer2DModel defaults in diffusers 0.42.1", "Mistral-Small-3.2-24B (5120)", "FLUX.2 [dev]",
+             {"q8_0": "34.5 GB (orabazes/FLUX.2-dev-GGUF flux2_dev_Q8_0.gguf)",
+              "q4_k_m": "18.7 GB (orabazes/FLUX.2-dev-GGUF flux2_dev_Q4_K_M.gguf)"}),
             ("flux2_klein_4b", ("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-base-4B"), "klein",
-             FLUX2_KLEIN_4B_CONFIG, "", "Qwen3-4B (2560)", "FLUX.2 [klein] 4B"),
+             FLUX2_KLEIN_4B_CONFIG, "", "Qwen3-4B (2560)", "FLUX.2 [klein] 4B", {}),
             ("flux2_klein_9b", ("black-forest-labs/FLUX.2-klein-9B", "black-forest-labs/FLUX.2-klein-base-9B"), "klein",
-             FLUX2_KLEIN_9B_CONFIG, "", "Qwen3-8B (4096)", "FLUX.2 [klein] 9B"),
+             FLUX2_KLEIN_9B_CONFIG, "", "Qwen3-8B (4096)", "FLUX.2 [klein] 9B", {}),
         )),
 )

@@ -59,6 +59,9 @@ SPEC = FamilySpec(
                  "heads, 8 kv heads, axes [32, 32, 32] and lens [300, 512, 512]",
             "cap_feat_dim": "2304: the hidden size of Gemma-2-2B, its text encoder (the class default is 1024)",
             "multiple_of": "256: the FFN width 9216 = round_up(4 x 2304, 256)"},
-            description="Lumina-Image-2.0 transformer (lumina_2_model_bf16.safetensors, NextDiT names)"),
+            description="Lumina-Image-2.0 transformer (lumina_2_model_bf16.safetensors, NextDiT names)",
+            published_gguf={"q8_0": "2.77 GB (calcuis/lumina-gguf lumina2-q8_0.gguf)",
+                            "q4_k_m": "1.47 GB (calcuis/lumina-gguf lumina2-q4_k_m.gguf, the same size as its q4_0: "
+                                      "not llama.cpp's Q4_K_M mix)"}),
     ),
 )

@@ -87,7 +87,9 @@ SPEC = FamilySpec(
                 },
                 description="Qwen-Image transformer (qwen_image_bf16.safetensors as ComfyUI ships it: diffusers "
                             "names, bare or under model.diffusion_model.)",
-                published_gguf={"q4_k_m": "13.1 GB (Qwen-Image-Edit-2511 Q4_K_M, quoted in ckptkit issue 16)"}),
+                published_gguf={"q8_0": "21.8 GB (calcuis/qwen-image-edit-gguf qwen-image-edit-q8_0.gguf)",
+                                "q4_k_m": "13.1 GB (QuantStack/Qwen-Image-GGUF Qwen_Image-Q4_K_M.gguf; also "
+                                          "-Edit, -Edit-2509; -Edit-2511 as quoted in ckptkit issue 16)"}),
         Release("qwen_image_layered", ("Qwen/Qwen-Image-Layered",), "layered", QWEN_IMAGE_LAYERED_CONFIG, {
                     "*": "as qwen_image (diffusers 0.42.1 class defaults)",
                     "use_additional_t_cond": "true: the only option that adds time_text_embed.addition_t_embedding "

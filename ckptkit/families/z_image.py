@@ -60,6 +60,9 @@ SPEC = FamilySpec(
             "cap_feat_dim": "2560: the hidden size of Qwen3-4B, its text encoder",
             "axes_lens": "[1536, 512, 512] per the release config (the class default is [1024, 512, 512])",
             "siglip_feat_dim": "absent (None) in Turbo's config; only Z-Image Omni sets it"},
-            description="Z-Image transformer (z_image_turbo_bf16.safetensors as ComfyUI ships it, NextDiT names)"),
+            description="Z-Image transformer (z_image_turbo_bf16.safetensors as ComfyUI ships it, NextDiT names)",
+            published_gguf={"q8_0": "6.58 GB (leejet/Z-Image-Turbo-GGUF z_image_turbo-Q8_0.gguf, 6,577,440,704 bytes: "
+                                    "stable-diffusion.cpp's convert, which also quantizes the refiners and 1-D "
+                                    "weights that ComfyUI-GGUF keeps)"}),
     ),
 )

@@ -8,7 +8,8 @@ Order of the per-tensor decision:
   2. user rules (`--rule REGEX=TYPE`, first match wins)
   3. high-precision layers: biases, raw parameters (not `.weight`), embeddings, the family's
      input/output/time/guidance layers
-  4. the mix: attention-v / fused qkv and FFN-down weights up-typed for _M/_L requests
+  4. the mix: attention-v, fused qkv and FFN-down weights (and a family's first/last block) up-typed
+     for _M/_L requests
   5. the requested base type
   then a row length that does not divide into the type's blocks falls back (reported).
 """
@@ -30,9 +31,6 @@ RESHAPE_ROW = 256  # SD1/SDXL conv weights are stored as (n/256, 256) rows (Comf
 ATTN_V = {
     "ldm_unet": r"\.attn[12]\.to_v\.weight$",
     "mmdit": r"\.attn2?\.qkv\.weight$",
-    "flux": r"(_attn\.qkv|single_blocks\.\d+\.linear1)\.weight$",
-    "chroma": r"(_attn\.qkv|single_blocks\.\d+\.linear1)\.weight$",  # FLUX.1's names
-    "flux2": r"(_attn\.qkv|single_blocks\.\d+\.linear1)\.weight$",
     "sana": r"(\.attn\.qkv|\.cross_attn\.kv_linear)\.weight$",
     "hf_clip": r"self_attn\.v_proj\.weight$",
     "open_clip": r"self_attn\.v_proj\.weight$",  # quantized in transformers names
@@ -40,16 +38,23 @@ ATTN_V = {
     "hf_llm": r"^blk\.\d+\.attn_v\.weight$",  # llama.cpp names (LLM text encoders)
     "qwen_image": r"\.attn\.(to_v|add_v_proj)\.weight$",
     "hidream": r"\.attn1\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (the text stream's to_v_t is not)
+    "auraflow": r"\.attn\.w[12]v\.weight$",
+}
+# Fused q/k/v weights, raised less than a v projection: ComfyUI-GGUF's lcpp.patch (img_tensor_get_type)
+# takes "attn_qkv.weight", "attn.qkv.weight" and "attention.qkv.weight" from Q4_K_M to Q5_K (Request.qkv),
+# a separate v projection to Q6_K, and leaves FLUX's single-block linear1 / linear2 and its `_mlp.2`
+# at the base type: its published FLUX.2-dev Q4_K_M is 18.7 GB, not the 26 GB that raising those
+# to Q6_K gives (docs/BENCHMARKS.md, planned GGUF sizes).
+QKV = {
+    "flux": r"_attn\.qkv\.weight$",
+    "chroma": r"_attn\.qkv\.weight$",  # FLUX.1's names
+    "flux2": r"_attn\.qkv\.weight$",
     "z_image": r"\.attention\.qkv\.weight$",
     "lumina2": r"\.attention\.qkv\.weight$",
-    "auraflow": r"\.attn\.w[12]v\.weight$",
 }
 FFN_DOWN = {
     "ldm_unet": r"\.ff\.net\.2\.weight$",
     "mmdit": r"\.mlp\.fc2\.weight$",
-    "flux": r"(_mlp\.2|single_blocks\.\d+\.linear2)\.weight$",
-    "chroma": r"(_mlp\.2|single_blocks\.\d+\.linear2)\.weight$",
-    "flux2": r"(_mlp\.2|single_blocks\.\d+\.linear2)\.weight$",
     "sana": r"\.mlp\.point_conv\.conv\.weight$",
     "hf_clip": r"mlp\.fc2\.weight$",
     "open_clip": r"mlp\.fc2\.weight$",
@@ -75,6 +80,7 @@ class Policy:
     imatrix: str | None = None  # --imatrix ones|FILE[,FILE]: ggml's weighted search (quant/imatrix.py)
     backend: str = "gguf"  # --to: gguf | comfy | bnb | quanto (quantized safetensors, quant/layerwise.py)
     layout: str | None = None  # --layout for the safetensors backends: comfy (default) | diffusers
+    tokenizer: str | None = None  # --tokenizer: an arch-llama LLM text encoder's (quant/llm_tokenizer.py)
 
     def request_for(self, comp: ComponentSpec, single: bool = False) -> Request | None:
         """`--component NAME=TYPE` first; `--type` applies to the diffusion model, or to the one
@@ -203,14 +209,21 @@ def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpe
     for prefix in final_high_precision(comp):
         if name.startswith(prefix):
             return Decision(keep_type(src_dtype, shape, name), f"high precision: {prefix or 'whole component'}", shape)
-    type_name, reason = request.base, "requested"
-    if request.attn_v and (p := ATTN_V.get(comp.layout)) and re.search(p, name):
-        type_name, reason = request.attn_v, f"{request.name}: attention v/qkv up-typed"
-    elif request.ffn_down and (p := FFN_DOWN.get(comp.layout)) and re.search(p, name):
-        type_name, reason = request.ffn_down, f"{request.name}: FFN down up-typed"
-    elif request.edge and name.startswith(edges):
-        type_name, reason = request.edge, f"{request.name}: first/last block up-typed"
+    type_name, reason = mixed_type(name, comp, request, edges)
     return _fit(Decision(type_name, reason, stored, reshaped))
+
+
+def mixed_type(name: str, comp: ComponentSpec, request: Request, edges: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(type, reason) of a layer weight by the request's mix: v projections, fused qkv, FFN down and
+    the first/last block raised where the request says, else the base type."""
+    for type_name, table, what in ((request.attn_v, ATTN_V, "attention v/qkv up-typed"),
+                                   (request.qkv, QKV, "fused qkv up-typed"),
+                                   (request.ffn_down, FFN_DOWN, "FFN down up-typed")):
+        if type_name and (p := table.get(comp.layout)) and re.search(p, name):
+            return type_name, f"{request.name}: {what}"
+    if request.edge and name.startswith(edges):
+        return request.edge, f"{request.name}: first/last block up-typed"
+    return request.base, "requested"
 
 
 def edge_prefixes(comp: ComponentSpec, names) -> tuple[str, ...]:
@@ -243,10 +256,7 @@ def decide_sdcpp(name: str, shape: tuple[int, ...], src_dtype: str, comp: Compon
             type_name, reason = rule_type, f"rule {pattern.pattern}"
             break
     else:
-        if request.attn_v and (p := ATTN_V.get(comp.layout)) and re.search(p, name):
-            type_name, reason = request.attn_v, f"{request.name}: attention v/qkv up-typed"
-        elif request.ffn_down and (p := FFN_DOWN.get(comp.layout)) and re.search(p, name):
-            type_name, reason = request.ffn_down, f"{request.name}: FFN down up-typed"
+        type_name, reason = mixed_type(name, comp, request)
     keep = src_dtype if src_dtype in PLAIN else "F32"
     if type_name not in PLAIN and not fits(type_name, shape):
         return Decision(keep, f"sd.cpp: row of {shape[-1] if shape else 0} does not divide into {type_name} blocks", shape)

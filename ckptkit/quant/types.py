@@ -17,12 +17,15 @@ from ckptkit.errors import CkptError
 class Request:
     name: str  # what the user typed, normalised: "q4_k_m"
     base: str  # ggml type name for ordinary weights: "Q4_K"
-    attn_v: str | None = None  # attention v / fused qkv weights
+    attn_v: str | None = None  # attention v weights (and fused qkv where policy.QKV names none)
     ffn_down: str | None = None  # FFN down-projection weights
     file_type: int = gguf.LlamaFileType.GUESSED
     # the first and last block of a family that names its `edge_blocks` (Qwen-Image: ComfyUI-GGUF's
     # lcpp.patch raises transformer_blocks.0. and .59.), where the mix leaves them at the base type
     edge: str | None = None
+    # fused q/k/v weights of the families policy.QKV names (lcpp.patch: Q3_K_M/L -> Q4_K, Q4_K_M -> Q5_K,
+    # Q5_K_M -> Q6_K; no other request raises them)
+    qkv: str | None = None
 
     @property
     def quantized(self) -> bool:
@@ -41,12 +44,12 @@ REQUESTS: dict[str, Request] = {r.name: r for r in (
     Request("q4_1", "Q4_1", file_type=LFT.MOSTLY_Q4_1),
     Request("q4_0", "Q4_0", file_type=LFT.MOSTLY_Q4_0),
     Request("q6_k", "Q6_K", file_type=LFT.MOSTLY_Q6_K),
-    Request("q5_k_m", "Q5_K", "Q6_K", "Q6_K", LFT.MOSTLY_Q5_K_M, edge="Q6_K"),
+    Request("q5_k_m", "Q5_K", "Q6_K", "Q6_K", LFT.MOSTLY_Q5_K_M, edge="Q6_K", qkv="Q6_K"),
     Request("q5_k_s", "Q5_K", file_type=LFT.MOSTLY_Q5_K_S),
-    Request("q4_k_m", "Q4_K", "Q6_K", "Q6_K", LFT.MOSTLY_Q4_K_M, edge="Q5_K"),
+    Request("q4_k_m", "Q4_K", "Q6_K", "Q6_K", LFT.MOSTLY_Q4_K_M, edge="Q5_K", qkv="Q5_K"),
     Request("q4_k_s", "Q4_K", file_type=LFT.MOSTLY_Q4_K_S),
-    Request("q3_k_l", "Q3_K", "Q5_K", "Q5_K", LFT.MOSTLY_Q3_K_L, edge="Q4_K"),
-    Request("q3_k_m", "Q3_K", "Q5_K", "Q4_K", LFT.MOSTLY_Q3_K_M, edge="Q4_K"),
+    Request("q3_k_l", "Q3_K", "Q5_K", "Q5_K", LFT.MOSTLY_Q3_K_L, edge="Q4_K", qkv="Q4_K"),
+    Request("q3_k_m", "Q3_K", "Q5_K", "Q4_K", LFT.MOSTLY_Q3_K_M, edge="Q4_K", qkv="Q4_K"),
     Request("q3_k_s", "Q3_K", file_type=LFT.MOSTLY_Q3_K_S, edge="Q4_K"),
     Request("q2_k", "Q2_K", "Q4_K", "Q3_K", LFT.MOSTLY_Q2_K, edge="Q4_K"),
     # Q2_K throughout (stable-diffusion.cpp's --type q2_K; q5_k_s .. q3_k_s are its q5_K .. q3_K)

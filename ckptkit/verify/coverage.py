@@ -43,7 +43,7 @@ def allowed_types(policy: dict) -> set[str] | None:
         req = parse_request(policy["requested"])
     except CkptError:
         return None
-    todo = [t for t in (req.base, req.attn_v, req.ffn_down, req.edge, *policy.get("rule_types", ())) if t]
+    todo = [t for t in (req.base, req.attn_v, req.qkv, req.ffn_down, req.edge, *policy.get("rule_types", ())) if t]
     allowed: set[str] = set()
     while todo:
         t = todo.pop()

@@ -278,11 +278,17 @@ def _decide(fx: str, comp: str, name: str, shape, request: str, rules=(), src="F
 
 
 @pytest.mark.parametrize("name, shape, request_, want, reason", [
-    ("double_blocks.0.img_attn.qkv.weight", (9216, 3072), "q4_k_m", "Q6_K", "attention v/qkv up-typed"),
+    # the mix as ComfyUI-GGUF's lcpp.patch makes it for arch flux: fused qkv Q4_K_M -> Q5_K, Q3_K_M -> Q4_K,
+    # Q5_K_M -> Q6_K; single-block linear1 / linear2 and the double blocks' mlp.2 at the base type
+    ("double_blocks.0.img_attn.qkv.weight", (9216, 3072), "q4_k_m", "Q5_K", "q4_k_m: fused qkv up-typed"),
+    ("double_blocks.0.txt_attn.qkv.weight", (9216, 3072), "q5_k_m", "Q6_K", "q5_k_m: fused qkv up-typed"),
+    ("double_blocks.0.img_attn.qkv.weight", (9216, 3072), "q3_k_m", "Q4_K", "q3_k_m: fused qkv up-typed"),
     ("double_blocks.0.img_attn.qkv.weight", (9216, 3072), "q4_k_s", "Q4_K", "requested"),
-    ("single_blocks.3.linear1.weight", (21504, 3072), "q3_k_m", "Q5_K", "attention v/qkv up-typed"),
-    ("double_blocks.0.img_mlp.2.weight", (3072, 12288), "q4_k_m", "Q6_K", "FFN down up-typed"),
-    ("double_blocks.0.img_mlp.2.weight", (3072, 12288), "q3_k_m", "Q4_K", "FFN down up-typed"),
+    ("double_blocks.0.img_attn.qkv.weight", (9216, 3072), "q2_k", "Q2_K", "requested"),
+    ("single_blocks.3.linear1.weight", (21504, 3072), "q3_k_m", "Q3_K", "requested"),
+    ("single_blocks.3.linear2.weight", (3072, 15360), "q4_k_m", "Q4_K", "requested"),
+    ("double_blocks.0.img_mlp.2.weight", (3072, 12288), "q4_k_m", "Q4_K", "requested"),
+    ("double_blocks.0.img_mlp.2.weight", (3072, 12288), "q3_k_m", "Q3_K", "requested"),
     ("double_blocks.0.img_mlp.0.weight", (12288, 3072), "q4_k_m", "Q4_K", "requested"),
     ("double_blocks.0.img_mlp.0.bias", (12288,), "q4_k_m", "F32", "1-D"),
     ("double_blocks.0.img_attn.norm.key_norm.scale", (128,), "q8_0", "F32", "1-D"),
@@ -426,7 +432,7 @@ def test_non_finite_and_overflowing_tensors_fall_back_with_a_warning(poisoned, t
     assert report["double_blocks.0.img_attn.qkv.weight"][0] == "F32"
     assert report["double_blocks.0.txt_mlp.0.weight"][0] == "F32"
     # 1e6 fits every fp16 scale of Q8_0 (1e6 / 127) and of the fallback Q5_0 (1e6 / 16): stays quantized
-    assert report["single_blocks.0.linear1.weight"][0] == {"q8_0": "Q8_0", "q4_k_m": "Q8_0"}[qtype]
+    assert report["single_blocks.0.linear1.weight"][0] == {"q8_0": "Q8_0", "q4_k_m": "Q5_0"}[qtype]  # q4_k_m: Q4_K, its row falls back
     ck = open_checkpoint(out)
     assert torch.equal(ck.load("double_blocks.0.txt_mlp.0.weight"), state["double_blocks.0.txt_mlp.0.weight"])
     reader = gguf.GGUFReader(out)
