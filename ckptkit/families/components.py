@@ -46,6 +46,8 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
     # layer 0 only), which T5EncoderModel would silently not load
     ComponentSignature("pile_t5xl", "hf_t5", "text_encoder", (Has(_UMT5_BIAS_1), Has(_T5_Q, 1, 2048)), ("auraflow",),
                        "Pile-T5-XL encoder (UMT5; AuraFlow's text encoder)", "UMT5EncoderModel"),
+    ComponentSignature("umt5xxl", "hf_t5", "text_encoder", (Has(_UMT5_BIAS_1), Has(_T5_Q, 1, 4096)), ("wan",),
+                       "UMT5-XXL encoder (Wan 2.1 / 2.2's text encoder)", "UMT5EncoderModel"),
     ComponentSignature("umt5", "hf_t5", "text_encoder", (Has(_UMT5_BIAS_1),), (),
                        "UMT5 encoder (a relative-position bias in every layer)", "UMT5EncoderModel"),
     ComponentSignature("t5xxl", "hf_t5", "text_encoder", (Has("encoder.block.0.layer.0.SelfAttention.q.weight", 1, 4096),),
@@ -64,10 +66,11 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
     # vae/qwen_image_vae.safetensors in Wan's names, or diffusers' AutoencoderKLQwenImage
     ComponentSignature("vae", "wan_vae", "vae",
                        (Has("encoder.downsamples.0.residual.0.gamma"), Has("decoder.conv1.weight", 1, 16)),
-                       ("qwen_image",), "Qwen-Image VAE (Wan 2.1 layout, 16 latent channels)"),
+                       ("qwen_image", "wan"), "Wan 2.1 / Qwen-Image VAE (Wan 2.1 layout, 16 latent channels)"),
     ComponentSignature("vae", "diffusers:wan_vae", "vae",
                        (Has("encoder.down_blocks.0.norm1.gamma"), Has("decoder.conv_in.weight", 1, 16)),
-                       ("qwen_image",), "Qwen-Image VAE (diffusers layout: AutoencoderKLQwenImage)"),
+                       ("qwen_image", "wan"),
+                       "Wan 2.1 / Qwen-Image VAE (diffusers layout: AutoencoderKLWan / AutoencoderKLQwenImage)"),
     ComponentSignature("vae", "ldm_vae", "vae", (Has("decoder.conv_in.weight", 1, 4), Has("encoder.down.0.block.0.conv1.weight")),
                        ("sd1", "sd2", "sdxl", "sdxl_refiner"), "4-channel SD VAE (original layout)"),
     ComponentSignature("vae", "ldm_vae", "vae", (Has("decoder.conv_in.weight", 1, 16), Has("encoder.down.0.block.0.conv1.weight")),

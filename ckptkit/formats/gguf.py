@@ -48,6 +48,9 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 GGML_MAX_DIMS = 4
+# ComfyUI-GGUF's video files hold the Conv3d patch embeddings as 5-D F32 tensors (tools/fix_5d_tensors.py),
+# which its loader and stable-diffusion.cpp's own GGUF reader take (plain ggml refuses more than 4)
+GGUF_MAX_DIMS = 5
 HEADER_BYTES = 24  # magic, version, tensor count, KV count
 MAX_ARRAY_DEPTH = 2  # an array of arrays at most (llama.cpp refuses nested arrays altogether)
 MAX_ORIG_SHAPE_DIMS = 8
@@ -271,8 +274,8 @@ def _parse(buf, file_size: int) -> _Parsed:
             raise _Bad(f"duplicate tensor name {_q(name)}")
         names.add(name)
         n_dims = cur.u32(f"tensor {_q(name)} n_dims")
-        if not 1 <= n_dims <= GGML_MAX_DIMS:
-            raise _Bad(f"tensor {_q(name)} has {n_dims} dimensions (must be 1 to {GGML_MAX_DIMS})")
+        if not 1 <= n_dims <= GGUF_MAX_DIMS:
+            raise _Bad(f"tensor {_q(name)} has {n_dims} dimensions (must be 1 to {GGUF_MAX_DIMS})")
         dims = tuple(cur.u64(f"tensor {_q(name)} dimension") for _ in range(n_dims))
         if 0 in dims:
             raise _Bad(f"tensor {_q(name)} has a zero-sized dimension {list(dims)}")
@@ -719,6 +722,8 @@ def _add_kv(writer, key: str, value) -> None:
         writer.add_float32(key, value)
     elif isinstance(value, str):
         writer.add_string(key, value)
+    elif isinstance(value, (bytes, bytearray)):  # an array of UINT8 (tokenizer.ggml.precompiled_charsmap)
+        writer.add_array(key, bytes(value))
     elif isinstance(value, (list, tuple)):
         if value and all(isinstance(v, int) for v in value):
             writer.add_key_value(key, list(value), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)

@@ -25,6 +25,9 @@ from ckptkit.families.spec import ComponentSpec
 from ckptkit.quant.types import PLAIN, Request, fallback_for, fits, parse_request
 
 SMALL = 1024  # tensors this small stay F32 (ComfyUI-GGUF's QUANTIZATION_THRESHOLD)
+# more than 4 dimensions: stored whole as F32 with all its dimensions, as ComfyUI-GGUF's
+# tools/fix_5d_tensors.py writes them back after quantizing (its loader reads the shape as stored)
+FIVE_D = "5-D: F32 with its 5 dimensions (ComfyUI-GGUF's fix_5d_tensors.py form)"
 RESHAPE_ROW = 256  # SD1/SDXL conv weights are stored as (n/256, 256) rows (ComfyUI-GGUF)
 
 # Sensitive weights of each network kind, in the names the GGUF files use.
@@ -39,6 +42,7 @@ ATTN_V = {
     "qwen_image": r"\.attn\.(to_v|add_v_proj)\.weight$",
     "hidream": r"\.attn1\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (the text stream's to_v_t is not)
     "auraflow": r"\.attn\.w[12]v\.weight$",
+    "wan": r"\.(self|cross)_attn\.v\.weight$",  # lcpp.patch: ".v.weight"
 }
 # Fused q/k/v weights, raised less than a v projection: ComfyUI-GGUF's lcpp.patch (img_tensor_get_type)
 # takes "attn_qkv.weight", "attn.qkv.weight" and "attention.qkv.weight" from Q4_K_M to Q5_K (Request.qkv),
@@ -64,6 +68,7 @@ FFN_DOWN = {
     "hidream": r"\.ff_[it]\.(shared_experts\.|experts\.\d+\.)?w2\.weight$",
     "z_image": r"\.feed_forward\.w2\.weight$",
     "lumina2": r"\.feed_forward\.w2\.weight$",
+    "wan": r"\.ffn\.2\.weight$",  # lcpp.patch: ".ffn.2.weight"
 }
 
 
@@ -176,6 +181,8 @@ def decide(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpe
     numel = 1
     for d in shape:
         numel *= d
+    if len(shape) > 4:  # a Conv3d kernel (video patch embeddings): no ggml type holds it as rows
+        return Decision("F32", FIVE_D, shape)
     if not request.quantized:
         if len(shape) <= 1 or numel <= SMALL:
             return Decision("F32", "1-D or <= 1024 elements", shape)

@@ -41,6 +41,7 @@ class Adapter:
     latent_multiple: int = 1  # latent sides must divide by it
     max_latent: Callable[[dict], int | None] = lambda c: None  # largest latent side the positions allow
     checkpoint_form: bool = False  # a TrigFlow checkpoint form exists (`ckptkit trigflow`)
+    frames: int = 0  # video models: latent frames sampled (latents [B, C, F, H, W]); 0: images
 
 
 def _sana_time_scale(cfg: dict) -> float:
@@ -117,8 +118,9 @@ def _from_one_step_call(family, recipe) -> Adapter:
     return Adapter(
         family.name, lambda c: recipe.time_scale, run, call.latent_channels,
         lambda c: 1.0 if recipe.guidance is not None and c.get("guidance_embeds") else None,
-        lambda c: call.cond_shapes(c, recipe, CAPTION_TOKENS), vae_factor=recipe.latent_factor,
-        latent_multiple=call.multiple(released), max_latent=call.max_side)
+        lambda c: {**call.cond_shapes(c, recipe, CAPTION_TOKENS), **getattr(call, "extra_cond", lambda c: {})(c)},
+        vae_factor=recipe.latent_factor, latent_multiple=call.multiple(released), max_latent=call.max_side,
+        frames=recipe.frames)
 
 
 def _newer_flow_adapters() -> dict[str, Adapter]:

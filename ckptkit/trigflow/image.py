@@ -16,24 +16,32 @@ from ckptkit.formats.atomic import atomic_write
 
 
 def vae_factor(vae) -> int:
-    """Pixels per latent cell: AutoencoderKL halves per block after the first, AutoencoderDC likewise."""
+    """Pixels per latent cell: AutoencoderKL halves per block after the first, AutoencoderDC likewise,
+    the Wan / Qwen-Image VAE per level of its dim_mult."""
     cfg = vae.config
-    blocks = cfg.get("block_out_channels") or cfg.get("encoder_block_out_channels")
+    blocks = cfg.get("block_out_channels") or cfg.get("encoder_block_out_channels") or cfg.get("dim_mult")
     return 2 ** (len(blocks) - 1)
 
 
 def decode(vae, latents: torch.Tensor) -> np.ndarray:
-    """As the pipelines do: latents / scaling_factor (+ shift_factor), decode, [-1, 1] -> uint8 HWC."""
+    """As the pipelines do: latents / scaling_factor (+ shift_factor), decode (a video VAE with its
+    per-channel latent statistics: verify's decode_frames), [-1, 1] -> uint8 HWC; a clip's frames
+    side by side."""
+    from ckptkit.verify.images import decoded_to_image
+    from ckptkit.verify.onestep import decode_frames
+
     cfg = vae.config
     param = next(vae.parameters())
-    z = latents.to(param.device, param.dtype) / cfg.scaling_factor + (cfg.get("shift_factor") or 0.0)
+    z = latents.to(param.device, param.dtype) / (cfg.get("scaling_factor") or 1.0) + (cfg.get("shift_factor") or 0.0)
     with torch.no_grad():
-        image = vae.decode(z, return_dict=False)[0]
-    return _to_uint8((image[0].float().cpu() / 2 + 0.5).clamp(0, 1))
+        image = decode_frames(vae, z)
+    return _to_uint8(decoded_to_image(image))
 
 
 def visualise(latents: torch.Tensor, min_size: int = 256) -> np.ndarray:
     lat = latents[0].float().cpu()
+    if lat.ndim == 4:  # a clip (C, F, H, W): its frames side by side
+        lat = lat.permute(0, 2, 1, 3).reshape(lat.shape[0], lat.shape[2], -1)
     rgb = lat[[i % lat.shape[0] for i in range(3)]]
     lo = rgb.amin(dim=(1, 2), keepdim=True)
     hi = rgb.amax(dim=(1, 2), keepdim=True)

@@ -61,7 +61,8 @@ def latent_shape(ms, height: int | None, width: int | None) -> tuple[int, ...]:
         if largest and side > largest:
             raise CkptError(f"image size {px} is more than this model's positions allow ({largest * factor} px)")
         sides.append(side)
-    return (1, ms.adapter.latent_channels(cfg), *sides)
+    frames = (ms.adapter.frames,) if ms.adapter.frames else ()  # a video model: a short clip
+    return (1, ms.adapter.latent_channels(cfg), *frames, *sides)
 
 
 def sample_image(model: str | Path, out: str | Path, *, steps: int = 1, seed: int = 0,

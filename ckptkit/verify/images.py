@@ -29,11 +29,15 @@ class Comparison:
     cosine: float  # <c, r> / (||c|| ||r||), 1.0 for identical tensors
     max_abs: float  # max |c - r|
     shape: list[int] = field(default_factory=list)
-    psnr: float | None = None  # images only: dB on [0, 1] images (inf when identical)
-    ssim: float | None = None  # images only
+    psnr: float | None = None  # images only: dB on [0, 1] images (inf when identical); video: the worst frame's
+    ssim: float | None = None  # images only; video: the worst frame's
+    frames: list[dict] | None = None  # video only: {"psnr", "ssim"} of each frame
 
     def to_json(self) -> dict:
-        return {k: json_float(v) for k, v in self.__dict__.items() if v is not None}
+        out = {k: json_float(v) for k, v in self.__dict__.items() if v is not None and k != "frames"}
+        if self.frames is not None:
+            out["frames"] = [{k: json_float(v) for k, v in f.items()} for f in self.frames]
+        return out
 
 
 def json_float(value):
@@ -43,9 +47,11 @@ def json_float(value):
     return value
 
 
-def compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False) -> Comparison:
+def compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False, frames: int = 0) -> Comparison:
     """Error figures of `cand` against `ref` (same shape), in float64. `image`: both are images in
-    [0, 1] of shape (C, H, W) or (B, C, H, W); PSNR and SSIM are added."""
+    [0, 1] of shape (C, H, W) or (B, C, H, W); PSNR and SSIM are added. `frames`: the images are
+    strips of that many video frames side by side (video_strip): PSNR and SSIM frame by frame, the
+    worst frame's as the figure."""
     if tuple(ref.shape) != tuple(cand.shape):
         raise ValueError(f"shapes differ: {list(ref.shape)} vs {list(cand.shape)}")
     r, c = ref.detach().double().cpu(), cand.detach().double().cpu()
@@ -61,7 +67,12 @@ def compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False) -> Compa
         if not math.isnan(cos):  # min/max would turn NaN (non-finite outputs) into 1.0
             cos = max(-1.0, min(1.0, cos))
         out = Comparison(rel, cos, float(diff.abs().max()), shape)
-    if image:
+    if image and frames:
+        per = [{"psnr": psnr(a, b), "ssim": ssim(a, b)}
+               for a, b in zip(r.chunk(frames, dim=-1), c.chunk(frames, dim=-1))]
+        out.frames = per
+        out.psnr, out.ssim = min(f["psnr"] for f in per), min(f["ssim"] for f in per)
+    elif image:
         out.psnr, out.ssim = psnr(r, c), ssim(r, c)
     return out
 
@@ -136,8 +147,17 @@ class OneStepImages:
 
 
 def decoded_to_image(decoded: torch.Tensor) -> torch.Tensor:
-    """A VAE's output in [-1, 1] -> (3, H, W) in [0, 1], as the pipelines' image processor does."""
-    return (decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1)
+    """A VAE's output in [-1, 1] -> (3, H, W) in [0, 1], as the pipelines' image processor does; a
+    video (B, 3, F, H, W) -> its frames side by side (video_strip)."""
+    image = (decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1)
+    return video_strip(image) if image.ndim == 4 else image
+
+
+def video_strip(video: torch.Tensor) -> torch.Tensor:
+    """(C, F, H, W) -> (C, H, F * W): the frames left to right, the form the report shows and
+    `compare(..., frames=F)` reads frame by frame."""
+    c, f, h, w = video.shape
+    return video.permute(0, 2, 1, 3).reshape(c, h, f * w)
 
 
 HIDDEN_SIGMAS = 2.5  # hidden states: each channel's reference mean +- 2.5 sd -> black..white

@@ -227,11 +227,11 @@ def _json_tree(value):
     return json_float(value)
 
 
-def _compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False) -> Comparison:
+def _compare(ref: torch.Tensor, cand: torch.Tensor, image: bool = False, frames: int = 0) -> Comparison:
     if tuple(ref.shape) != tuple(cand.shape):
         return Comparison(float("inf"), 0.0, float("inf"), list(cand.shape),
                           *((0.0, 0.0) if image else ()))
-    return compare(ref, cand, image)
+    return compare(ref, cand, image, frames)
 
 
 # ---------------------------------------------------------------- the engine
@@ -304,6 +304,7 @@ class _Run:
                               for side in ("reference", "candidate")}
         self.notes: list[str] = []
         self.rows: list[StageImage] = []  # onestep.png, in stage order
+        self.frames = 0  # video: decoded frames per clip (images are strips of them)
 
     # -- timing
     def _sync(self):
@@ -370,6 +371,8 @@ class _Run:
     def add_row(self, stage: str, component: str, kind: str, ref: torch.Tensor, cand: torch.Tensor,
                 cmp: Comparison) -> None:
         """Add a row to onestep.png with the figures of `cmp` (none where the shapes differ)."""
+        if ref.ndim == 5:  # video latents (B, C, F, h, w): the frames side by side, as the decoded clip
+            ref, cand = (t.permute(0, 1, 3, 2, 4).reshape(*t.shape[:2], t.shape[3], -1) for t in (ref, cand))
         if tuple(ref.shape) == tuple(cand.shape):
             metrics = {"cosine": cmp.cosine, "rel_rms": cmp.rel_rms,
                        **({"psnr": cmp.psnr, "ssim": cmp.ssim} if cmp.psnr is not None else {})}
@@ -461,7 +464,8 @@ class _Run:
         if dm_cfg is None and vae_cfg is None:
             raise CkptError("the 1-step check needs a diffusion model or a VAE in the reference")
         channels, lat, img = self.geometry(dm_cfg, vae_cfg, recipe)
-        self.image_side, self.latent_shape = img, [1, channels, lat, lat]
+        self.image_side = img
+        self.latent_shape = [1, channels, *([recipe.frames] if recipe.frames else []), lat, lat]
 
         z = torch.randn(self.latent_shape, generator=generator(self.seed, "noise"))
         x0 = {}
@@ -480,6 +484,14 @@ class _Run:
             else:
                 ref_cond = assemble(recipe, outs["reference"], width, self.text_length, img, img)
                 cand_cond = assemble(recipe, cand_outs, width, self.text_length, img, img)
+            extra = getattr(call, "extra_cond", lambda cfg: {})(dm_cfg)  # inputs no text encoder gives
+            if extra:
+                self.notes.append(f"conditioning: seeded random {', '.join(extra)} (no encoder of the set gives them)")
+                stand_ins = {k: torch.randn((1, *s), generator=generator(self.seed, f"random:{k}"))
+                             for k, s in extra.items()}
+                same = cand_cond is ref_cond
+                ref_cond = {**ref_cond, **stand_ins}
+                cand_cond = ref_cond if same else {**cand_cond, **stand_ins}
             if borrowed and not ref_missing:
                 self.notes.append(f"e2e: the candidate has no {', '.join(borrowed)}; the reference's is used")
             zd = z.to(self.device, self.dtype)
@@ -546,7 +558,10 @@ class _Run:
             sf = float(getattr(model.config, "scaling_factor", None) or 1.0)
             shift = float(getattr(model.config, "shift_factor", None) or 0.0)
             z = (vae_latent(model, latent) / sf + shift).to(self.device, vae_dtype)
-            return decoded_to_image(decode_frames(model, z))
+            out = decode_frames(model, z)
+            if out.ndim == 5:  # a video: its frames side by side, compared frame by frame
+                self.frames = out.shape[2]
+            return decoded_to_image(out)
 
         if rv and not cv and "e2e" in x0:
             self.notes.append("e2e: the candidate has no VAE; the reference's is used")
@@ -568,7 +583,8 @@ class _Run:
         vae_name = rv or cv or "vae"
         if rv and cv:
             vae = StageCheck("vae", vae_name, True,
-                             outputs={"image": _compare(decoded["reference"], decoded["candidate"], image=True)})
+                             outputs={"image": _compare(decoded["reference"], decoded["candidate"], image=True,
+                                                        frames=self.frames)})
             self.add_row("vae", vae_name, "image", decoded["reference"], decoded["candidate"], vae.outputs["image"])
         elif not recipe.has_vae:
             vae = _na("vae", vae_name, f"{self.ref.family} ships no VAE")
@@ -579,7 +595,7 @@ class _Run:
         if "e2e" in x0 and "reference" in decoded and "e2e" in decoded:
             e2e = StageCheck("e2e", "e2e", True, outputs={
                 "latent": _compare(x0["reference"], x0["e2e"]),
-                "image": _compare(decoded["reference"], decoded["e2e"], image=True)})
+                "image": _compare(decoded["reference"], decoded["e2e"], image=True, frames=self.frames)})
             self.add_row("e2e", "e2e", "image", decoded["reference"], decoded["e2e"], e2e.outputs["image"])
         else:
             if not recipe.has_vae:

@@ -57,6 +57,7 @@ class OneStepRecipe:
     guidance_scale_key: str | None = None  # guidance *= model.config[key] (Sana-Sprint)
     latent_factor: int = 8  # pixels per latent pixel when the set has no VAE (Sana's DC-AE: 32)
     has_vae: bool = True  # False: the family ships no VAE (images not applicable)
+    frames: int = 0  # video families: latent frames of the check's clip (0: an image, latents (B, C, H, W))
     timestep_doc: str = ""
 
     def to_json(self) -> dict:
@@ -137,6 +138,13 @@ RECIPES: dict[str, OneStepRecipe] = {
         context=(("pile_t5xl",),),
         timestep_doc="t in [0, 1] (AuraFlowPipeline feeds t / 1000; the model scales by 1000); Pile-T5-XL's "
                      "last hidden state (seeded random states of its width when the set has no text encoder)"),
+    "wan": OneStepRecipe(
+        denoiser="wan", sampler="flow", start=1.0, time_scale=999.0, text=(TextUse("umt5xxl", _T5, "last"),),
+        context=(("umt5xxl",),), frames=2,
+        timestep_doc="999 t (at sigma 1 WanPipeline's UniPC scheduler feeds the integer timestep 999); video "
+                     "latents (1, C, 2 frames, h, w): 5 pixel frames through the Wan VAE (temporal stride 4, the first frame alone), compared frame by "
+                     "frame; UMT5-XXL's last hidden state (seeded random states of its width when the set has no "
+                     "text encoder); I2V: zero mask / image-latent channels, seeded random CLIP image states"),
 }
 
 

@@ -392,6 +392,32 @@ class AuraFlowCall(_LatentCall):
         return model(x, encoder_hidden_states=cond["context"], timestep=t).sample
 
 
+class WanCall(_LatentCall):
+    """WanTransformer3DModel: video latents (B, C, frames, H, W), timestep 1000 t (WanPipeline feeds its
+    0..1000 timesteps), the UMT5 states. The I2V models' extra input channels (mask + image latents,
+    WanImageToVideoPipeline) are zeros (a video with no reference image: _pad_channels); Wan 2.1 I2V /
+    FLF2V also take CLIP image states (B, 257 per image, image_dim), seeded random here (`extra_cond`)."""
+
+    text_width = "text_dim"
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        patch = cfg.get("patch_size") or [1, 2, 2]
+        return patch[-1]
+
+    @staticmethod
+    def extra_cond(cfg: dict) -> dict[str, tuple[int, ...]]:
+        if not cfg.get("image_dim"):
+            return {}
+        return {"image": (cfg.get("pos_embed_seq_len") or 257, cfg["image_dim"])}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        t = torch.full((x.shape[0],), timestep, device=x.device, dtype=torch.float32)
+        return model(hidden_states=_pad_channels(model, x), timestep=t, encoder_hidden_states=cond["context"],
+                     encoder_hidden_states_image=cond.get("image")).sample
+
+
 def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
     """Inpainting models take extra input channels (mask, masked image): zeros here."""
     extra = _cfg(model, "in_channels", x.shape[1]) - x.shape[1]
@@ -403,7 +429,7 @@ def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
 DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall(),
              "qwen_image": QwenImageCall(), "chroma": ChromaCall(), "flux2": Flux2Call(),
              "hidream": HiDreamCall(), "z_image": ZImageCall(), "lumina2": Lumina2Call(),
-             "auraflow": AuraFlowCall()}
+             "auraflow": AuraFlowCall(), "wan": WanCall()}
 
 
 def model_time(recipe, model, t: float) -> float:

@@ -30,6 +30,7 @@ COMFY_GGUF_KEYS_DETECT = {
     "lumina2": [("cap_embedder.1.weight", "context_refiner.0.attention.qkv.weight")],
     "chroma": [("double_blocks.0.img_attn.proj.weight",)],  # written as arch flux
     "flux2": [("double_blocks.0.img_attn.proj.weight",)],  # written as arch flux
+    "wan": [("blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation")],  # ModelWan
 }
 
 

@@ -125,7 +125,7 @@ CASES = {
     "unknown_tensor_type": (build([ARCH], [ti("a", (8,), 99)], F32x8), "tensor 'a' has unknown ggml type 99"),
     "removed_tensor_type_q4_2": (build([ARCH], [ti("a", (32,), 4)], bytes(32)), "unknown ggml type 4"),
     "n_dims_0": (build([ARCH], [s("a") + struct.pack("<IIQ", 0, Q.F32, 0)], F32x8), "tensor 'a' has 0 dimensions"),
-    "n_dims_5": (build([ARCH], [ti("a", (1, 1, 1, 1, 8), Q.F32)], F32x8), "tensor 'a' has 5 dimensions"),
+    "n_dims_6": (build([ARCH], [ti("a", (1, 1, 1, 1, 1, 8), Q.F32)], F32x8), "tensor 'a' has 6 dimensions"),
     "zero_dim": (build([ARCH], [ti("a", (8, 0), Q.F32)], F32x8), "zero-sized dimension"),
     "numel_overflow": (build([ARCH], [ti("a", (2**40, 2**40), Q.F32)], F32x8), "overflow the element count"),
     "block_size": (build([ARCH], [ti("a", (16, 2), Q.Q8_0)], bytes(64)), "first dimension 16 is not a multiple of Q8_0's block size 32"),

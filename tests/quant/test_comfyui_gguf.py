@@ -16,6 +16,7 @@ import sys
 import types
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 
@@ -113,3 +114,23 @@ def test_the_clip_gguf_comfy_does_not_write_is_refused_by_its_loader(comfy_gguf,
     ok(run("quantize", bundle, "-o", tmp_path / "q", "--component", "clip_l=q8_0", "--client", "sdcpp"))
     with pytest.raises(ValueError, match="Unexpected text model architecture type in GGUF file: 'clip'"):
         loader.gguf_clip_loader(str(tmp_path / "q" / "clip_l.gguf"))
+
+
+def test_wan_5d_patch_embedding_loads_in_comfyui_gguf(comfy_gguf, tmp_path):
+    """Wan's Conv3d patch embedding is written as ComfyUI-GGUF's fix_5d_tensors.py leaves it (F32, all five
+    dimensions, no orig_shape KV) and the (1, 6, width) modulation tables keep their leading 1: its
+    loader gives back the torch shapes the model needs, and every value (UMT5 through its T5 loader)."""
+    loader, dequant = comfy_gguf
+    bundle = factory.write_bundle("wan", tmp_path / "b.safetensors")
+    ok(run("quantize", bundle, "-o", tmp_path / "q", "--type", "q8_0", "--component", "umt5xxl=q8_0"))
+    path = tmp_path / "q" / "diffusion_model.gguf"
+    reader = gguf.GGUFReader(str(path))
+    patch = next(t for t in reader.tensors if t.name == "patch_embedding.weight")
+    assert (patch.tensor_type.name, len(patch.shape)) == ("F32", 5)
+    assert not [f for f in reader.fields if f.startswith("comfy.gguf.orig_shape.")]
+    sd = loader.gguf_sd_loader(str(path))
+    assert tuple(sd["patch_embedding.weight"].shape) == (64, 16, 1, 2, 2)
+    assert tuple(sd["blocks.0.modulation"].shape) == (1, 6, 64) and tuple(sd["head.modulation"].shape) == (1, 2, 64)
+    assert _same(loader, dequant, path) > 50
+    sd = loader.gguf_clip_loader(str(tmp_path / "q" / "umt5xxl.gguf"))
+    assert "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in sd  # UMT5: every layer

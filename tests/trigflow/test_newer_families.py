@@ -38,7 +38,7 @@ def test_trigflow_at_pi_over_2_is_the_one_step_flow_euler_step(fixture):
     recipe = recipe_for(fx.family, fx.variant)
     if adapter.guidance(cfg) is not None:  # FLUX.2 dev: the guidance the 1-step check feeds
         cond["guidance"] = torch.full((1,), recipe.guidance * adapter.guidance(cfg), dtype=torch.float32)
-    shape = (1, adapter.latent_channels(cfg), 4, 4)
+    shape = (1, adapter.latent_channels(cfg), *((adapter.frames,) if adapter.frames else ()), 4, 4)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         ours = trigflow_onestep(z, velocity(model, cond), math.pi / 2, 0.5)

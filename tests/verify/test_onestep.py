@@ -453,6 +453,14 @@ def _pipeline_latent(fixture, seed=0):
         pipe.set_progress_bar_config(disable=True)
         ref = pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32), guidance_scale=1.0,
                    height=64, width=64, latents=z.clone(), **common).images
+    elif family == "wan":  # video latents: 2 latent frames = 5 pixel frames; no CFG pass at guidance 1
+        z = torch.randn(1, model.config.in_channels, 2, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, model.config.text_dim, generator=gen)}
+        pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, transformer=model, vae=None,
+                                     scheduler=_scheduler(spec.scheduler))
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], guidance_scale=1.0, height=64, width=64, num_frames=5,
+                   latents=z.clone(), **common).frames
     else:  # sana sprint
         z = torch.randn(1, 32, 4, 4, generator=gen)
         cond = {"context": torch.randn(1, 32, 24, generator=gen)}
@@ -468,7 +476,8 @@ def _pipeline_latent(fixture, seed=0):
 
 
 @pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint", "chroma", "flux2_dev",
-                                     "flux2_klein", "z_image", "lumina2", "qwen_image", "hidream", "auraflow"])
+                                     "flux2_klein", "z_image", "lumina2", "qwen_image", "hidream", "auraflow",
+                                     "wan"])
 def test_one_step_matches_the_diffusers_pipeline(fixture):
     ours, ref = _pipeline_latent(fixture)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)

@@ -120,7 +120,8 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         **base,
         "base_dim": base_dim,
         "z_dim": z_dim,
-        "input_channels": conv_in[1],
+        "input_channels": conv_in[1],  # AutoencoderKLQwenImage's name
+        "in_channels": conv_in[1],  # AutoencoderKLWan's (each class drops the other's: models.canonical_config)
         "dim_mult": dim_mult,
         "num_res_blocks": res.pop(),
         "attn_scales": [1.0 / 2 ** i for i, lv in enumerate(levels) if lv["attn"]],
