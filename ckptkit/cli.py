@@ -303,9 +303,10 @@ def convert(source, dest, layout, dtype, allow_overflow, config, family, dry_run
               help="Importance weights for ggml's weighted search: 'ones' (what stable-diffusion.cpp's convert "
                    "does) or imatrix files written by sd.cpp --imat-out (summed).")
 @click.option("--tokenizer", type=click.Path(path_type=str), default=None,
-              help="The LLM text encoder's tokenizer (tokenizer.json or tekken.json, or a folder holding one), "
-                   "written into its GGUF as llama.cpp does; ComfyUI-GGUF needs it for Mistral-Small (FLUX.2 "
-                   "dev). Default: one beside the source (its folder, tokenizer/, a diffusers folder's tokenizer/).")
+              help="The LLM text encoder's tokenizer (tokenizer.json or tekken.json), or a UMT5's (spiece.model, "
+                   "or a Unigram tokenizer.json), or a folder holding one, written into its GGUF as llama.cpp "
+                   "does; ComfyUI-GGUF needs it for Mistral-Small (FLUX.2 dev) and UMT5-XXL (Wan). Default: one "
+                   "beside the source (its folder, tokenizer/, a diffusers folder's tokenizer/).")
 @config_option
 @family_option
 @run_options

@@ -191,8 +191,11 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         not_written = {}  # a request the client cannot take: what was asked and why it was not done
         gguf = (request is not None and (request.quantized or single_fmt == "gguf")) or bundle
         client = asked
-        tokenizer = (llm_tokenizer_for(ckpt, comp, client, cmap.ops, policy.tokenizer)
-                     if gguf and request is not None and not bundle else None)
+        tokenizer = None
+        if gguf and request is not None and not bundle:
+            tokenizer = (t5_tokenizer_for(ckpt, comp, client, cmap.ops, policy.tokenizer, plan.notes)
+                         if comp.layout == "hf_t5" else
+                         llm_tokenizer_for(ckpt, comp, client, cmap.ops, policy.tokenizer))
         if gguf and comp.role == "diffusion_model":
             client = for_diffusion_model(policy.client, policy.arch or (src.spec.gguf_arch if src.spec else None),
                                          src.family, plan.notes)
@@ -202,7 +205,8 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
                 raise CkptError(f"--client {client.name}: {limit}; leave {comp.name} unquantized"
                                 + (" (or name another --client)" if client.text_encoder_fallback == "refuse" else
                                    ", or write it as .safetensors"))
-            why = limit if comp.layout == "hf_llm" else f"{limit} (its text-encoder loader takes T5 and LLM archs only)"
+            why = (limit if comp.layout in ("hf_llm", "hf_t5") else
+                   f"{limit} (its text-encoder loader takes T5 and LLM archs only)")
             plan.notes.append(f"{comp.name}: {why}: written as safetensors, not {request.name}")
             not_written = {"asked": request.name, "not_done": why}
             gguf, request = False, None
@@ -260,8 +264,8 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
         if vision:
             plan.outputs.append(_mmproj_output(ckpt, comp, ops, vision, request, path, scan, progress, plan))
     if policy.tokenizer and not any("tokenizer" in c for c in plan.info["components"].values()):
-        plan.notes.append(f"--tokenizer {policy.tokenizer}: not used (only an arch-llama LLM text encoder written "
-                          f"as GGUF for {asked.title} carries one)")
+        plan.notes.append(f"--tokenizer {policy.tokenizer}: not used (only an arch-llama LLM or a UMT5 text encoder "
+                          f"written as GGUF for {asked.title} carries one)")
     if not bundle and src.family in asked.one_file_families and any(o.format == "gguf" for o in plan.outputs):
         plan.notes.append(f"warning: {asked.title} loads {src.spec.title} only from one file (it tells the version "
                           f"by the text encoders' bundle names): merge the component set with `ckptkit merge SET "
@@ -442,7 +446,25 @@ def gguf_text_limit(ckpt, comp: ComponentSpec, client: Client, ops: dict, tokeni
                     "tokenizer.ggml.* metadata, which the weights do not hold, and refuses a file without it; "
                     "give the model's tokenizer with --tokenizer PATH (its tokenizer.json or tekken.json, or a "
                     "folder holding one, e.g. a diffusers FLUX.2 folder's tokenizer/) to write it as GGUF")
+    if comp.layout == "hf_t5" and client.name == "comfy" and (
+            shape := _t5_embedding_shape(ckpt, ops)) in t5_names.COMFY_SPIECE_SHAPES:
+        if tokenizer is None:
+            return (f"{client.title} loads no {comp.name} text encoder of a {shape} embedding from a GGUF without "
+                    "its tokenizer: for that shape (UMT5-XXL) it rebuilds UMT5's sentencepiece tokenizer from "
+                    "tokenizer.ggml.* metadata, which the weights do not hold, and refuses a file without it; "
+                    "give the model's tokenizer with --tokenizer PATH (its spiece.model, or a folder holding it, "
+                    "e.g. a diffusers Wan folder's tokenizer/) to write it as GGUF")
+        if missing := tokenizer.comfy_missing():
+            return (f"{client.title} rebuilds the sentencepiece tokenizer of a {shape} embedding (UMT5-XXL) from "
+                    f"tokenizer.ggml.* and {tokenizer.source} gives no {', '.join(missing)} (give the folder with "
+                    "its tokenizer_config.json, or the model's spiece.model, with --tokenizer PATH)")
     return None
+
+
+def _t5_embedding_shape(ckpt, ops: dict) -> tuple[int, ...] | None:
+    embed = next((n for n in ("shared.weight", "encoder.embed_tokens.weight") if n in ops), None)
+    info = ckpt.tensors.get(ops[embed].sources()[0]) if embed is not None else None
+    return tuple(info.shape) if info is not None else None
 
 
 def _llm_embedding_shape(ckpt, ops: dict) -> tuple[int, ...] | None:
@@ -468,6 +490,32 @@ def llm_tokenizer_for(ckpt, comp: ComponentSpec, client: Client, ops: dict, expl
     if shape is not None:
         tok.check_rows(comp.name, shape[0])
     return tok
+
+
+def t5_tokenizer_for(ckpt, comp: ComponentSpec, client: Client, ops: dict, explicit: str | None,
+                     notes: list[str]):
+    """The tokenizer a UMT5 text encoder's GGUF carries (t5_tokenizer.py): `--tokenizer`, else one
+    found beside the source; None where there is none, or the client reads no such GGUF. Fewer pieces
+    than embedding rows are padded with [PAD{i}] as llama.cpp pads; more, or far fewer, are refused
+    (one found beside the source and not asked for is left out instead, said in `notes`: such a
+    UMT5's GGUF was written without one before, and only UMT5-XXL's needs one for ComfyUI-GGUF)."""
+    from ckptkit.quant import t5_tokenizer
+
+    arch = text_encoder_arch(comp)
+    if (comp.layout != "hf_t5" or comp.diffusers_class != "UMT5EncoderModel"
+            or not client.loads_text_encoder(comp.layout, arch)):
+        return None
+    path = t5_tokenizer.locate(explicit, getattr(ckpt, "path", None))
+    shape = _t5_embedding_shape(ckpt, ops) if path is not None else None
+    if shape is None:
+        return None
+    try:
+        return t5_tokenizer.load(path, shape[0], comp.name, arch)
+    except CkptError as exc:
+        if explicit is not None:
+            raise
+        notes.append(f"{comp.name}: the tokenizer found beside the source is not written into its GGUF: {exc}")
+        return None
 
 
 def _llm_text_tower(comp: ComponentSpec, ops: dict, plan: Plan, mmproj: bool = True) -> tuple[dict, dict]:

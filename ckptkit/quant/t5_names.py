@@ -13,6 +13,12 @@ LLAMA_TO_HF = (
     ("ffn_gate", "layer.1.DenseReluDense.wi_0"), ("ffn_norm", "layer.1.layer_norm"),
 )
 
+# token_embd shapes for which ComfyUI-GGUF's T5 loader (gguf_clip_loader) rebuilds UMT5's sentencepiece
+# tokenizer from the file's tokenizer.ggml.* metadata (gguf_tokenizer_loader), raising NotImplementedError
+# ("Unknown model, can't set tokenizer!") when it is not there: quantize writes it only from the model's
+# own tokenizer (t5_tokenizer.py, --tokenizer), and keeps such an encoder as safetensors without one
+COMFY_SPIECE_SHAPES = frozenset({(256384, 4096)})  # UMT5-XXL (Wan 2.1 / 2.2)
+
 
 def to_hf(name: str) -> str:
     for llama, hf in LLAMA_TO_HF:
