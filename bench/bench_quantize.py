@@ -13,13 +13,15 @@ Parts (--parts, default all of them, in this order):
            `/usr/bin/time -v`: peak RSS and wall time.
   qwen_image  the same for Qwen-Image's 20B transformer (ckptkit's manifests/qwen_image.json), whole
            when the disk holds the 40.9 GB file and its output with 10 GB to spare.
+  wan      the same for one Wan 2.2 A14B expert (manifests/wan2_1_t2v_14b.json: the Wan 2.1 T2V 14B
+           layout, 28.6 GB in bf16, the 5-D patch embedding included).
   flux     the same for a real-shape FLUX.1-dev transformer-only bf16 file (23.8 GB). With under
            --min-free-gb free on the work folder's disk, only the first --flux-blocks double and
            single blocks (plus every non-block tensor) are written and the wall time is
            extrapolated by parameter count (said so in the output); peak RSS does not scale with
            the file (tensors are streamed one at a time) and is reported as measured.
 
-    python bench/bench_quantize.py [--parts kernels,sdxl,flux,qwen_image] [--workdir bench/out/quantize] [--keep]
+    python bench/bench_quantize.py [--parts kernels,sdxl,flux,qwen_image,wan] [--workdir bench/out/quantize] [--keep]
 
 Prints markdown tables and writes WORKDIR/results.json. Big files are deleted unless --keep.
 """
@@ -256,25 +258,33 @@ def part_flux(results: dict, workdir: Path, keep: bool, min_free_gb: float, bloc
                     workdir / "flux1_dev.safetensors", tensors, keep, 1.0, note, partial, "flux")
 
 
-def part_qwen_image(results: dict, workdir: Path, keep: bool, blocks: int) -> str:
-    """Qwen-Image's 20B transformer (ckptkit's manifests/qwen_image.json: 1933 tensors, 40.9 GB in
-    bf16): the whole model when the disk holds it and its Q4_K_M output with 10 GB to spare, else
-    the first `blocks` blocks and every non-block tensor, extrapolated like FLUX.1."""
-    data = json.loads((ROOT / "manifests" / "qwen_image.json").read_text())
+def part_manifest(results: dict, workdir: Path, keep: bool, blocks: int, key: str, manifest_name: str,
+                  family: str, block_prefix: str, title: str) -> str:
+    """A released transformer from ckptkit's manifests/<manifest_name>.json (Qwen-Image's 20B: 1933
+    tensors, 40.9 GB in bf16; one Wan 2.2 A14B expert = Wan 2.1 T2V 14B: 1095 tensors, 28.6 GB): the
+    whole model when the disk holds it and its Q4_K_M output with 10 GB to spare, else the first
+    `blocks` blocks and every non-block tensor, extrapolated like FLUX.1."""
+    data = json.loads((ROOT / "manifests" / f"{manifest_name}.json").read_text())
     tensors = {n: (tuple(s), d) for n, (s, d) in data["components"]["diffusion_model"]["tensors"].items()}
     full = sum(math.prod(s) for s, _ in tensors.values())
     need = full * 2 * 1.35 / 1e9 + 10  # the bf16 file, its ~0.32x Q4_K_M output, 10 GB to spare
     free = shutil.disk_usage(workdir).free / 1e9
     note, partial = f"{free:.0f} GB free on the work disk: the whole model", None
     if free < need:
-        keep_re = re.compile(r"^transformer_blocks\.(\d+)\.")
+        keep_re = re.compile(rf"^{re.escape(block_prefix)}(\d+)\.")
         partial = tensors
         tensors = {n: v for n, v in tensors.items() if not (m := keep_re.match(n)) or int(m.group(1)) < blocks}
         note = (f"only {free:.0f} GB free on the work disk (< {need:.0f}): the first {blocks} blocks plus every "
                 f"non-block tensor; times extrapolated by quantized parameters")
-    print(f"qwen_image: {note}", flush=True)
-    return run_file(results, "qwen_image", f"Qwen-Image transformer, bf16 ({len(tensors)} tensors)",
-                    workdir / "qwen_image.safetensors", tensors, keep, 1.0, note, partial, "qwen_image")
+    print(f"{key}: {note}", flush=True)
+    return run_file(results, key, f"{title}, bf16 ({len(tensors)} tensors)", workdir / f"{manifest_name}.safetensors",
+                    tensors, keep, 1.0, note, partial, family)
+
+
+MANIFEST_PARTS = {  # --parts name -> (manifest, family, numbered block prefix, title)
+    "qwen_image": ("qwen_image", "qwen_image", "transformer_blocks.", "Qwen-Image transformer"),
+    "wan": ("wan2_1_t2v_14b", "wan", "blocks.", "Wan 2.2 T2V A14B expert (= Wan 2.1 T2V 14B) transformer"),
+}
 
 
 def main() -> None:
@@ -297,8 +307,10 @@ def main() -> None:
         lines.append(part_sdxl(results, args.workdir, args.keep))
     if "flux" in parts:
         lines.append(part_flux(results, args.workdir, args.keep, args.min_free_gb, args.flux_blocks))
-    if "qwen_image" in parts:
-        lines.append(part_qwen_image(results, args.workdir, args.keep, args.flux_blocks))
+    for key, (manifest_name, family, block_prefix, title) in MANIFEST_PARTS.items():
+        if key in parts:
+            lines.append(part_manifest(results, args.workdir, args.keep, args.flux_blocks, key, manifest_name, family,
+                                       block_prefix, title))
     if lines:
         sections.append("\n".join([FILE_HEADER, *lines]))
     results["machine"]["load_after"] = os.getloadavg()[0]

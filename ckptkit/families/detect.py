@@ -99,7 +99,7 @@ def _present(shapes, prefix: str) -> bool:
 
 # Component names a signature cannot tell apart by structure (a CLIP's name is its role in a family,
 # not its shape): a file ckptkit wrote names its component in metadata (`ckptkit.component`).
-SAME_STRUCTURE = ({"clip", "clip_l", "clip_g", "clip_h"}, {"t5", "t5xxl"})
+SAME_STRUCTURE = ({"clip", "clip_l", "clip_g", "clip_h"}, {"t5", "t5xxl"}, {"umt5", "umt5xxl", "pile_t5xl"})
 
 
 def _component_name(ckpt: Checkpoint, signature_name: str) -> str:

@@ -14,6 +14,8 @@ SPEC = FamilySpec(
     ),
     detect=(Has("blocks.0.mlp.fc1.weight"), Has("blocks.0.cross_attn.kv_linear.weight"),
             Lacks("blocks.0.mlp.inverted_conv.conv.weight")),
+    # LTX-Video's original names have these three too (PixArt's diffusers names keep `adaln_single`): its
+    # patchify_proj tells them apart
     detect_diffusers=(Has("transformer_blocks.0.ff.net.0.proj.weight"), Has("adaln_single.linear.weight"),
-                      Has("caption_projection.linear_1.weight")),
+                      Has("caption_projection.linear_1.weight"), Lacks("patchify_proj.weight")),
 )

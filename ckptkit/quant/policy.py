@@ -43,6 +43,7 @@ ATTN_V = {
     "hidream": r"\.attn1\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (the text stream's to_v_t is not)
     "auraflow": r"\.attn\.w[12]v\.weight$",
     "wan": r"\.(self|cross)_attn\.v\.weight$",  # lcpp.patch: ".v.weight"
+    "ltxv": r"\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (attn1 and attn2)
 }
 # Fused q/k/v weights, raised less than a v projection: ComfyUI-GGUF's lcpp.patch (img_tensor_get_type)
 # takes "attn_qkv.weight", "attn.qkv.weight" and "attention.qkv.weight" from Q4_K_M to Q5_K (Request.qkv),
@@ -55,6 +56,7 @@ QKV = {
     "flux2": r"_attn\.qkv\.weight$",
     "z_image": r"\.attention\.qkv\.weight$",
     "lumina2": r"\.attention\.qkv\.weight$",
+    "hunyuan_video": r"attn_qkv\.weight$",  # lcpp.patch "attn_qkv.weight": img_/txt_attn_qkv, the refiner's self_attn_qkv
 }
 FFN_DOWN = {
     "ldm_unet": r"\.ff\.net\.2\.weight$",
@@ -69,6 +71,7 @@ FFN_DOWN = {
     "z_image": r"\.feed_forward\.w2\.weight$",
     "lumina2": r"\.feed_forward\.w2\.weight$",
     "wan": r"\.ffn\.2\.weight$",  # lcpp.patch: ".ffn.2.weight"
+    "ltxv": r"\.ff\.net\.2\.weight$",  # lcpp.patch: ".ff.net.2.weight"
 }
 
 

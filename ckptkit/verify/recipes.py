@@ -56,7 +56,7 @@ class OneStepRecipe:
     guidance: float | None = None  # fed when the model's config has guidance_embeds
     guidance_scale_key: str | None = None  # guidance *= model.config[key] (Sana-Sprint)
     latent_factor: int = 8  # pixels per latent pixel when the set has no VAE (Sana's DC-AE: 32)
-    has_vae: bool = True  # False: the family ships no VAE (images not applicable)
+    has_vae: bool = True  # False: the family has no VAE component (images not applicable)
     frames: int = 0  # video families: latent frames of the check's clip (0: an image, latents (B, C, H, W))
     timestep_doc: str = ""
 
@@ -138,6 +138,12 @@ RECIPES: dict[str, OneStepRecipe] = {
         context=(("pile_t5xl",),),
         timestep_doc="t in [0, 1] (AuraFlowPipeline feeds t / 1000; the model scales by 1000); Pile-T5-XL's "
                      "last hidden state (seeded random states of its width when the set has no text encoder)"),
+    "hunyuan_video": OneStepRecipe(
+        denoiser="hunyuan_video", sampler="flow", start=1.0, time_scale=1000.0, guidance=6.0, context=(("caption",),),
+        frames=2, latent_factor=8, has_vae=False,
+        timestep_doc="1000 t (HunyuanVideoPipeline's 0..1000 timesteps); guidance-distilled: guidance 6.0 (the "
+                     "pipeline default) x 1000; video latents (1, C, 2 frames, h, w); seeded random LLM text states "
+                     "and CLIP-L pooled output (the text encoders are not run); no VAE component yet"),
     "wan": OneStepRecipe(
         denoiser="wan", sampler="flow", start=1.0, time_scale=999.0, text=(TextUse("umt5xxl", _T5, "last"),),
         context=(("umt5xxl",),), frames=2,
@@ -145,6 +151,14 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "latents (1, C, 2 frames, h, w): 5 pixel frames through the Wan VAE (temporal stride 4, the first frame alone), compared frame by "
                      "frame; UMT5-XXL's last hidden state (seeded random states of its width when the set has no "
                      "text encoder); I2V: zero mask / image-latent channels, seeded random CLIP image states"),
+    "ltxv": OneStepRecipe(
+        denoiser="ltxv", sampler="flow", start=1.0, time_scale=1000.0, text=(TextUse("t5xxl", _T5, "last"),),
+        context=(("t5xxl",),), frames=2, latent_factor=32, has_vae=False,
+        timestep_doc="1000 t (LTXPipeline's FlowMatchEuler timesteps: 1000 at sigma 1); video latents (1, C, 2 "
+                     "frames, h, w) packed into tokens (patch 1) with the grid's size and LTXPipeline's rotary "
+                     "scale (8 / 25 fps, 32, 32); T5-XXL's last hidden state with an all-ones mask (seeded random "
+                     "T5-width states when the set has no T5); the LTX VAE (32x spatial) is not a component, so "
+                     "no image stage"),
 }
 
 

@@ -418,6 +418,66 @@ class WanCall(_LatentCall):
                      encoder_hidden_states_image=cond.get("image")).sample
 
 
+class HunyuanVideoCall(_LatentCall):
+    """HunyuanVideoTransformer3DModel: video latents (B, C, frames, H, W), timestep 1000 t, the LLM text
+    states with their mask, CLIP-L's pooled output, and for guidance-distilled models the embedded
+    guidance x 1000 (HunyuanVideoPipeline). The I2V-33ch model's extra input channels (image latents and
+    mask) are zeros (_pad_channels)."""
+
+    text_width = "text_embed_dim"
+
+    def cond_shapes(self, cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        return {"context": (text_length, cfg["text_embed_dim"]), "pooled": (cfg["pooled_projection_dim"],)}
+
+    @staticmethod
+    def __call__(model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        t = torch.full((x.shape[0],), timestep, device=x.device, dtype=x.dtype)
+        ctx = cond["context"]
+        mask = torch.ones(ctx.shape[:2], device=x.device, dtype=torch.long)
+        g = None if guidance is None else torch.full((x.shape[0],), guidance * 1000.0, device=x.device, dtype=x.dtype)
+        return model(hidden_states=_pad_channels(model, x), timestep=t, encoder_hidden_states=ctx,
+                     encoder_attention_mask=mask, pooled_projections=cond["pooled"], guidance=g).sample
+
+
+class LTXCall(_LatentCall):
+    """LTXVideoTransformer3DModel: video latents (B, C, frames, H, W) packed into tokens (B, F * H * W, C)
+    (LTXPipeline._pack_latents at patch 1, the released value: the pipeline packs with the model's patch
+    but sizes the latents by its in_channels, so only patch 1 runs) plus the grid's frames / rows /
+    columns, timestep 1000 t (LTXPipeline feeds its 0..1000 timesteps: 1000 at sigma 1), the T5 states
+    with an all-ones mask, and LTXPipeline's rotary scale (VAE temporal compression / frame rate, spatial
+    compression, spatial compression) = (8 / 25, 32, 32): the LTX VAE at the default 25 fps. The output
+    is unpacked back to (B, C, F, H, W) (LTXPipeline._unpack_latents). An image latent (B, C, H, W) runs
+    as a one-frame clip."""
+
+    text_width = "caption_channels"
+    ROPE_SCALE = (8 / 25, 32, 32)
+
+    @staticmethod
+    def multiple(cfg: dict) -> int:
+        return 1
+
+    @staticmethod
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        return x.permute(0, 2, 3, 4, 1).reshape(b, f * h * w, c)
+
+    @staticmethod
+    def unpack(x: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
+        b, _, c = x.shape
+        return x.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3)
+
+    def __call__(self, model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        if x.ndim == 4:  # an image latent (B, C, H, W): a one-frame clip
+            return self(model, x[:, :, None], timestep, cond, guidance)[:, :, 0]
+        b, _, f, h, w = x.shape
+        ctx = cond["context"]
+        t = torch.full((b,), timestep, device=x.device, dtype=torch.float32)
+        mask = torch.ones(ctx.shape[:2], device=x.device, dtype=x.dtype)
+        out = model(hidden_states=self.pack(x), encoder_hidden_states=ctx, timestep=t, encoder_attention_mask=mask,
+                    num_frames=f, height=h, width=w, rope_interpolation_scale=self.ROPE_SCALE).sample
+        return self.unpack(out, f, h, w)
+
+
 def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
     """Inpainting models take extra input channels (mask, masked image): zeros here."""
     extra = _cfg(model, "in_channels", x.shape[1]) - x.shape[1]
@@ -429,7 +489,7 @@ def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
 DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall(),
              "qwen_image": QwenImageCall(), "chroma": ChromaCall(), "flux2": Flux2Call(),
              "hidream": HiDreamCall(), "z_image": ZImageCall(), "lumina2": Lumina2Call(),
-             "auraflow": AuraFlowCall(), "wan": WanCall()}
+             "auraflow": AuraFlowCall(), "wan": WanCall(), "ltxv": LTXCall(), "hunyuan_video": HunyuanVideoCall()}
 
 
 def model_time(recipe, model, t: float) -> float:

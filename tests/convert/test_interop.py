@@ -95,8 +95,9 @@ def forward(model) -> dict[str, torch.Tensor]:
         if name in ("AutoencoderKL", "AutoencoderKLFlux2"):
             post = model.encode(torch.rand(1, cfg.in_channels, 16, 16, generator=g) * 2 - 1).latent_dist
             return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
-        if name == "AutoencoderKLQwenImage":  # video latents (B, C, T, H, W): one frame
-            post = model.encode(torch.rand(1, cfg.input_channels, 1, 16, 16, generator=g) * 2 - 1).latent_dist
+        if name in ("AutoencoderKLQwenImage", "AutoencoderKLWan"):  # video latents (B, C, T, H, W): one frame
+            channels = cfg.get("input_channels") or cfg.in_channels
+            post = model.encode(torch.rand(1, channels, 1, 16, 16, generator=g) * 2 - 1).latent_dist
             return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
         if name == "SD3Transformer2DModel":
             out = model(hidden_states=randn(1, cfg.in_channels, 8, 8),
@@ -120,9 +121,12 @@ def forward(model) -> dict[str, torch.Tensor]:
         dm = _newer_denoiser(name)
         if dm is not None:  # the newer families: the 1-step check's own call convention
             recipe, call = dm
-            cond = {k: randn(1, *shape) for k, shape in call.cond_shapes(dict(cfg), recipe, 5).items()}
-            x = randn(1, call.latent_channels(dict(cfg)), 8, 8)
-            return {"sample": call(model, x, 0.5, cond, None)}
+            shapes = {**call.cond_shapes(dict(cfg), recipe, 5), **getattr(call, "extra_cond", lambda c: {})(dict(cfg))}
+            cond = {k: randn(1, *shape) for k, shape in shapes.items()}
+            x = randn(1, call.latent_channels(dict(cfg)), *((recipe.frames,) if recipe.frames else ()), 8, 8)
+            from ckptkit.verify.samplers import guidance_value
+
+            return {"sample": call(model, x, 0.5, cond, guidance_value(recipe, model))}
         ids = torch.tensor([[0, 17, 230, 999, 42, 2, 1, 1]])
         out = model(input_ids=ids, output_hidden_states=True)
         res = {f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)}
@@ -259,6 +263,14 @@ def _pipeline_inputs(pipe) -> dict:
     if name == "Lumina2Pipeline":  # guidance 1: no classifier-free pass (no negative embeddings)
         return dict(prompt_embeds=randn(1, 5, cfg.cap_feat_dim), prompt_attention_mask=torch.ones(1, 5,
                     dtype=torch.long), guidance_scale=1.0, height=32, width=32)
+    if name == "WanPipeline":  # its VAE is in the folder (AutoencoderKLWan); 5 frames = 2 latent frames; guidance 1
+        return dict(prompt_embeds=randn(1, 5, cfg.text_dim), guidance_scale=1.0, height=32, width=32, num_frames=5)
+    if name == "HunyuanVideoPipeline":  # no VAE component: its 8x / 4x assumed; embedded guidance 6 (the default)
+        return dict(prompt_embeds=randn(1, 5, cfg.text_embed_dim), pooled_prompt_embeds=randn(1, cfg.pooled_projection_dim),
+                    prompt_attention_mask=torch.ones(1, 5, dtype=torch.long), height=32, width=32, num_frames=5)
+    if name == "LTXPipeline":  # no VAE: the LTX VAE's 32x / 8x assumed (a 4 x 4 latent, 2 frames); guidance 1
+        return dict(prompt_embeds=randn(1, 5, cfg.caption_channels), prompt_attention_mask=torch.ones(1, 5),
+                    guidance_scale=1.0, height=128, width=128, num_frames=9)
     # Sana: no VAE in these folders, so the pipeline assumes a 32x VAE; tiny sample sizes need no binning
     kw = dict(prompt_embeds=randn(1, 5, cfg.caption_channels), prompt_attention_mask=torch.ones(1, 5),
               height=256, width=256, use_resolution_binning=False)
@@ -290,15 +302,17 @@ def test_diffusers_pipeline_folder_loads_and_runs(splits, fixture):
     # the pipeline loads with them passed as None, and denoises from precomputed embeddings.
     expected, _ = pipe_cls._get_signature_keys(pipe_cls)
     absent = {name: None for name in expected if name not in index}
+    # (Wan 2.2 A14B's second expert, transformer_2, is a second file of the same layout: optional)
     assert all(name.startswith(("tokenizer", "safety_checker", "feature_extractor", "image_encoder",
-                                "text_encoder", "vae")) for name in absent), absent
+                                "text_encoder", "vae", "transformer_2")) for name in absent), absent
     pipe = diffusers.DiffusionPipeline.from_pretrained(out, local_files_only=True, **absent)
     assert type(pipe) is pipe_cls
     pipe.set_progress_bar_config(disable=True)
     # Qwen-Image's released scheduler stretches sigmas to shift_terminal: one step divides by zero there
     steps = 2 if scheduler.config.get("shift_terminal") else 1
-    latents = pipe(**_pipeline_inputs(pipe), num_inference_steps=steps, output_type="latent",
-                   generator=torch.Generator().manual_seed(0)).images
+    result = pipe(**_pipeline_inputs(pipe), num_inference_steps=steps, output_type="latent",
+                  generator=torch.Generator().manual_seed(0))
+    latents = result.frames if hasattr(result, "frames") else result.images  # video pipelines: frames
     assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
 
 
@@ -370,6 +384,11 @@ def _single_file_gap(fixture: str, comp: str) -> tuple[type[Exception], str] | N
                               "inner_dim = 3072 and mlp_ratio 4.0 to split linear1, so a Chroma transformer of any "
                               "other width (the tiny one is 64) cannot load; tests/convert/test_layout_chroma_flux2.py "
                               "runs it with the split patched to the tiny width")
+    if spec.diffusers_class == "HunyuanVideoTransformer3DModel" and width != 3072:
+        return RuntimeError, ("diffusers' convert_hunyuan_video_transformer_to_diffusers hard-codes hidden_size = "
+                              "3072 to split linear1, so a HunyuanVideo transformer of any other width (the tiny one "
+                              "is 64) cannot load; tests/convert/test_layout_hunyuan_video.py runs it with the split "
+                              "patched to the tiny width")
     if spec.diffusers_class == "Lumina2Transformer2DModel" and (
             cfg.get("hidden_size"), cfg.get("num_kv_heads", 0) * cfg.get("hidden_size", 0)
             // max(1, cfg.get("num_attention_heads", 1))) != (2304, 768):

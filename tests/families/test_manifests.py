@@ -31,6 +31,10 @@ COMFY_GGUF_KEYS_DETECT = {
     "chroma": [("double_blocks.0.img_attn.proj.weight",)],  # written as arch flux
     "flux2": [("double_blocks.0.img_attn.proj.weight",)],  # written as arch flux
     "wan": [("blocks.0.self_attn.norm_q.weight", "text_embedding.2.weight", "head.modulation")],  # ModelWan
+    "ltxv": [("adaln_single.emb.timestep_embedder.linear_2.weight", "transformer_blocks.27.scale_shift_table",
+              "caption_projection.linear_2.weight")],  # ModelLTXV
+    "hunyuan_video": [("double_blocks.0.img_attn_proj.weight",
+                       "txt_in.individual_token_refiner.blocks.1.self_attn_qkv.weight")],  # ModelHyVid
 }
 
 
@@ -99,7 +103,8 @@ def test_qwen_image_is_20b_and_plans_13_gb_at_q4_k_m(tmp_path):
 # diffusers' own single-file converter of each family (diffusers/loaders/single_file_utils.py,
 # SINGLE_FILE_LOADABLE_CLASSES); Qwen-Image's is the identity (its files carry diffusers' names).
 DIFFUSERS_CONVERTERS = {"hidream": "convert_hidream_transformer_to_diffusers", "qwen_image": None,
-                        "auraflow": "convert_auraflow_transformer_checkpoint_to_diffusers"}
+                        "auraflow": "convert_auraflow_transformer_checkpoint_to_diffusers",
+                        "ltxv": "convert_ltx_transformer_checkpoint_to_diffusers"}
 
 
 @pytest.mark.parametrize("spec,release", [(s, r) for s, r in RELEASES if s.name in DIFFUSERS_CONVERTERS],

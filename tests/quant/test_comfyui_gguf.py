@@ -134,3 +134,17 @@ def test_wan_5d_patch_embedding_loads_in_comfyui_gguf(comfy_gguf, tmp_path):
     assert _same(loader, dequant, path) > 50
     sd = loader.gguf_clip_loader(str(tmp_path / "q" / "umt5xxl.gguf"))
     assert "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in sd  # UMT5: every layer
+
+
+def test_hunyuan_video_5d_patch_embedding_loads_in_comfyui_gguf(comfy_gguf, tmp_path):
+    """HunyuanVideo's Conv3d patch embedding (`img_in.proj.weight`) as Wan's: F32 with its 5 dimensions,
+    the shape its loader gives back; the file's arch is ComfyUI-GGUF's `hyvid`."""
+    loader, dequant = comfy_gguf
+    bundle = factory.write_bundle("hunyuan_video", tmp_path / "b.safetensors")
+    ok(run("quantize", bundle, "-o", tmp_path / "q.gguf", "--type", "q8_0"))
+    reader = gguf.GGUFReader(str(tmp_path / "q.gguf"))
+    arch = reader.fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "hyvid"
+    sd = loader.gguf_sd_loader(str(tmp_path / "q.gguf"))
+    assert tuple(sd["img_in.proj.weight"].shape) == (64, 4, 1, 2, 2)
+    assert _same(loader, dequant, tmp_path / "q.gguf") > 50

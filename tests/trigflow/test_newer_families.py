@@ -50,7 +50,8 @@ def test_trigflow_at_pi_over_2_is_the_one_step_flow_euler_step(fixture):
 @pytest.mark.parametrize("fixture", NEWER)
 def test_sample_runs_on_a_component_file(fixture, tmp_path):
     path = write_component_files(fixture, tmp_path, dtype=None)["diffusion_model"]
-    result = sample_image(path, tmp_path / "s.png", steps=2, height=32, width=32, device="cpu")
+    px = 4 * ADAPTERS[FIXTURES[fixture].spec.diffusion_model.diffusers_class].vae_factor  # 4 x 4 latents (LTX: 32x)
+    result = sample_image(path, tmp_path / "s.png", steps=2, height=px, width=px, device="cpu")
     assert (tmp_path / "s.png").stat().st_size > 0
     assert result.latents.shape[-2:] == (4, 4) and torch.isfinite(result.latents).all()
     assert "seeded random caption embedding" in result.conditioning

@@ -461,6 +461,34 @@ def _pipeline_latent(fixture, seed=0):
         pipe.set_progress_bar_config(disable=True)
         ref = pipe(prompt_embeds=cond["context"], guidance_scale=1.0, height=64, width=64, num_frames=5,
                    latents=z.clone(), **common).frames
+    elif family == "hunyuan_video":  # video latents, 2 frames; embedded guidance 6.0 (x 1000 inside the call)
+        z = torch.randn(1, model.config.in_channels, 2, 8, 8, generator=gen)
+        cond = {"context": torch.randn(1, 32, model.config.text_embed_dim, generator=gen),
+                "pooled": torch.randn(1, model.config.pooled_projection_dim, generator=gen)}
+        pipe = diffusers.HunyuanVideoPipeline(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                              transformer=model, vae=None, scheduler=_scheduler(spec.scheduler))
+        pipe.set_progress_bar_config(disable=True)
+        ref = pipe(prompt_embeds=cond["context"], pooled_prompt_embeds=cond["pooled"],
+                   prompt_attention_mask=torch.ones(1, 32, dtype=torch.long), guidance_scale=6.0, height=64, width=64,
+                   num_frames=5, latents=z.clone(), **common).frames
+    elif family == "ltxv":  # no VAE: the pipeline's defaults are the LTX VAE's (32x spatial, 8x temporal)
+        from ckptkit.verify.samplers import LTXCall
+
+        cfg = model.config  # 2 latent frames = 9 pixel frames, 4 x 4 latents = 128 px; no CFG pass at guidance 1
+        z = torch.randn(1, cfg.in_channels, 2, 4, 4, generator=gen)
+        cond = {"context": torch.randn(1, 32, cfg.caption_channels, generator=gen)}
+        # the one-step sigma schedule [1] and shift_terminal's stretch divide by 0 (as Qwen-Image's); at sigma 1
+        # the dynamic shift changes nothing: timestep 1000
+        pipe = diffusers.LTXPipeline(scheduler=_scheduler({**spec.scheduler, "shift_terminal": None}), vae=None,
+                                     text_encoder=None, tokenizer=None, transformer=model)
+        assert (pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio) == (32, 8)
+        pipe.set_progress_bar_config(disable=True)
+        packed = diffusers.LTXPipeline._pack_latents(z)  # the pipeline takes and, as "latent", returns tokens
+        assert torch.equal(packed, LTXCall.pack(z))
+        out = pipe(prompt_embeds=cond["context"], prompt_attention_mask=torch.ones(1, 32), guidance_scale=1.0,
+                   height=128, width=128, num_frames=9, latents=packed, **common).frames
+        ref = diffusers.LTXPipeline._unpack_latents(out, 2, 4, 4)
+        assert pipe.scheduler.timesteps.tolist() == [1000.0]  # what LTXCall is fed (time_scale 1000)
     else:  # sana sprint
         z = torch.randn(1, 32, 4, 4, generator=gen)
         cond = {"context": torch.randn(1, 32, 24, generator=gen)}
@@ -477,7 +505,7 @@ def _pipeline_latent(fixture, seed=0):
 
 @pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint", "chroma", "flux2_dev",
                                      "flux2_klein", "z_image", "lumina2", "qwen_image", "hidream", "auraflow",
-                                     "wan"])
+                                     "wan", "hunyuan_video", "ltxv"])
 def test_one_step_matches_the_diffusers_pipeline(fixture):
     ours, ref = _pipeline_latent(fixture)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
