@@ -100,7 +100,7 @@ def mmdit_inputs(config: dict, gen: torch.Generator) -> dict:
 
 
 INPUTS = {"CLIPTextModel": text_inputs, "CLIPTextModelWithProjection": text_inputs,
-          "T5EncoderModel": text_inputs, "SD3Transformer2DModel": mmdit_inputs}
+          "T5EncoderModel": text_inputs, "UMT5EncoderModel": text_inputs, "SD3Transformer2DModel": mmdit_inputs}
 
 
 @torch.no_grad()

@@ -576,3 +576,21 @@ def test_ssim_and_psnr():
     assert -1 <= small <= 1
     cmp = imgs.compare(x, y, image=True)
     assert cmp.psnr == pytest.approx(imgs.psnr(x, y)) and 0 < cmp.rel_rms and cmp.cosine < 1
+
+
+def test_video_frames_compared_one_by_one():
+    """A decoded clip is a strip of frames; PSNR and SSIM are taken frame by frame and the figure is the
+    worst frame's: a clip with one bad frame in five fails on that frame, whatever the others."""
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(3, 5, 16, 16, generator=g)
+    strip = imgs.video_strip(video)
+    assert strip.shape == (3, 16, 80) and torch.equal(strip[:, :, 32:48], video[:, 2])
+    damaged = video.clone()
+    damaged[:, 3] = (damaged[:, 3] + 0.2 * torch.randn(3, 16, 16, generator=g)).clamp(0, 1)
+    cmp = imgs.compare(strip, imgs.video_strip(damaged), image=True, frames=5)
+    assert [f["psnr"] for f in cmp.frames[:3]] == [math.inf] * 3 and cmp.frames[4]["psnr"] == math.inf
+    assert cmp.psnr == cmp.frames[3]["psnr"] == imgs.psnr(video[:, 3], damaged[:, 3]) < 20
+    assert cmp.ssim == cmp.frames[3]["ssim"] == imgs.ssim(video[:, 3], damaged[:, 3]) < 0.9
+    whole = imgs.compare(strip, imgs.video_strip(damaged), image=True)  # the strip as one image: a milder figure
+    assert whole.psnr > cmp.psnr
+    assert json.loads(json.dumps(cmp.to_json()))["frames"][0] == {"psnr": "inf", "ssim": 1.0}
