@@ -57,7 +57,7 @@ def main() -> None:
             planned = {t: plan(path, t) for t in TYPES}
             path.unlink()
             published = "; ".join(f"{k.upper()}: {v}" for k, v in release.published_gguf.items()) or "not checked here"
-            rows.append(f"| {release.manifest} ({', '.join(m.split('/')[-1] for m in release.models)}) | "
+            rows.append(f"| {release.manifest} ({', '.join(m.split('/', 1)[-1] for m in release.models)}) | "
                         f"{spec.gguf_arch} | {summary['params'] / 1e9:.2f}B | {summary['bytes'] / 1e9:.2f} GB "
                         f"{release.dtype} | {planned['q8_0'][0] / 1e9:.2f} GB | {planned['q4_k_m'][0] / 1e9:.2f} GB | "
                         f"{published} | {max(r for _, r in planned.values()) / 2**20:.0f} MiB |")

@@ -71,12 +71,12 @@ SPEC = FamilySpec(
     notes="text encoder T5-XXL (encoder only; optional component); the LTX VAE is not a component (its vae. "
           "tensors stay unclaimed); 2B (28 x 2048) and 13B (48 x 4096) are one layout; LTX-2 is not supported yet",
     releases=(
-        Release("ltxv_2b", ("Lightricks/LTX-Video (ltx-video-2b-v0.9, v0.9.1, v0.9.5, ltxv-2b-0.9.6-dev / "
+        Release("ltxv_2b", ("Lightricks/LTX-Video (ltx-video-2b-v0.9, v0.9.1, v0.9.5, ltxv-2b-0.9.6-dev and "
                             "-distilled)",), None, LTXV_2B_CONFIG, _SHAPES,
                 description="LTX-Video 2B transformer, 0.9.0 to 0.9.6 (original names)",
                 published_gguf={"q4_k_m": "1.42 GB (city96/LTX-Video-gguf ltx-video-2b-v0.9-Q4_K_M.gguf)",
                                 "q8_0": "2.17 GB (calcuis/ltxv-gguf ltx-video-2b-v0.9-q8_0.gguf)"}),
-        Release("ltxv_13b", ("Lightricks/LTX-Video (ltxv-13b-0.9.7-dev / -distilled, ltxv-13b-0.9.8-dev / "
+        Release("ltxv_13b", ("Lightricks/LTX-Video (ltxv-13b-0.9.7-dev and -distilled, ltxv-13b-0.9.8-dev and "
                              "-distilled)",), None, LTXV_13B_CONFIG, _SHAPES,
                 description="LTX-Video 13B transformer, 0.9.7 and 0.9.8 (original names)"),
     ),
