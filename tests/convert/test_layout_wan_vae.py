@@ -62,10 +62,11 @@ def test_released_size_names_and_shapes_on_meta():
     # the config read back from the original shapes
     got = LAYOUT.config_from_original(ours, {})
     assert {k: got[k] for k in LAYOUT.shape_keys} == {k: RELEASED[k] for k in LAYOUT.shape_keys}
-    # and a standalone file of these names is the Qwen-Image VAE; the diffusers form too
+    # and a standalone file of these names is the Qwen-Image / Wan 2.1 VAE (the same network); the diffusers
+    # form too
     for names, layout in ((ours, "wan_vae"), (meta_shapes, "diffusers:wan_vae")):
         sig = next(s for s in SIGNATURES if all(c.holds(_lookup(names, "")) for c in s.when))
-        assert (sig.name, sig.layout, sig.used_by) == ("vae", layout, ("qwen_image",))
+        assert (sig.name, sig.layout, sig.used_by) == ("vae", layout, ("qwen_image", "wan"))
 
 
 @pytest.mark.parametrize("config", [
@@ -80,7 +81,8 @@ def test_other_structures_round_trip(config):
     state = model.state_dict()
     mapping = LAYOUT.to_original(_shapes(state), config)
     original = expr.apply(mapping, state.__getitem__)
-    assert LAYOUT.config_from_original(_shapes(original), {}) == {**config, "input_channels": 3}
+    # the input channels under both classes' names (AutoencoderKLQwenImage's, AutoencoderKLWan's)
+    assert LAYOUT.config_from_original(_shapes(original), {}) == {**config, "input_channels": 3, "in_channels": 3}
     back = LAYOUT.to_diffusers(original, config)
     assert back.keys() == state.keys() and all(torch.equal(back[n], state[n]) for n in state)
 
