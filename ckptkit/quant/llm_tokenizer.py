@@ -83,30 +83,33 @@ class GGUFTokenizer:
                             f"has {rows} rows: not this model's tokenizer (give its own with --tokenizer PATH)")
 
 
-def locate(explicit: str | os.PathLike | None, source: str | os.PathLike | None) -> Path | None:
-    """The tokenizer file: `explicit` (a file, or a folder holding one, directly or in tokenizer/),
-    else one beside `source` (its folder, that folder's tokenizer/, a diffusers folder's tokenizer/
-    next to the component's folder); None where there is none."""
+def locate(explicit: str | os.PathLike | None, source: str | os.PathLike | None,
+           files: tuple[str, ...] = FILES) -> Path | None:
+    """The tokenizer file (the first of `files`, in that order, a folder holds): `explicit` (a file, or
+    a folder holding one, directly or in tokenizer/), else one beside `source` (its folder, that
+    folder's tokenizer/, a diffusers folder's tokenizer/ next to text_encoder/, tokenizer_N/ next to
+    text_encoder_N/); None where there is none. t5_tokenizer.py looks for its files the same way."""
     if explicit is not None:
         p = Path(explicit)
         if p.is_file():
             return p
         if not p.is_dir():
             raise CkptError(f"--tokenizer {p}: no such file or directory")
-        found = _in_folders((p, p / "tokenizer"))
+        found = _in_folders((p, p / "tokenizer"), files)
         if found is None:
-            raise CkptError(f"--tokenizer {p}: no {' or '.join(FILES)} in it (nor in its tokenizer/)")
+            raise CkptError(f"--tokenizer {p}: no {' or '.join(files)} in it (nor in its tokenizer/)")
         return found
     if source is None:
         return None
     s = Path(source)
     d = s if s.is_dir() else s.parent
-    return _in_folders((d, d / "tokenizer", d.parent / "tokenizer"))
+    sibling = "tokenizer" + (d.name[len("text_encoder"):] if d.name.startswith("text_encoder") else "")
+    return _in_folders((d, d / "tokenizer", d.parent / sibling), files)
 
 
-def _in_folders(folders) -> Path | None:
+def _in_folders(folders, files: tuple[str, ...]) -> Path | None:
     for folder in folders:
-        for name in FILES:
+        for name in files:
             if (folder / name).is_file():
                 return folder / name
     return None

@@ -78,33 +78,10 @@ class T5Tokenizer(GGUFTokenizer):
 
 
 def locate(explicit: str | os.PathLike | None, source: str | os.PathLike | None) -> Path | None:
-    """The tokenizer file: `explicit` (a file, or a folder holding one, directly or in tokenizer/),
-    else one beside `source` (its folder, that folder's tokenizer/, a diffusers folder's tokenizer/
-    next to text_encoder/, tokenizer_N/ next to text_encoder_N/); None where there is none."""
-    if explicit is not None:
-        p = Path(explicit)
-        if p.is_file():
-            return p
-        if not p.is_dir():
-            raise CkptError(f"--tokenizer {p}: no such file or directory")
-        found = _in_folders((p, p / "tokenizer"))
-        if found is None:
-            raise CkptError(f"--tokenizer {p}: no {', '.join(FILES)} in it (nor in its tokenizer/)")
-        return found
-    if source is None:
-        return None
-    s = Path(source)
-    d = s if s.is_dir() else s.parent
-    sibling = "tokenizer" + (d.name[len("text_encoder"):] if d.name.startswith("text_encoder") else "")
-    return _in_folders((d, d / "tokenizer", d.parent / sibling))
+    """The sentencepiece tokenizer file, found as llm_tokenizer.locate finds an LLM's, among FILES."""
+    from ckptkit.quant.llm_tokenizer import locate as locate_file
 
-
-def _in_folders(folders) -> Path | None:
-    for folder in folders:
-        for name in FILES:
-            if (folder / name).is_file():
-                return folder / name
-    return None
+    return locate_file(explicit, source, FILES)
 
 
 def load(path: str | os.PathLike, rows: int, component: str, arch: str = "t5encoder") -> T5Tokenizer:
