@@ -118,7 +118,7 @@ def _from_one_step_call(family, recipe) -> Adapter:
     return Adapter(
         family.name, lambda c: recipe.time_scale, run, call.latent_channels,
         lambda c: 1.0 if recipe.guidance is not None and c.get("guidance_embeds") else None,
-        lambda c: {**call.cond_shapes(c, recipe, CAPTION_TOKENS), **getattr(call, "extra_cond", lambda c: {})(c)},
+        lambda c: {**call.cond_shapes(c, recipe, CAPTION_TOKENS), **call.extra_cond(c)},
         vae_factor=recipe.latent_factor, latent_multiple=call.multiple(released), max_latent=call.max_side,
         frames=recipe.frames)
 

@@ -484,7 +484,7 @@ class _Run:
             else:
                 ref_cond = assemble(recipe, outs["reference"], width, self.text_length, img, img)
                 cand_cond = assemble(recipe, cand_outs, width, self.text_length, img, img)
-            extra = getattr(call, "extra_cond", lambda cfg: {})(dm_cfg)  # inputs no text encoder gives
+            extra = call.extra_cond(dm_cfg)  # inputs no text encoder gives
             if extra:
                 self.notes.append(f"conditioning: seeded random {', '.join(extra)} (no encoder of the set gives them)")
                 stand_ins = {k: torch.randn((1, *s), generator=generator(self.seed, f"random:{k}"))

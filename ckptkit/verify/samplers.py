@@ -99,6 +99,12 @@ class _LatentCall:
     def cond_shapes(self, cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
         return {"context": (text_length, cfg[self.text_width])}
 
+    @staticmethod
+    def extra_cond(cfg: dict) -> dict[str, tuple[int, ...]]:
+        """Inputs besides the text states that no encoder of the set gives (Wan 2.1 I2V's CLIP image
+        states): their shapes, for seeded random stand-ins."""
+        return {}
+
 
 class _PackedCall(_LatentCall):
     """Latents packed 2x2 into tokens (FLUX.1's packing): the model's input channels are 4x the latent's."""
@@ -112,20 +118,12 @@ class _PackedCall(_LatentCall):
         return 2
 
 
-class UNetCall:
+class UNetCall(_LatentCall):
     """UNet2DConditionModel: (x, t, encoder_hidden_states, added_cond_kwargs for SDXL)."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
 
     @staticmethod
     def multiple(cfg: dict) -> int:
         return 2 ** (len(cfg["block_out_channels"]) - 1)
-
-    @staticmethod
-    def max_side(cfg: dict) -> int | None:
-        return None
 
     @staticmethod
     def cond_shapes(cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
@@ -147,16 +145,8 @@ class UNetCall:
                      added_cond_kwargs=extra).sample
 
 
-class MMDiTCall:
+class MMDiTCall(_LatentCall):
     """SD3Transformer2DModel: (hidden_states, encoder_hidden_states, pooled_projections, timestep)."""
-
-    @staticmethod
-    def latent_channels(cfg: dict) -> int:
-        return cfg.get("out_channels") or cfg["in_channels"]
-
-    @staticmethod
-    def multiple(cfg: dict) -> int:
-        return cfg.get("patch_size", 2)
 
     @staticmethod
     def max_side(cfg: dict) -> int | None:

@@ -121,7 +121,7 @@ def forward(model) -> dict[str, torch.Tensor]:
         dm = _newer_denoiser(name)
         if dm is not None:  # the newer families: the 1-step check's own call convention
             recipe, call = dm
-            shapes = {**call.cond_shapes(dict(cfg), recipe, 5), **getattr(call, "extra_cond", lambda c: {})(dict(cfg))}
+            shapes = {**call.cond_shapes(dict(cfg), recipe, 5), **call.extra_cond(dict(cfg))}
             cond = {k: randn(1, *shape) for k, shape in shapes.items()}
             x = randn(1, call.latent_channels(dict(cfg)), *((recipe.frames,) if recipe.frames else ()), 8, 8)
             from ckptkit.verify.samplers import guidance_value
