@@ -41,7 +41,9 @@ def decode(vae, latents: torch.Tensor) -> np.ndarray:
 def visualise(latents: torch.Tensor, min_size: int = 256) -> np.ndarray:
     lat = latents[0].float().cpu()
     if lat.ndim == 4:  # a clip (C, F, H, W): its frames side by side
-        lat = lat.permute(0, 2, 1, 3).reshape(lat.shape[0], lat.shape[2], -1)
+        from ckptkit.verify.images import video_strip
+
+        lat = video_strip(lat)
     rgb = lat[[i % lat.shape[0] for i in range(3)]]
     lo = rgb.amin(dim=(1, 2), keepdim=True)
     hi = rgb.amax(dim=(1, 2), keepdim=True)

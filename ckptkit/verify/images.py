@@ -154,10 +154,10 @@ def decoded_to_image(decoded: torch.Tensor) -> torch.Tensor:
 
 
 def video_strip(video: torch.Tensor) -> torch.Tensor:
-    """(C, F, H, W) -> (C, H, F * W): the frames left to right, the form the report shows and
-    `compare(..., frames=F)` reads frame by frame."""
-    c, f, h, w = video.shape
-    return video.permute(0, 2, 1, 3).reshape(c, h, f * w)
+    """(..., C, F, H, W) -> (..., C, H, F * W): the frames left to right, the form the report shows and
+    `compare(..., frames=F)` reads frame by frame (a batch of latents too)."""
+    *lead, c, f, h, w = video.shape
+    return video.transpose(-3, -2).reshape(*lead, c, h, f * w)
 
 
 HIDDEN_SIGMAS = 2.5  # hidden states: each channel's reference mean +- 2.5 sd -> black..white

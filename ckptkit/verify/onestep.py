@@ -47,7 +47,7 @@ from ckptkit.formats.base import Checkpoint
 from ckptkit.verify.conditioning import (assemble, encode, generator, missing_encoders, random_conditioning,
                                          token_ids)
 from ckptkit.verify.images import (Comparison, OneStepImages, StageImage, compare, decoded_to_image, json_float,
-                                   save_onestep_png)
+                                   save_onestep_png, video_strip)
 from ckptkit.verify.recipes import OneStepRecipe, recipe_for
 from ckptkit.verify.samplers import DENOISERS, one_step
 
@@ -372,7 +372,7 @@ class _Run:
                 cmp: Comparison) -> None:
         """Add a row to onestep.png with the figures of `cmp` (none where the shapes differ)."""
         if ref.ndim == 5:  # video latents (B, C, F, h, w): the frames side by side, as the decoded clip
-            ref, cand = (t.permute(0, 1, 3, 2, 4).reshape(*t.shape[:2], t.shape[3], -1) for t in (ref, cand))
+            ref, cand = video_strip(ref), video_strip(cand)
         if tuple(ref.shape) == tuple(cand.shape):
             metrics = {"cosine": cmp.cosine, "rel_rms": cmp.rel_rms,
                        **({"psnr": cmp.psnr, "ssim": cmp.ssim} if cmp.psnr is not None else {})}
