@@ -17,7 +17,8 @@ image conditions the I2V models (`image_condition_type`: the 16-channel I2V has 
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, heads, rope_axes, rope_placeholder, size
+from ckptkit.convert.layouts.tables import (Blocks, TableLayout, conv3d_patch, heads, per_volume, rope_axes,
+                                            rope_placeholder, size)
 from ckptkit.errors import CkptError
 
 TITLE = "HunyuanVideo transformer"
@@ -57,19 +58,15 @@ QKV = ("attn.to_q.", "attn.to_k.", "attn.to_v.")
 
 
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
-    size(shapes, PATCH, 0, TITLE)
-    kernel = shapes[PATCH]
-    if len(kernel) != 5 or kernel[3] != kernel[4]:
+    kernel = conv3d_patch(shapes, PATCH, TITLE)
+    if kernel[3] != kernel[4]:
         raise CkptError(f"{TITLE}: {PATCH} of shape {list(kernel)} is not a Conv3d patch embedding with square patches")
-    width, volume = kernel[0], kernel[2] * kernel[3] * kernel[4]
-    out_rows = size(shapes, "final_layer.linear.weight", 0, TITLE)
-    if out_rows % volume:
-        raise CkptError(f"{TITLE}: final_layer.linear.weight has {out_rows} rows, not a multiple of the patch volume {volume}")
+    width = kernel[0]
     head_dim = size(shapes, "double_blocks.0.img_attn_q_norm.weight", 0, TITLE)
     mlp = size(shapes, "double_blocks.0.img_mlp.fc1.weight", 0, TITLE)
     config = {
         "in_channels": kernel[1],
-        "out_channels": out_rows // volume,
+        "out_channels": per_volume(shapes, "final_layer.linear.weight", kernel[2:], TITLE),
         "num_attention_heads": heads(width, head_dim, TITLE),
         "attention_head_dim": head_dim,
         "num_layers": num_blocks(shapes, "double_blocks."),

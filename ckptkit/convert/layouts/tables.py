@@ -163,11 +163,29 @@ def patch_size(base: dict, title: str) -> int:
 
 def per_patch(shapes: dict[str, tuple[int, ...]], name: str, dim: int, patch: int, title: str) -> int:
     """Channels of a patchify / unpatchify layer: its `dim` size over patch^2, which must divide it."""
+    return _per_cells(shapes, name, dim, patch * patch, f"patch_size^2 = {patch * patch}", title)
+
+
+def per_volume(shapes: dict[str, tuple[int, ...]], name: str, kernel: tuple[int, ...], title: str) -> int:
+    """Channels of a video model's unpatchify layer: its rows over the volume of the Conv3d patch
+    `kernel` (t, h, w), which must divide them."""
+    volume = kernel[0] * kernel[1] * kernel[2]
+    return _per_cells(shapes, name, 0, volume, f"the patch volume {volume}", title)
+
+
+def _per_cells(shapes: dict[str, tuple[int, ...]], name: str, dim: int, cells: int, what: str, title: str) -> int:
     n = size(shapes, name, dim, title)
-    if n % (patch * patch):
-        raise CkptError(f"{title}: {name} has {n} {'rows' if dim == 0 else 'columns'}, not a multiple of "
-                        f"patch_size^2 = {patch * patch}")
-    return n // (patch * patch)
+    if n % cells:
+        raise CkptError(f"{title}: {name} has {n} {'rows' if dim == 0 else 'columns'}, not a multiple of {what}")
+    return n // cells
+
+
+def conv3d_patch(shapes: dict[str, tuple[int, ...]], name: str, title: str) -> tuple[int, ...]:
+    """The shape (width, in channels, t, h, w) of a video model's Conv3d patch embedding, checked 5-D."""
+    shape = tuple(shapes[name]) if name in shapes else (size(shapes, name, 0, title),)
+    if len(shape) != 5:
+        raise CkptError(f"{title}: {name} is {len(shape)}-D, not the 5-D Conv3d patch embedding")
+    return shape
 
 
 def heads(width: int, head_dim, title: str) -> int:

@@ -15,8 +15,7 @@ norms span the whole width), the norms' epsilon and the rotary table length.
 from __future__ import annotations
 
 from ckptkit.convert.layouts import num_blocks, register
-from ckptkit.convert.layouts.tables import Blocks, TableLayout, heads, size
-from ckptkit.errors import CkptError
+from ckptkit.convert.layouts.tables import Blocks, TableLayout, conv3d_patch, heads, per_volume, size
 
 TITLE = "Wan transformer"
 PATCH = "patch_embedding.weight"
@@ -52,27 +51,16 @@ BLOCK = {
 }
 
 
-def _patch(shapes: dict[str, tuple[int, ...]]) -> list[int]:
-    size(shapes, PATCH, 0, TITLE)  # present, or a one-line error
-    shape = shapes[PATCH]
-    if len(shape) != 5:
-        raise CkptError(f"{TITLE}: {PATCH} is {len(shape)}-D, not the 5-D Conv3d patch embedding")
-    return list(shape[2:])
-
-
 def _config(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
-    width, patch = size(shapes, PATCH, 0, TITLE), _patch(shapes)
-    volume = patch[0] * patch[1] * patch[2]
-    out_rows = size(shapes, "head.head.weight", 0, TITLE)
-    if out_rows % volume:
-        raise CkptError(f"{TITLE}: head.head.weight has {out_rows} rows, not a multiple of the patch volume {volume}")
+    kernel = conv3d_patch(shapes, PATCH, TITLE)
+    width, patch = kernel[0], list(kernel[2:])
     head_dim = base.get("attention_head_dim")
     config = {
         "patch_size": patch,
         "num_attention_heads": heads(width, head_dim, TITLE),
         "attention_head_dim": head_dim,
-        "in_channels": size(shapes, PATCH, 1, TITLE),
-        "out_channels": out_rows // volume,
+        "in_channels": kernel[1],
+        "out_channels": per_volume(shapes, "head.head.weight", kernel[2:], TITLE),
         "text_dim": size(shapes, "text_embedding.0.weight", 1, TITLE),
         "freq_dim": size(shapes, "time_embedding.0.weight", 1, TITLE),
         "ffn_dim": size(shapes, "blocks.0.ffn.0.weight", 0, TITLE),
