@@ -37,6 +37,7 @@ class Client:
     # (ggml_n_dims), the full shape kept in comfy.gguf.orig_shape (which this client ignores)
     unit_dims: str = "torch"
     one_file_families: frozenset[str] = frozenset()  # families it loads only from its one-file bundle
+    component_files_families: frozenset[str] = frozenset()  # families it loads only from component files
     bundle: bool = False  # loads one GGUF holding every component under the family's bundle prefixes
     # general.architecture values its text-encoder loader takes; None: any (the layout kind decides)
     text_archs: frozenset[str] | None = None
@@ -81,7 +82,10 @@ SDCPP = Client(
     "get_sd_version), src/name_conversion.cpp (HF CLIP and llama.cpp T5 names), stable-diffusion.cpp "
     "(--diffusion-model / --clip_l / --clip_g / --t5xxl / --vae files); no Sana",
     # the families it runs, by our general.architecture (it reads no metadata itself)
-    diffusion_archs=frozenset({"sd1", "sdxl", "sd3", "flux"}),
+    # Wan: src/model/diffusion/wan.hpp (docs/wan.md: --diffusion-model, --t5xxl umt5-xxl, --vae); its 5-D
+    # patch embedding folded as its readers fold it (policy.decide_sdcpp). Not HunyuanVideo 1.0 nor
+    # LTX-Video 0.9 (it runs HunyuanVideo 1.5 and LTX-2 only)
+    diffusion_archs=frozenset({"sd1", "sdxl", "sd3", "flux", "wan"}),
     gguf_text_encoders=frozenset({"hf_clip", "open_clip", "hf_t5"}),
     text_encoder_fallback="refuse",
     conv_reshape=False,  # a reshaped conv is "wrong shape in model metadata" to its loader
@@ -98,6 +102,10 @@ SDCPP = Client(
     # under bundle names (cond_stage_model. / conditioner.embedders.1): with component files
     # (--diffusion-model, --clip_l) it fails ("get sd version from file failed")
     one_file_families=frozenset({"sd1", "sd2", "sdxl", "sdxl_refiner"}),
+    # Wan's docs/wan.md loads --diffusion-model / --t5xxl / --vae; its bundle names for the UMT5 encoder
+    # (text_encoders.t5xxl.transformer.) are not ComfyUI's (text_encoders.umt5xxl.transformer.), and
+    # no one-file Wan run is documented: component files only
+    component_files_families=frozenset({"wan"}),
     usage="sd --diffusion-model {file} (text encoders with --clip_l / --clip_g / --t5xxl, the VAE with --vae); "
           "a bundle: sd -m {file}")
 

@@ -158,6 +158,10 @@ def plan_quantize(ckpt: Checkpoint, source: QuantSource | Detection, policy: Pol
     if bundle and src.spec is None:
         raise CkptError(f"{single_file}: a one-file bundle needs the family's bundle prefixes, and this model "
                         "is of no known family (--family NAME)")
+    if bundle and src.family in asked.component_files_families:
+        raise CkptError(f"{single_file}: {asked.title} runs {src.spec.title} from component files (the diffusion "
+                        "model, text encoder and VAE each its own file), not a one-file bundle: give a directory "
+                        "as output")
     if single_file and len(comps) != 1 and not bundle:
         raise CkptError(f"the source holds {len(comps)} components ({', '.join(names)}); give a directory as output")
     unknown = set(policy.components) - set(names)

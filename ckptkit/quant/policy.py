@@ -17,7 +17,7 @@ Order of the per-tensor decision:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ckptkit.errors import CkptError
@@ -259,7 +259,27 @@ def decide_sdcpp(name: str, shape: tuple[int, ...], src_dtype: str, comp: Compon
     """stable-diffusion.cpp's convert, tensor by tensor: the first rule that matches (else the
     request, with its _M/_L mix), applied only where sd.cpp would convert: rows that divide into the
     type's blocks, and none of its excluded names. 1-D tensors are converted too (norm weights),
-    and nothing falls back to another type: a tensor sd.cpp does not convert keeps its stored type."""
+    and nothing falls back to another type: a tensor sd.cpp does not convert keeps its stored type.
+    A tensor of more than 4 dimensions (a Conv3d kernel) is stored as sd.cpp reads one: its readers fold
+    the leading dims into ggml's outermost, (O, I, kt, kh, kw) -> (O x I, kt, kh, kw) (src/model_io/
+    safetensors_io.cpp; gguf_reader_ext.h for a 5-D GGUF), its Conv3d weight being ne [kw, kh, kt, I x O]."""
+    folded = len(shape) > 4
+    if folded:
+        shape = sdcpp_folded(shape)
+    d = _decide_sdcpp(name, shape, src_dtype, comp, request, rules)
+    return replace(d, reshaped=True) if folded else d
+
+
+def sdcpp_folded(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape of more than 4 dims as stable-diffusion.cpp folds it: the leading dims multiplied into one."""
+    lead = 1
+    for d in shape[:len(shape) - 3]:
+        lead *= d
+    return (lead, *shape[len(shape) - 3:])
+
+
+def _decide_sdcpp(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpec, request: Request,
+                  rules: list[tuple[re.Pattern, str]]) -> Decision:
     type_name, reason = request.base, "requested"
     for pattern, rule_type in rules:
         if pattern.search(name):

@@ -26,7 +26,24 @@ def component_files(tmp_path_factory):
         bundle = factory.write_bundle(fixture, root / f"{fixture}.safetensors")
         pipeline.split(bundle, root / fixture, SplitOptions(layout="comfy"))
         out[fixture] = root / fixture / "diffusion_model.safetensors"
+    out["wan"] = _wan_256(root / "wan_diffusion_model.safetensors")
     return out
+
+
+def _wan_256(path):
+    """A Wan transformer (original names, F16) 256 wide, so that K-quant blocks fit its rows as they fit
+    the released widths' (the tiny fixture's 64 fit none)."""
+    from ckptkit.convert.configs import metadata_value
+    from ckptkit.convert.layouts import get_layout
+    from ckptkit.engine import expr
+    from ckptkit.formats.safetensors import save_safetensors
+
+    cfg = dict(factory.FIXTURES["wan"].config("diffusion_model"), attention_head_dim=128, ffn_dim=512, text_dim=256)
+    state = factory.build_model("WanTransformer3DModel", cfg, 0).state_dict()
+    mapping = get_layout("wan").to_original({n: tuple(t.shape) for n, t in state.items()}, cfg)
+    original = {n: t.half() for n, t in expr.apply(mapping, state.__getitem__).items()}
+    save_safetensors(path, original, metadata_value({"diffusion_model": cfg}))
+    return path
 
 
 def tensors(path):
@@ -34,7 +51,7 @@ def tensors(path):
             for t in GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize("fixture", ["sdxl", "flux_dev"])
+@pytest.mark.parametrize("fixture", ["sdxl", "flux_dev", "wan"])
 @pytest.mark.parametrize("type_name", list(TYPES))
 def test_same_tensors_as_sd_convert(sd_convert, component_files, tmp_path, fixture, type_name):
     src = component_files[fixture]
@@ -65,3 +82,22 @@ def test_tensor_type_rules_in_sdcpp_form_act_as_sd_convert(sd_convert, component
     ok(run("quantize", src, "-o", tmp_path / "plain.gguf", "--type", "q5_0", "--client", "sdcpp"))
     assert got != tensors(tmp_path / "plain.gguf")
     assert got["double_blocks.0.img_attn.qkv.weight"][0] == "Q8_0"
+
+
+def test_wan_patch_embedding_is_folded_as_sdcpp_reads_it(sd_convert, component_files, tmp_path):
+    """sd.cpp folds a 5-D Conv3d kernel (O, I, kt, kh, kw) into ggml's 4 dims, ne [kw, kh, kt, I x O] (its
+    Conv3d weight): sd -M convert writes that, and so do we for --client sdcpp (ComfyUI-GGUF's own form, a
+    5-D F32, is for --client comfy); a one-file Wan bundle is refused (sd.cpp runs Wan from component files)."""
+    src = component_files["wan"]
+    ok(run("quantize", src, "-o", tmp_path / "ours.gguf", "--type", "q8_0", "--client", "sdcpp"))
+    got = tensors(tmp_path / "ours.gguf")["patch_embedding.weight"]
+    assert got[0] == "F16" and got[1] == (2, 2, 1, 16 * 256)  # gguf-py lists ne, innermost first
+    ok(run("quantize", src, "-o", tmp_path / "comfy.gguf", "--type", "q8_0"))
+    comfy = tensors(tmp_path / "comfy.gguf")["patch_embedding.weight"]
+    assert comfy[:2] == ("F32", (2, 2, 1, 16, 256))
+    assert np.array_equal(np.frombuffer(comfy[2], np.float32), np.frombuffer(got[2], np.float16).astype(np.float32))
+    bundle = factory.write_bundle("wan", tmp_path / "wan.safetensors")
+    from tests.cli import refused
+
+    line = refused(run("quantize", bundle, "-o", tmp_path / "one.gguf", "--type", "q8_0", "--client", "sdcpp"))
+    assert "runs Wan 2.1 / 2.2 from component files" in line
