@@ -71,6 +71,13 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
                        (Has("encoder.down_blocks.0.norm1.gamma"), Has("decoder.conv_in.weight", 1, 16)),
                        ("qwen_image", "wan"),
                        "Wan 2.1 / Qwen-Image VAE (diffusers layout: AutoencoderKLWan / AutoencoderKLQwenImage)"),
+    # HunyuanVideo's causal 3-D VAE: the same names in Tencent's and diffusers' files (AutoencoderKLHunyuanVideo),
+    # every conv a causal wrapper (`*.conv.conv.weight`, 5-D) and GroupNorms with weights (LTX-Video's VAE wraps
+    # its convs alike but normalises without weights)
+    ComponentSignature("vae", "hunyuan_video_vae", "vae",
+                       (Has("encoder.down_blocks.0.resnets.0.conv1.conv.weight"), Has("encoder.conv_norm_out.weight"),
+                        Has("decoder.conv_in.conv.weight")),
+                       ("hunyuan_video",), "HunyuanVideo causal 3-D VAE (AutoencoderKLHunyuanVideo)"),
     ComponentSignature("vae", "ldm_vae", "vae", (Has("decoder.conv_in.weight", 1, 4), Has("encoder.down.0.block.0.conv1.weight")),
                        ("sd1", "sd2", "sdxl", "sdxl_refiner"), "4-channel SD VAE (original layout)"),
     ComponentSignature("vae", "ldm_vae", "vae", (Has("decoder.conv_in.weight", 1, 16), Has("encoder.down.0.block.0.conv1.weight")),

@@ -1,9 +1,11 @@
 """HunyuanVideo 1.0 (Tencent; 13B: T2V and the I2V models). Tencent's release (`mp_rank_00_model_states.pt`,
 a torch dict read with weights_only) and ComfyUI's `diffusion_models/hunyuan_video_*.safetensors` carry
 the original names (hyvideo/modules/models.py), bare or under `model.diffusion_model.`; the text encoders
-(llava-llama-3-8B's text tower, CLIP-L) and the causal 3-D VAE ship as separate files. An all-in-one
-ComfyUI save holds the encoders under `text_encoders.llama.transformer.` / `text_encoders.clip_l.transformer.`
-(comfy/text_encoders/hunyuan_video.py). HunyuanVideo 1.5 (54 double-stream blocks of 2048, Qwen2.5-VL
+(llava-llama-3-8B's text tower, CLIP-L) and the causal 3-D VAE (AutoencoderKLHunyuanVideo: layout
+hunyuan_video_vae, the same names as diffusers') ship as separate files. An all-in-one ComfyUI save holds
+the encoders under `text_encoders.llama.transformer.` / `text_encoders.clip_l.transformer.`
+(comfy/text_encoders/hunyuan_video.py) and the VAE under `vae.` (comfy/supported_models.py HunyuanVideo
+vae_key_prefix, Comfy-Org/ComfyUI@01f03bbdc7df9462d3fc4c0918f80049333450f3). HunyuanVideo 1.5 (54 double-stream blocks of 2048, Qwen2.5-VL
 text) is another network, not this family.
 
 Released configs: diffusers' scripts/convert_hunyuan_video_to_diffusers.py TRANSFORMER_CONFIGS
@@ -15,7 +17,7 @@ say which: the ambiguity rule of convert/configs.py).
 
 from dataclasses import replace
 
-from ckptkit.families.common import clip_l
+from ckptkit.families.common import clip_l, vae
 from ckptkit.families.components import llm_component
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Release, Variant
 
@@ -27,6 +29,18 @@ HUNYUAN_VIDEO_T2V_CONFIG = dict(in_channels=16, out_channels=16, num_attention_h
 HUNYUAN_VIDEO_I2V_33CH_CONFIG = dict(HUNYUAN_VIDEO_T2V_CONFIG, in_channels=33, guidance_embeds=False,
                                      image_condition_type="latent_concat")
 HUNYUAN_VIDEO_I2V_16CH_CONFIG = dict(HUNYUAN_VIDEO_T2V_CONFIG, image_condition_type="token_replace")
+
+# The causal 3-D VAE ("884-16c-hy": 8x spatial, 4x temporal, 16 latent channels): diffusers'
+# scripts/convert_hunyuan_video_to_diffusers.py convert_vae builds AutoencoderKLHunyuanVideo() with the
+# class defaults (huggingface/diffusers@58eb52c0803ea9af3abec60841c2a093bdf1f951; the values of diffusers
+# 0.42.1's class, written out): 4 levels of 128/256/512/512, 2 resnets, 32 GroupNorm groups, mid-block
+# attention, and the latent scale HunyuanVideoPipeline divides by before decoding.
+HUNYUAN_VIDEO_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=16,
+                                down_block_types=["HunyuanVideoDownBlock3D"] * 4,
+                                up_block_types=["HunyuanVideoUpBlock3D"] * 4, block_out_channels=[128, 256, 512, 512],
+                                layers_per_block=2, act_fn="silu", norm_num_groups=32, scaling_factor=0.476986,
+                                spatial_compression_ratio=8, temporal_compression_ratio=4,
+                                mid_block_add_attention=True)
 
 # ComfyUI-GGUF's lcpp.patch (HYVID) keeps txt_in., img_in., time_in., vector_in., guidance_in. and
 # final_layer. unquantized
@@ -52,6 +66,8 @@ SPEC = FamilySpec(
         replace(llm_component("llama", "LlamaForCausalLM"), prefix="text_encoders.llama.transformer.",
                 diffusers_folder="text_encoder", optional=True),
         replace(clip_l("text_encoders.clip_l.transformer."), diffusers_folder="text_encoder_2", optional=True),
+        replace(vae("vae.", HUNYUAN_VIDEO_VAE_CONFIG, layout="hunyuan_video_vae", alt_prefixes=("first_stage_model.",)),
+                diffusers_class="AutoencoderKLHunyuanVideo", optional=True),
     ),
     detect=(Has("txt_in.individual_token_refiner.blocks.0.norm1.weight"), Has("double_blocks.0.img_attn_qkv.weight"),
             Lacks("byt5_in.fc1.weight")),
@@ -63,8 +79,8 @@ SPEC = FamilySpec(
         Variant("t2v", (), (), "HunyuanVideo T2V, or the 16-channel I2V (token replace: the same shapes; its "
                                "config says which)"),
     ),
-    notes="text encoders llava-llama-3-8B (its text tower) and CLIP-L: optional components; the causal 3-D VAE "
-          "(AutoencoderKLHunyuanVideo) ships as a separate file and is not a component yet",
+    notes="text encoders llava-llama-3-8B (its text tower) and CLIP-L, and the causal 3-D VAE "
+          "(AutoencoderKLHunyuanVideo, the same names in Tencent's and diffusers' files): optional components",
     releases=(
         Release("hunyuan_video_t2v", ("tencent/HunyuanVideo (hunyuan-video-t2v-720p)",), "t2v", HUNYUAN_VIDEO_T2V_CONFIG,
                 {"*": _SOURCE}, description="HunyuanVideo T2V transformer (original names)",

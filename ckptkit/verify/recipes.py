@@ -140,10 +140,11 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "last hidden state (seeded random states of its width when the set has no text encoder)"),
     "hunyuan_video": OneStepRecipe(
         denoiser="hunyuan_video", sampler="flow", start=1.0, time_scale=1000.0, guidance=6.0, context=(("caption",),),
-        frames=2, latent_factor=8, has_vae=False,
+        frames=2, latent_factor=8,
         timestep_doc="1000 t (HunyuanVideoPipeline's 0..1000 timesteps); guidance-distilled: guidance 6.0 (the "
-                     "pipeline default) x 1000; video latents (1, C, 2 frames, h, w); seeded random LLM text states "
-                     "and CLIP-L pooled output (the text encoders are not run); no VAE component yet"),
+                     "pipeline default) x 1000; video latents (1, C, 2 frames, h, w): 5 pixel frames through the "
+                     "causal VAE (latent / scaling_factor, as HunyuanVideoPipeline decodes), compared frame by "
+                     "frame; seeded random LLM text states and CLIP-L pooled output (the text encoders are not run)"),
     "wan": OneStepRecipe(
         denoiser="wan", sampler="flow", start=1.0, time_scale=999.0, text=(TextUse("umt5xxl", _T5, "last"),),
         context=(("umt5xxl",),), frames=2,

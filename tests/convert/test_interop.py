@@ -99,6 +99,9 @@ def forward(model) -> dict[str, torch.Tensor]:
             channels = cfg.get("input_channels") or cfg.in_channels
             post = model.encode(torch.rand(1, channels, 1, 16, 16, generator=g) * 2 - 1).latent_dist
             return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
+        if name == "AutoencoderKLHunyuanVideo":  # 5 frames: the first alone, then 4 per latent frame
+            post = model.encode(torch.rand(1, cfg.in_channels, 5, 16, 16, generator=g) * 2 - 1).latent_dist
+            return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
         if name == "SD3Transformer2DModel":
             out = model(hidden_states=randn(1, cfg.in_channels, 8, 8),
                         encoder_hidden_states=randn(1, 5, cfg.joint_attention_dim),

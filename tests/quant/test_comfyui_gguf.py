@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 import gguf
+from safetensors import safe_open
 import pytest
 import torch
 
@@ -141,10 +142,15 @@ def test_hunyuan_video_5d_patch_embedding_loads_in_comfyui_gguf(comfy_gguf, tmp_
     the shape its loader gives back; the file's arch is ComfyUI-GGUF's `hyvid`."""
     loader, dequant = comfy_gguf
     bundle = factory.write_bundle("hunyuan_video", tmp_path / "b.safetensors")
-    ok(run("quantize", bundle, "-o", tmp_path / "q.gguf", "--type", "q8_0"))
-    reader = gguf.GGUFReader(str(tmp_path / "q.gguf"))
+    ok(run("quantize", bundle, "-o", tmp_path / "q", "--type", "q8_0"))
+    path = tmp_path / "q" / "diffusion_model.gguf"
+    reader = gguf.GGUFReader(str(path))
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "hyvid"
-    sd = loader.gguf_sd_loader(str(tmp_path / "q.gguf"))
+    sd = loader.gguf_sd_loader(str(path))
     assert tuple(sd["img_in.proj.weight"].shape) == (64, 4, 1, 2, 2)
-    assert _same(loader, dequant, tmp_path / "q.gguf") > 50
+    assert _same(loader, dequant, path) > 50
+    # the causal VAE beside it, kept (ComfyUI loads a VAE from safetensors, not GGUF): its convs 5-D as they were
+    with safe_open(tmp_path / "q" / "vae.safetensors", "pt") as f:
+        assert f.get_slice("encoder.conv_in.conv.weight").get_shape() == [8, 3, 3, 3, 3]
+        assert f.get_slice("decoder.conv_out.conv.weight").get_shape() == [3, 8, 3, 3, 3]
