@@ -120,6 +120,8 @@ def resolve(comp, shapes: dict[str, tuple[int, ...]], names: str, shipped: dict 
         decided = layout.determined(shapes)
         undetermined = {k: v for k, v in undetermined.items() if k not in decided}
     shape_keys = getattr(layout, "shape_keys", ())
+    if hasattr(layout, "shape_keys_for"):  # one layout, two structures (wan_vae: Wan 2.1 flat, 2.2 nested)
+        shape_keys = layout.shape_keys_for(shapes)
     candidates = [("config", dict(comp.config))] + [(f"released[{i}]", dict(c)) for i, c in enumerate(comp.released)]
     matched, derived = None, None
     first_error = None

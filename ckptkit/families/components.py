@@ -71,6 +71,14 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
                        (Has("encoder.down_blocks.0.norm1.gamma"), Has("decoder.conv_in.weight", 1, 16)),
                        ("qwen_image", "wan"),
                        "Wan 2.1 / Qwen-Image VAE (diffusers layout: AutoencoderKLWan / AutoencoderKLQwenImage)"),
+    # The Wan 2.2 VAE (Wan2.2_VAE.pth, TI2V-5B's: 48 latent channels as released) by its nested residual
+    # levels, at any width: Wan's names (vae2_2.py) or diffusers' AutoencoderKLWan(is_residual=True)
+    ComponentSignature("vae", "wan_vae", "vae",
+                       (Has("encoder.downsamples.0.downsamples.0.residual.0.gamma"), Has("decoder.conv1.weight")),
+                       ("wan",), "Wan 2.2 VAE (Wan 2.2 layout: nested residual levels, 48 latent channels as released)"),
+    ComponentSignature("vae", "diffusers:wan_vae", "vae",
+                       (Has("encoder.down_blocks.0.resnets.0.norm1.gamma"), Has("decoder.conv_in.weight")),
+                       ("wan",), "Wan 2.2 VAE (diffusers layout: AutoencoderKLWan with is_residual)"),
     # HunyuanVideo's causal 3-D VAE: the same names in Tencent's and diffusers' files (AutoencoderKLHunyuanVideo),
     # every conv a causal wrapper (`*.conv.conv.weight`, 5-D) and GroupNorms with weights (LTX-Video's VAE wraps
     # its convs alike but normalises without weights)

@@ -57,6 +57,26 @@ WAN21_VAE_CONFIG = dict(
     latents_std=[2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                  3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916])
 
+# The Wan 2.2 VAE (Wan2.2_VAE.pth of Wan-AI/Wan2.2-TI2V-5B; ComfyUI's wan2.2_vae.safetensors): diffusers'
+# scripts/convert_wan_to_diffusers.py `vae22_diffusers_config` (huggingface/diffusers@58eb52c0803ea9af3abec60841c2a093bdf1f951;
+# = Wan-Video/Wan2.2@42bf4cfa wan/modules/vae2_2.py Wan2_2_VAE's dim 160, dec_dim 256, z_dim 48 and its 48
+# mean / std values); the keys that script leaves out are AutoencoderKLWan's defaults (dim_mult [1, 2, 4, 4],
+# num_res_blocks 2, attn_scales [], temperal_downsample [False, True, True], dropout 0.0), which the
+# released shapes confirm (wan_vae layout); its `clip_output` is no AutoencoderKLWan parameter in diffusers 0.42.1. The wan family's `vae` takes this one for a 48-channel file
+# (convert/configs.py picks a released config by the shapes), 2.1's for a 16-channel one.
+WAN22_VAE_CONFIG = dict(
+    base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0, in_channels=12, out_channels=12, input_channels=12,
+    is_residual=True, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+    latents_mean=[-0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+                  0.157, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+                  -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.123, -0.0313, -0.1649, 0.0117, 0.0723,
+                  -0.2839, -0.2083, -0.052, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667],
+    latents_std=[0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.499, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+                 0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+                 0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+                 0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.06, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744])
+
 # ComfyUI-GGUF keeps these unquantized (tools/convert.py ModelWan keys_hiprec ".modulation" and
 # lcpp.patch's WAN list: patch_embedding., text_embedding., time_projection., time_embedding., img_emb.,
 # head.); the modulation tables are raw parameters, kept by the policy's own rule
@@ -87,7 +107,7 @@ SPEC = FamilySpec(
                       alt_prefixes=("",), high_precision=WAN_HIGH_PRECISION),
         replace(umt5("umt5xxl", "text_encoders.umt5xxl.transformer.", UMT5_XXL_CONFIG), optional=True),
         replace(vae("vae.", WAN21_VAE_CONFIG, layout="wan_vae", alt_prefixes=("first_stage_model.",)),
-                diffusers_class="AutoencoderKLWan", optional=True),
+                diffusers_class="AutoencoderKLWan", optional=True, released=(WAN22_VAE_CONFIG,)),
     ),
     detect=(Has("head.modulation"), Has("blocks.0.self_attn.norm_q.weight"), Has("text_embedding.2.weight")),
     detect_diffusers=(Has("condition_embedder.time_proj.weight"), Has("blocks.0.attn2.to_k.weight"),

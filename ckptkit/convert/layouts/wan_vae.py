@@ -25,6 +25,20 @@ decoder of the released structure (4 levels of 3 ResidualBlocks, the only decode
 upsamples.4) and would misname any other, which then goes through our inverse map. `to_original`
 derives every index from the shapes, at any width and depth. Diffusers' decoder has no attention
 blocks in its levels (Wan's `attn_scales` there): such a file has no diffusers form.
+
+The Wan 2.2 VAE (Wan2.2_VAE.pth, TI2V-5B's; Wan-Video/Wan2.2@42bf4cfa wan/modules/vae2_2.py `WanVAE_`)
+goes through the same layout, told apart by its nested names (one spec component, one layout: the
+family's `vae` picks its released config by the shapes, convert/configs.py). Its levels are
+`Down_ResidualBlock` / `Up_ResidualBlock` (diffusers `AutoencoderKLWan(is_residual=True)`), each a
+Sequential of ResidualBlocks and a final Resample; their AvgDown3D / DupUp3D shortcuts hold no weights:
+  encoder.downsamples.X.downsamples.Y.*  (Y < num_res_blocks)      -> encoder.down_blocks.X.resnets.Y.*
+  encoder.downsamples.X.downsamples.R.*  (R = num_res_blocks: the Resample) -> encoder.down_blocks.X.downsampler.*
+  decoder.upsamples.X.upsamples.Y.*      (Y < num_res_blocks + 1)  -> decoder.up_blocks.X.resnets.Y.*
+  decoder.upsamples.X.upsamples.R.*      (R = num_res_blocks + 1)  -> decoder.up_blocks.X.upsampler.*
+and the middle / head / conv1 / conv2 names as in 2.1 (huggingface/diffusers@58eb52c0
+scripts/convert_wan_to_diffusers.py `convert_vae_22`: the same renames). diffusers has no importable
+2.2 converter (`convert_wan_vae_to_diffusers` is 2.1's flat map; `convert_vae_22` is a script that
+downloads): both directions are ours, indices derived from the shapes.
 """
 
 from __future__ import annotations
@@ -133,28 +147,53 @@ class WanVae:
     kind = "wan_vae"
     shape_keys = ("base_dim", "z_dim", "input_channels", "dim_mult", "num_res_blocks", "attn_scales",
                   "temperal_downsample")
-    # not in any weight: the per-channel latent statistics the pipeline normalises with
+    # not in any weight: the per-channel latent statistics the pipeline normalises with; and, for the
+    # Wan 2.2 structure only (`determined`), the patchify step (conv1's 12 inputs are 3 x 2 x 2 in the
+    # release, or 12 channels unpatched: the weights cannot tell) and the pipeline's scale factors
     undetermined = {"latents_mean": "the latent channel means are not in the weights",
-                    "latents_std": "the latent channel deviations are not in the weights"}
+                    "latents_std": "the latent channel deviations are not in the weights",
+                    "patch_size": "the Wan 2.2 VAE's patchify step is not in the weights",
+                    "scale_factor_spatial": "the Wan 2.2 VAE's pipeline scale factors are not read from the weights",
+                    "scale_factor_temporal": "the Wan 2.2 VAE's pipeline scale factors are not read from the weights"}
+    _WAN22_ONLY = ("patch_size", "scale_factor_spatial", "scale_factor_temporal")
+
+    def determined(self, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+        """The Wan 2.1 (flat) structure keeps its rule from before 2.2: only the statistics are
+        undetermined, the rest is the spec's (AutoencoderKLQwenImage has none of the 2.2-only keys)."""
+        return set() if is_wan22(shapes) else set(self._WAN22_ONLY)
+
+    def shape_keys_for(self, shapes: dict[str, tuple[int, ...]]) -> tuple[str, ...]:
+        """What a released config must equal to be taken (convert/configs.py): the 2.2 structure adds
+        the keys only it reads from the shapes."""
+        return self.shape_keys + WAN22_SHAPE_KEYS if is_wan22(shapes) else self.shape_keys
 
     def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
         """Stand-ins for `undetermined` that give the right names and shapes whatever the real values
         are: only for reading names and shapes (convert/configs.py, not strict)."""
         z_dim = shapes["decoder.conv1.weight"][1] if "decoder.conv1.weight" in shapes else 16
-        return {"latents_mean": [0.0] * z_dim, "latents_std": [1.0] * z_dim}
+        out = {"latents_mean": [0.0] * z_dim, "latents_std": [1.0] * z_dim}
+        if is_wan22(shapes):  # no tensor's shape depends on these (in_channels is read from conv1)
+            out.update(patch_size=None, scale_factor_spatial=8, scale_factor_temporal=4)
+        return out
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         """The diffusers config of a component from its original-layout (prefix-stripped) shapes.
         `base` is the resolved config: its values stand for what the shapes cannot tell
-        (latents_mean, latents_std, dropout)."""
+        (latents_mean, latents_std, dropout; for 2.2 patch_size, scale_factor_*)."""
+        if is_wan22(shapes):
+            return config_from_original_22(shapes, base)
         return config_from_original(shapes, base)
 
     def to_original(self, shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, Expr]:
+        if is_wan22(shapes):
+            return {original_name_22(name, shapes): src(name) for name in shapes}
         per_level = num_blocks(shapes, "decoder.up_blocks.0.resnets.")
         return {original_name(name, per_level): src(name) for name in shapes}
 
     def to_diffusers(self, state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
         """diffusers' converter for the released structure it hard-codes; any other: our inverse map."""
+        if is_wan22(state_dict):  # no importable 2.2 converter in diffusers (module docstring)
+            return {diffusers_name_22(name): t for name, t in state_dict.items()}
         if not _released_structure(state_dict):
             per_level = _decoder_per_level(state_dict)
             return {diffusers_name(name, per_level): t for name, t in state_dict.items()}
@@ -207,6 +246,124 @@ def diffusers_name(name: str, per_level: int) -> str:
 
 _INV_HEAD = {v: k for k, v in HEAD.items()}
 _INV_TOP = {v: k for k, v in TOP.items()}
+
+
+# --- Wan 2.2: nested levels (module docstring) ---------------------------------------------------------
+
+WAN22_SHAPE_KEYS = ("is_residual", "decoder_base_dim", "in_channels", "out_channels")
+_WAN22_NAMES = ("encoder.downsamples.0.downsamples.0.residual.0.gamma",  # original
+                "encoder.down_blocks.0.resnets.0.norm1.gamma")  # diffusers (2.1's: encoder.down_blocks.0.norm1.gamma)
+
+
+def is_wan22(names) -> bool:
+    """The Wan 2.2 (nested, residual-level) structure, in either naming."""
+    return any(n in names for n in _WAN22_NAMES)
+
+
+_D22_RESNET = re.compile(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.resnets\.(\d+)\.(.+)")
+_D22_RESAMPLE = re.compile(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(?:downsampler|upsampler)\.(.+)")
+
+
+def original_name_22(name: str, shapes) -> str:
+    """The Wan 2.2 name of one diffusers (is_residual) VAE tensor name; the Resample's index in its
+    level's Sequential is the level's ResidualBlock count (read from `shapes`)."""
+    if m := _D22_RESNET.fullmatch(name):
+        return f"{m[1]}samples.{m[2]}.{m[1].split('.')[1]}samples.{m[3]}.{_residual(m[4], name)}"
+    if m := _D22_RESAMPLE.fullmatch(name):
+        idx = num_blocks(shapes, f"{m[1]}_blocks.{m[2]}.resnets.")
+        return f"{m[1]}samples.{m[2]}.{m[1].split('.')[1]}samples.{idx}.{m[3]}"
+    if name.startswith(("encoder.down_blocks.", "decoder.up_blocks.")):
+        raise CkptError(f"wan_vae: no original name for diffusers tensor {name!r}")
+    return original_name(name, 0)  # middle, head, conv_in, quant convs: as in 2.1
+
+
+_O22_LEVEL = re.compile(r"(encoder\.down|decoder\.up)samples\.(\d+)\.(?:down|up)samples\.(\d+)\.(.+)")
+
+
+def diffusers_name_22(name: str) -> str:
+    """The inverse of `original_name_22` (convert_vae_22's renames: ResidualBlock parts -> resnets.Y,
+    the Resample's `resample.*` / `time_conv.*` -> down/upsampler, its index dropped)."""
+    if m := _O22_LEVEL.fullmatch(name):
+        blocks = f"{m[1]}_blocks.{m[2]}"
+        if m[4] in _INV_RESIDUAL:
+            return f"{blocks}.resnets.{m[3]}.{_INV_RESIDUAL[m[4]]}"
+        if m[4].startswith(("resample.", "time_conv.")):
+            return f"{blocks}.{'downsampler' if m[1] == 'encoder.down' else 'upsampler'}.{m[4]}"
+        raise CkptError(f"wan_vae: no diffusers name for original tensor {name!r}")
+    if name.startswith(("encoder.downsamples.", "decoder.upsamples.")):
+        raise CkptError(f"wan_vae: {name!r} is not in the Wan 2.2 nested layout")
+    return diffusers_name(name, 0)
+
+
+def _levels_22(shapes, side: str) -> list[dict]:
+    """Per level of the encoder ('encoder.downsamples') or decoder ('decoder.upsamples'): its
+    ResidualBlock count, output width, whether it ends in a Resample and whether that has a time_conv."""
+    inner = side.split(".")[1]
+    levels = []
+    for x in range(num_blocks(shapes, f"{side}.")):
+        p = f"{side}.{x}.{inner}."
+        count = num_blocks(shapes, p)
+        res = [y for y in range(count) if f"{p}{y}.residual.2.weight" in shapes]
+        resample = [y for y in range(count) if f"{p}{y}.resample.1.weight" in shapes]
+        if not res or res != list(range(len(res))) or resample not in ([], [len(res)]) \
+                or len(res) + len(resample) != count:
+            raise CkptError(f"wan_vae: {side}.{x} is not residual blocks followed by at most one resample")
+        levels.append({"res": len(res), "out": shapes[f"{p}{res[-1]}.residual.2.weight"][0],
+                       "resample": bool(resample),
+                       "time": bool(resample) and f"{p}{len(res)}.time_conv.weight" in shapes})
+    return levels
+
+
+def config_from_original_22(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+    """The AutoencoderKLWan(is_residual=True) config the Wan 2.2 shapes determine; `base` gives the
+    rest (latents_mean / std, patch_size, scale_factor_*)."""
+    conv_in, z_dim = shapes["encoder.conv1.weight"], shapes["decoder.conv1.weight"][1]
+    head, dec_in = shapes["decoder.head.2.weight"], shapes["decoder.conv1.weight"][0]
+    base_dim = conv_in[0]
+    enc, dec = _levels_22(shapes, "encoder.downsamples"), _levels_22(shapes, "decoder.upsamples")
+    if any(lv["resample"] for lv in enc[-1:]) or not all(lv["resample"] for lv in enc[:-1]):
+        raise CkptError("wan_vae: every encoder level but the last ends in a resample (Wan 2.2)")
+    counts = {lv["res"] for lv in enc}
+    if len(counts) != 1:
+        raise CkptError(f"wan_vae: encoder levels have unequal residual block counts {[lv['res'] for lv in enc]}")
+    num_res = counts.pop()
+    if len(dec) != len(enc) or any(lv["res"] != num_res + 1 for lv in dec):
+        raise CkptError(f"wan_vae: the decoder's levels {[lv['res'] for lv in dec]} are not the encoder's "
+                        f"{len(enc)} levels of num_res_blocks + 1 = {num_res + 1}")
+    temporal = [lv["time"] for lv in enc[:-1]]
+    if [lv["time"] for lv in dec[:-1]] != temporal[::-1]:
+        raise CkptError("wan_vae: the decoder's temporal upsamples are not the encoder's downsamples reversed")
+    if any(n.startswith(("encoder.downsamples.", "decoder.upsamples.")) and ".to_qkv." in n for n in shapes):
+        raise CkptError("wan_vae: attention blocks in Wan 2.2 levels have no diffusers counterpart")
+    dim_mult = []
+    for lv in enc:
+        if lv["out"] % base_dim:
+            raise CkptError(f"wan_vae: level width {lv['out']} is not a multiple of base_dim {base_dim}")
+        dim_mult.append(lv["out"] // base_dim)
+    # the decoder's widths: decoder_base_dim x dim_mult reversed (vae2_2.py Decoder3d `dims`)
+    decoder_base_dim, rem = divmod(head[1], dim_mult[0])
+    if rem or dec_in != decoder_base_dim * dim_mult[-1] \
+            or [lv["out"] for lv in dec] != [decoder_base_dim * u for u in dim_mult[::-1]]:
+        raise CkptError(f"wan_vae: decoder widths {[lv['out'] for lv in dec]} are not one decoder_base_dim "
+                        f"times dim_mult {dim_mult} reversed")
+    missing = [k for k in WanVae._WAN22_ONLY if k not in base]  # None is a value (unpatched); absent is not
+    if missing:
+        raise CkptError(f"wan_vae: the Wan 2.2 VAE's {', '.join(missing)} is not in the weights: give the "
+                        f"component's config with --config FILE")
+    return {
+        **base,
+        "base_dim": base_dim,
+        "decoder_base_dim": decoder_base_dim,
+        "z_dim": z_dim,
+        "input_channels": conv_in[1],
+        "in_channels": conv_in[1],
+        "out_channels": head[0],
+        "dim_mult": dim_mult,
+        "num_res_blocks": num_res,
+        "attn_scales": [],  # the residual levels have none (diffusers ignores attn_scales there)
+        "temperal_downsample": temporal,
+        "is_residual": True,
+    }
 
 
 LAYOUT = register(WanVae())
