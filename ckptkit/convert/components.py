@@ -169,7 +169,8 @@ def map_component(ckpt: Checkpoint, comp: ComponentSpec, prefix: str, names: str
         n = wrong[0]
         raise CkptError(f"{comp.name}: {len(wrong)} tensors have unexpected shapes (e.g. {n!r}: "
                         f"{list(shapes[n])}, expected {list(fshapes[n])})")
-    dropped = {prefix + n: f"not part of {comp.diffusers_class}" for n in shapes
+    why = getattr(layout, "not_converted", None)  # a layout that knows where such tensors belong (LTX-2's connectors)
+    dropped = {prefix + n: (why and why(n)) or f"not part of {comp.diffusers_class}" for n in shapes
                if n not in fwd or fwd[n].op == "zeros"}
     inv = expr.invert(fwd, dshapes, getattr(layout, "tied", frozenset()) | set(added))
     inv.update(added)

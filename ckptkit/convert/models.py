@@ -210,4 +210,10 @@ def random_model(class_name: str, config: dict, seed: int) -> torch.nn.Module:
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.5)
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+        # per-channel latent statistics held as buffers (AutoencoderKLLTXVideo's latents_mean / latents_std,
+        # zeros / ones at init): away from the identity, as the pipeline de-normalises by them
+        mean, std = model._buffers.get("latents_mean"), model._buffers.get("latents_std")
+        if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) and mean.shape == std.shape:
+            mean.copy_(torch.randn(mean.shape, generator=gen) * 0.5)
+            std.copy_(torch.rand(std.shape, generator=gen) + 0.5)
     return model.eval()

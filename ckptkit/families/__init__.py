@@ -2,7 +2,7 @@
 
 from ckptkit.families import chroma, flux, flux2, pixart, qwen_image, sana, sd1, sd2, sd3, sdxl, sdxl_refiner
 from ckptkit.families import auraflow, hidream, hunyuan_video, lumina2, wan, z_image
-from ckptkit.families import ltxv
+from ckptkit.families import ltx2, ltxv
 from ckptkit.families.spec import ComponentSpec, FamilySpec
 
 # Order matters only where two specs could both match; the markers are exclusive today, except that
@@ -11,7 +11,7 @@ from ckptkit.families.spec import ComponentSpec, FamilySpec
 FAMILIES: tuple[FamilySpec, ...] = (
     sdxl.SPEC, sdxl_refiner.SPEC, sd1.SPEC, sd2.SPEC, sd3.SPEC, chroma.SPEC, flux2.SPEC, flux.SPEC, sana.SPEC,
     pixart.SPEC, qwen_image.SPEC, z_image.SPEC, lumina2.SPEC, hidream.SPEC, auraflow.SPEC, wan.SPEC, hunyuan_video.SPEC,
-    ltxv.SPEC,
+    ltx2.SPEC, ltxv.SPEC,  # LTX-2 holds every LTX-Video marker: before it
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 

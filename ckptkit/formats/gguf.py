@@ -640,9 +640,13 @@ class GGUFStreamWriter:
         self.arch = arch
         self.specs = list(specs)
         self.kv = dict(kv or {})
-        for name, *_ in self.specs:
+        for name, shape, *_ in self.specs:
             if len(name.encode("utf-8")) > 127:
                 raise CkptError(f"{self.path}: tensor name {name!r} is over 127 bytes, which ggml cannot load")
+            if len(tuple(shape)) == 0:  # gguf-py would write n_dims 0, which the reader above refuses
+                raise CkptError(f"{self.path}: tensor {name!r} is 0-dimensional (a scalar, e.g. the LTX VAE's "
+                                f"timestep_scale_multiplier); a GGUF tensor has 1 to {GGUF_MAX_DIMS} dimensions: "
+                                f"keep this component in safetensors")
         self._next = 0
 
     def __enter__(self) -> "GGUFStreamWriter":

@@ -44,6 +44,7 @@ ATTN_V = {
     "auraflow": r"\.attn\.w[12]v\.weight$",
     "wan": r"\.(self|cross)_attn\.v\.weight$",  # lcpp.patch: ".v.weight"
     "ltxv": r"\.to_v\.weight$",  # lcpp.patch: ".to_v.weight" (attn1 and attn2)
+    "ltx2": r"\.to_v\.weight$",  # written as arch ltxv: lcpp.patch LTXV ".to_v.weight" (every attention, audio too)
 }
 # Fused q/k/v weights, raised less than a v projection: ComfyUI-GGUF's lcpp.patch (img_tensor_get_type)
 # takes "attn_qkv.weight", "attn.qkv.weight" and "attention.qkv.weight" from Q4_K_M to Q5_K (Request.qkv),
@@ -72,6 +73,7 @@ FFN_DOWN = {
     "lumina2": r"\.feed_forward\.w2\.weight$",
     "wan": r"\.ffn\.2\.weight$",  # lcpp.patch: ".ffn.2.weight"
     "ltxv": r"\.ff\.net\.2\.weight$",  # lcpp.patch: ".ff.net.2.weight"
+    "ltx2": r"\.ff\.net\.2\.weight$",  # lcpp.patch LTXV ".ff.net.2.weight" (not audio_ff.net.2: no dot before ff)
 }
 
 

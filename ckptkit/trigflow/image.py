@@ -16,11 +16,10 @@ from ckptkit.formats.atomic import atomic_write
 
 
 def vae_factor(vae) -> int:
-    """Pixels per latent cell: AutoencoderKL halves per block after the first, AutoencoderDC likewise,
-    the Wan / Qwen-Image VAE per level of its dim_mult."""
-    cfg = vae.config
-    blocks = cfg.get("block_out_channels") or cfg.get("encoder_block_out_channels") or cfg.get("dim_mult")
-    return 2 ** (len(blocks) - 1)
+    """Pixels per latent cell of a VAE model (verify's rule on its config)."""
+    from ckptkit.verify.onestep import vae_factor as factor_of
+
+    return factor_of(dict(vae.config))
 
 
 def decode(vae, latents: torch.Tensor) -> np.ndarray:

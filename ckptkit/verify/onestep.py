@@ -52,7 +52,7 @@ from ckptkit.verify.recipes import OneStepRecipe, recipe_for
 from ckptkit.verify.samplers import DENOISERS, one_step
 
 DEFAULT_RESOLUTION = 32  # pixels: tiny fixtures (VAE factor 2) get 16x16 latents, well under a second on CPU
-MIN_LATENT_SIDE = 4  # families without a VAE (Sana at 32 px/latent) still get a 4x4 latent
+MIN_LATENT_SIDE = 4  # a family of 32 px per latent (Sana's DC-AE, LTX's VAE) still gets a 4x4 latent
 DEFAULT_TEXT_LENGTH = 32  # T5 tokens / Sana caption length
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "fp64": torch.float64}
@@ -433,8 +433,7 @@ class _Run:
             channels, mult, top = call.latent_channels(dm_cfg), call.multiple(dm_cfg), call.max_side(dm_cfg)
         else:
             channels, mult, top = vae_cfg.get("latent_channels") or vae_cfg["z_dim"], 1, None
-        if vae_cfg is None:
-            side = max(side, MIN_LATENT_SIDE)
+        side = max(side, MIN_LATENT_SIDE)  # a 32x VAE (LTX) at the default 32 px would leave 1 x 1
         side = max(mult, side - side % mult)
         if top and side > top:
             self.notes.append(f"latent side {side} capped at {top} (the model's largest position embedding)")
@@ -558,7 +557,7 @@ class _Run:
             sf = float(getattr(model.config, "scaling_factor", None) or 1.0)
             shift = float(getattr(model.config, "shift_factor", None) or 0.0)
             z = (vae_latent(model, latent) / sf + shift).to(self.device, vae_dtype)
-            out = decode_frames(model, z)
+            out = decode_frames(model, z, recipe.decode_timestep, self.seed)
             if out.ndim == 5:  # a video: its frames side by side, compared frame by frame
                 self.frames = out.shape[2]
             return decoded_to_image(out)
@@ -631,18 +630,38 @@ def vae_latent(model, latent: torch.Tensor) -> torch.Tensor:
 
 
 def vae_factor(cfg: dict) -> int:
-    """Pixels per latent pixel: one halving per level but the last (AutoencoderKL's block_out_channels,
-    the Wan / Qwen-Image VAE's dim_mult)."""
-    levels = cfg.get("block_out_channels") or cfg["dim_mult"]
+    """Pixels per latent pixel, from the structure the config builds (not a ratio it merely states for
+    a pipeline, as the Wan VAE's scale_factor_spatial): LTX's patch x one halving per level that scales
+    in space, HunyuanVideo's spatial_compression_ratio (which places its downsamplers), else one
+    halving per level but the last (AutoencoderKL's block_out_channels, AutoencoderDC's
+    encoder_block_out_channels, the Wan / Qwen-Image VAE's dim_mult) times a patchify step (Wan 2.2: 2,
+    so 16)."""
+    if "spatio_temporal_scaling" in cfg:  # AutoencoderKLLTXVideo: 0.9.5's "temporal" levels keep the size
+        kinds = cfg.get("downsample_type") or ["conv"] * len(cfg["spatio_temporal_scaling"])
+        return cfg["patch_size"] * 2 ** sum(bool(s) and k != "temporal"
+                                            for s, k in zip(cfg["spatio_temporal_scaling"], kinds))
+    if cfg.get("spatial_compression_ratio"):  # AutoencoderKLHunyuanVideo
+        return int(cfg["spatial_compression_ratio"])
+    if "dim_mult" in cfg:  # AutoencoderKLWan / AutoencoderKLQwenImage (FLUX.2's patch_size is a latent one)
+        return 2 ** (len(cfg["dim_mult"]) - 1) * int(cfg.get("patch_size") or 1)
+    levels = cfg.get("block_out_channels") or cfg["encoder_block_out_channels"]
     return 2 ** (len(levels) - 1)
 
 
-def decode_frames(model, z: torch.Tensor) -> torch.Tensor:
+def decode_frames(model, z: torch.Tensor, decode_timestep: float = 0.0, seed: int = 0) -> torch.Tensor:
     """`model.decode(z).sample` for an image latent (B, C, H, W). A VAE whose class works on video
     latents (a 3-D conv decoder: Wan / Qwen-Image's causal VAE) gets a one-frame axis, (B, C, 1, H, W),
     and its image back as that frame; one with per-channel `latents_mean` / `latents_std` in its config
-    decodes `z * std + mean`, as QwenImagePipeline de-normalises before decoding."""
+    decodes `z * std + mean`, as QwenImagePipeline de-normalises before decoding, and one holding them
+    as buffers (AutoencoderKLLTXVideo) likewise, as LTXPipeline._denormalize_latents (z * std / scaling +
+    mean; the caller divided by the scale). A timestep-conditioned decoder (config timestep_conditioning:
+    LTX-Video 0.9.1+) gets `decode_timestep` for every clip, LTXPipeline's `timestep` (whose noise mix
+    `(1 - s) z + s noise`, s = decode_timestep by default, is the identity at its default 0); the noise
+    such a decoder injects is drawn from torch's generator seeded with `seed`, so two models decode alike."""
     mean, std = getattr(model.config, "latents_mean", None), getattr(model.config, "latents_std", None)
+    buffers = getattr(model, "_buffers", {})
+    if mean is None and std is None and buffers.get("latents_mean") is not None and buffers.get("latents_std") is not None:
+        mean, std = buffers["latents_mean"].float().tolist(), buffers["latents_std"].float().tolist()
     if mean is not None and std is not None:
         shape = (1, -1) + (1,) * (z.ndim - 2)
         z = z * torch.tensor(std, dtype=z.dtype, device=z.device).view(shape) \
@@ -650,6 +669,11 @@ def decode_frames(model, z: torch.Tensor) -> torch.Tensor:
     video = isinstance(getattr(getattr(model, "decoder", None), "conv_in", None), torch.nn.Conv3d)
     if video and z.ndim == 4:
         return model.decode(z[:, :, None]).sample[:, :, 0]
+    if getattr(model.config, "timestep_conditioning", False):
+        temb = torch.full((z.shape[0],), float(decode_timestep), dtype=z.dtype, device=z.device)
+        with torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return model.decode(z, temb).sample
     return model.decode(z).sample
 
 

@@ -58,6 +58,7 @@ class OneStepRecipe:
     latent_factor: int = 8  # pixels per latent pixel when the set has no VAE (Sana's DC-AE: 32)
     has_vae: bool = True  # False: the family has no VAE component (images not applicable)
     frames: int = 0  # video families: latent frames of the check's clip (0: an image, latents (B, C, H, W))
+    decode_timestep: float = 0.0  # a timestep-conditioned VAE decoder's timestep (LTXPipeline's decode_timestep)
     timestep_doc: str = ""
 
     def to_json(self) -> dict:
@@ -154,12 +155,22 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "text encoder); I2V: zero mask / image-latent channels, seeded random CLIP image states"),
     "ltxv": OneStepRecipe(
         denoiser="ltxv", sampler="flow", start=1.0, time_scale=1000.0, text=(TextUse("t5xxl", _T5, "last"),),
-        context=(("t5xxl",),), frames=2, latent_factor=32, has_vae=False,
+        context=(("t5xxl",),), frames=2, latent_factor=32, decode_timestep=0.0,
         timestep_doc="1000 t (LTXPipeline's FlowMatchEuler timesteps: 1000 at sigma 1); video latents (1, C, 2 "
                      "frames, h, w) packed into tokens (patch 1) with the grid's size and LTXPipeline's rotary "
                      "scale (8 / 25 fps, 32, 32); T5-XXL's last hidden state with an all-ones mask (seeded random "
-                     "T5-width states when the set has no T5); the LTX VAE (32x spatial) is not a component, so "
-                     "no image stage"),
+                     "T5-width states when the set has no T5); the LTX VAE (32x spatial, 8x temporal: 2 latent "
+                     "frames are 9 pixel frames, compared frame by frame) decodes z * latents_std + latents_mean "
+                     "(LTXPipeline._denormalize_latents, scaling 1.0) with LTXPipeline's default decode_timestep 0 "
+                     "(0.9.1+) and its injected noise seeded alike on both sides (onestep.decode_frames)"),
+    "ltx2": OneStepRecipe(
+        denoiser="ltx2", sampler="flow", start=1.0, time_scale=1000.0, context=(("caption",),), frames=2,
+        latent_factor=32, has_vae=False,
+        timestep_doc="1000 t for video and audio, also as sigma (LTX2Pipeline: sigma=timestep, use_cross_timestep); "
+                     "video latents (1, C, 2 frames, h, w) packed into tokens (patch 1), fps 24; seeded random "
+                     "audio latent tokens (the clip's audio frames) and seeded random text states for both streams "
+                     "(Gemma-3 and the text connectors are not components); the video output is compared; the "
+                     "LTX-2 VAEs are not components, so no image stage"),
 }
 
 

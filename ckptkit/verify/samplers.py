@@ -468,6 +468,58 @@ class LTXCall(_LatentCall):
         return self.unpack(out, f, h, w)
 
 
+class LTX2Call(LTXCall):
+    """LTX2VideoTransformer3DModel, as LTX2Pipeline calls it (diffusers 0.42 pipeline_ltx2.py denoising loop):
+    the video latents packed into tokens as LTX-Video's (patch 1), audio latent tokens (B, audio frames,
+    audio_in_channels), timestep 1000 t for both streams and as `sigma` (the pipeline passes
+    sigma=timestep; LTX-2.3's prompt modulation reads it), `use_cross_timestep=True` (the pipeline's
+    default), all-ones masks, fps 24 (its default frame_rate at motion_speed 1); the rotary coordinates
+    are the model's own (the pipeline computes them with the same rope.prepare_video_coords /
+    prepare_audio_coords). The audio latents are seeded random noise (`extra_cond`: at sigma 1 the audio
+    latent is noise), as many frames as the pipeline gives the clip: round(pixel frames / fps x sampling rate
+    / hop / audio scale factor), pixel frames = (F - 1) x 8 + 1. The text states: 2.0 (caption projections)
+    takes caption_channels-wide states for both streams (the connectors' outputs), 2.3 its cross-attention
+    widths; seeded random stand-ins for the Gemma-3 + connector outputs. Only the video output is compared
+    (the audio prediction is computed and left out: the check compares one latent per stage)."""
+
+    FPS = 24.0
+
+    @staticmethod
+    def _widths(cfg: dict) -> tuple[int, int]:
+        if cfg.get("use_prompt_embeddings", True):
+            return cfg["caption_channels"], cfg["caption_channels"]
+        return cfg["cross_attention_dim"], cfg["audio_cross_attention_dim"]
+
+    def cond_shapes(self, cfg: dict, recipe, text_length: int) -> dict[str, tuple[int, ...]]:
+        video, audio = self._widths(cfg)
+        return {"context": (text_length, video), "audio_context": (text_length, audio)}
+
+    @classmethod
+    def audio_frames(cls, cfg: dict, latent_frames: int) -> int:
+        temporal = (cfg.get("vae_scale_factors") or (8, 32, 32))[0]
+        per_second = cfg.get("audio_sampling_rate", 16000) / cfg.get("audio_hop_length", 160) / cfg.get(
+            "audio_scale_factor", 4)
+        return max(1, round(((latent_frames - 1) * temporal + 1) / cls.FPS * per_second))
+
+    @classmethod
+    def extra_cond(cls, cfg: dict) -> dict[str, tuple[int, ...]]:
+        return {"audio_latents": (cls.audio_frames(cfg, 2), cfg["audio_in_channels"])}
+
+    def __call__(self, model, x, timestep: float, cond: dict, guidance) -> torch.Tensor:
+        if x.ndim == 4:  # an image latent (B, C, H, W): a one-frame clip
+            return self(model, x[:, :, None], timestep, cond, guidance)[:, :, 0]
+        b, _, f, h, w = x.shape
+        ctx, actx, audio = cond["context"], cond.get("audio_context", cond["context"]), cond["audio_latents"]
+        t = torch.full((b,), timestep, device=x.device, dtype=torch.float32)
+        mask = torch.ones(ctx.shape[:2], device=x.device, dtype=x.dtype)
+        video_out, _audio_out = model(
+            hidden_states=self.pack(x), audio_hidden_states=audio.to(x.dtype), encoder_hidden_states=ctx,
+            audio_encoder_hidden_states=actx.to(x.dtype), timestep=t, sigma=t, encoder_attention_mask=mask,
+            audio_encoder_attention_mask=mask, num_frames=f, height=h, width=w, fps=self.FPS,
+            audio_num_frames=audio.shape[1], use_cross_timestep=True, return_dict=False)
+        return self.unpack(video_out, f, h, w)
+
+
 def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
     """Inpainting models take extra input channels (mask, masked image): zeros here."""
     extra = _cfg(model, "in_channels", x.shape[1]) - x.shape[1]
@@ -479,7 +531,8 @@ def _pad_channels(model, x: torch.Tensor) -> torch.Tensor:
 DENOISERS = {"unet": UNetCall(), "mmdit": MMDiTCall(), "flux": FluxCall(), "sana": SanaCall(),
              "qwen_image": QwenImageCall(), "chroma": ChromaCall(), "flux2": Flux2Call(),
              "hidream": HiDreamCall(), "z_image": ZImageCall(), "lumina2": Lumina2Call(),
-             "auraflow": AuraFlowCall(), "wan": WanCall(), "ltxv": LTXCall(), "hunyuan_video": HunyuanVideoCall()}
+             "auraflow": AuraFlowCall(), "wan": WanCall(), "ltxv": LTXCall(), "hunyuan_video": HunyuanVideoCall(),
+             "ltx2": LTX2Call()}
 
 
 def model_time(recipe, model, t: float) -> float:

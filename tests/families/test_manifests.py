@@ -73,7 +73,9 @@ def test_released_config_read_back_from_the_shapes(spec, release):
 def test_original_names_are_what_comfyui_gguf_detects(spec, release):
     tuples = COMFY_GGUF_KEYS_DETECT.get(spec.name)
     if tuples is None:
-        pytest.skip(f"ComfyUI-GGUF's converter has no {spec.gguf_arch} template keyed on these names")
+        pytest.skip(f"no ComfyUI-GGUF keys_detect template recorded for {spec.name}"
+                    + (" (it has none for LTX-2: tests/convert/test_layout_ltx2.py checks which releases its ltxv "
+                       "template takes)" if spec.name == "ltx2" else ""))
     names = set(_load(release)["components"][spec.diffusion_model.name]["tensors"])
     assert any(set(t) <= names for t in tuples)
 

@@ -456,8 +456,9 @@ def _pipeline_latent(fixture, seed=0):
     elif family == "wan":  # video latents: 2 latent frames = 5 pixel frames; no CFG pass at guidance 1
         z = torch.randn(1, model.config.in_channels, 2, 8, 8, generator=gen)
         cond = {"context": torch.randn(1, 32, model.config.text_dim, generator=gen)}
+        # TI2V 5B: the pipeline's per-token timesteps (every token at t with no reference image)
         pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, transformer=model, vae=None,
-                                     scheduler=_scheduler(spec.scheduler))
+                                     scheduler=_scheduler(spec.scheduler), expand_timesteps=variant == "ti2v")
         pipe.set_progress_bar_config(disable=True)
         ref = pipe(prompt_embeds=cond["context"], guidance_scale=1.0, height=64, width=64, num_frames=5,
                    latents=z.clone(), **common).frames
@@ -505,7 +506,7 @@ def _pipeline_latent(fixture, seed=0):
 
 @pytest.mark.parametrize("fixture", ["sdxl", "sd3", "flux_dev", "sana_sprint", "chroma", "flux2_dev",
                                      "flux2_klein", "z_image", "lumina2", "qwen_image", "hidream", "auraflow",
-                                     "wan", "hunyuan_video", "ltxv"])
+                                     "wan", "wan_ti2v", "hunyuan_video", "ltxv"])
 def test_one_step_matches_the_diffusers_pipeline(fixture):
     ours, ref = _pipeline_latent(fixture)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
@@ -594,3 +595,57 @@ def test_video_frames_compared_one_by_one():
     whole = imgs.compare(strip, imgs.video_strip(damaged), image=True)  # the strip as one image: a milder figure
     assert whole.psnr > cmp.psnr
     assert json.loads(json.dumps(cmp.to_json()))["frames"][0] == {"psnr": "inf", "ssim": 1.0}
+
+
+def test_ltx2_call_is_ltx2_pipelines_transformer_call():
+    """LTX2Call feeds the tiny LTX-2 transformer exactly what LTX2Pipeline's denoising loop does at its one step
+    (diffusers 0.42 pipeline_ltx2.py: packed video tokens, audio tokens, timestep = sigma = 1000 t,
+    use_cross_timestep and frame_rate at the pipeline's defaults, coordinates from the model's rope at the
+    conditioning frame rate, all-ones masks), and the clip's audio frames are the pipeline's count."""
+    import inspect
+
+    import diffusers
+    from diffusers.pipelines.ltx2.utils import conditioning_frame_rate
+
+    from ckptkit.verify.samplers import DENOISERS, LTX2Call, one_step
+
+    model = component_model("ltx2", "diffusion_model")
+    cfg = dict(model.config)
+    recipe = recipe_for("ltx2", "2.0")
+    defaults = inspect.signature(diffusers.LTX2Pipeline.__call__).parameters
+    assert defaults["use_cross_timestep"].default is True
+    fps = conditioning_frame_rate(defaults["frame_rate"].default, defaults["motion_speed"].default)
+    assert fps == LTX2Call.FPS
+    # the pipeline's audio length for 2 latent frames = 9 pixel frames at 24 fps, 16 kHz / hop 160 / 4
+    assert LTX2Call.audio_frames(cfg, 2) == round(9 / 24 * (16000 / 160 / 4)) == 9
+    assert set(LTX2Call.extra_cond(cfg)) == {"audio_latents"} and recipe.frames == 2
+    assert isinstance(DENOISERS[recipe.denoiser], LTX2Call)
+    sched = diffusers.FlowMatchEulerDiscreteScheduler.from_config(
+        {**{k: v for k, v in FAMILIES[[f.name for f in FAMILIES].index("ltx2")].scheduler.items()
+            if not k.startswith("_")}, "shift_terminal": None})
+    sched.set_timesteps(sigmas=[1.0], mu=1.0)
+    assert sched.timesteps.tolist() == [1000.0]  # what LTX2Call is fed (time_scale 1000)
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, cfg["in_channels"], 2, 4, 4, generator=gen)
+    audio = torch.randn(1, 9, cfg["audio_in_channels"], generator=gen)
+    cond = {"context": torch.randn(1, 16, cfg["caption_channels"], generator=gen),
+            "audio_context": torch.randn(1, 16, cfg["caption_channels"], generator=gen), "audio_latents": audio}
+    ours = one_step(recipe, model, z, cond, FAMILIES[[f.name for f in FAMILIES].index("ltx2")].scheduler)
+
+    packed = diffusers.LTX2Pipeline._pack_latents(z)
+    assert torch.equal(packed, LTX2Call.pack(z))
+    t = sched.timesteps[0].expand(1)
+    mask = torch.ones(1, 16)
+    with torch.no_grad():
+        video, _ = model(hidden_states=packed, audio_hidden_states=audio, encoder_hidden_states=cond["context"],
+                         audio_encoder_hidden_states=cond["audio_context"], timestep=t, sigma=t,
+                         encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=2, height=4,
+                         width=4, fps=fps, audio_num_frames=9,
+                         video_coords=model.rope.prepare_video_coords(1, 2, 4, 4, z.device, fps=fps),
+                         audio_coords=model.audio_rope.prepare_audio_coords(1, 9, z.device), isolate_modalities=False,
+                         spatio_temporal_guidance_blocks=None, perturbation_mask=None, use_cross_timestep=True,
+                         return_dict=False)
+    packed_x0 = sched.step(video, sched.timesteps[0], packed, return_dict=False)[0]
+    ref = diffusers.LTX2Pipeline._unpack_latents(packed_x0, 2, 4, 4)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
