@@ -86,6 +86,24 @@ SIGNATURES: tuple[ComponentSignature, ...] = (
                        (Has("encoder.down_blocks.0.resnets.0.conv1.conv.weight"), Has("encoder.conv_norm_out.weight"),
                         Has("decoder.conv_in.conv.weight")),
                        ("hunyuan_video",), "HunyuanVideo causal 3-D VAE (AutoencoderKLHunyuanVideo)"),
+    # LTX-2's video VAE (AutoencoderKLLTX2Video) before LTX-Video's: the same names, and the released 2.0 VAE is
+    # 0.9.5's structure without the timestep-conditioned decoder, tensor for tensor (convert/layouts/ltx2_vae.py).
+    # Told apart by that: a space-to-depth first down-sampler (0.9.0's is a plain strided conv) and no
+    # last_time_embedder (0.9.1 / 0.9.5 = 0.9.7 have it; 0.9.0 has none but fails the first test)
+    ComponentSignature("vae", "ltx2_vae", "vae",
+                       (Has("encoder.down_blocks.0.res_blocks.0.conv1.conv.weight"),
+                        Has("encoder.down_blocks.1.conv.conv.weight"),
+                        Has("per_channel_statistics.std-of-means"), Has("decoder.conv_in.conv.weight"),
+                        Lacks("decoder.last_time_embedder.timestep_embedder.linear_1.weight")),
+                       ("ltx2",), "LTX-2 video VAE (original layout: LTX-Video 0.9.5's names, no timestep-conditioned "
+                                  "decoder)"),
+    ComponentSignature("vae", "diffusers:ltx2_vae", "vae",
+                       (Has("encoder.down_blocks.0.resnets.0.conv1.conv.weight"),
+                        Has("encoder.down_blocks.0.downsamplers.0.conv.conv.weight"),
+                        Has("decoder.mid_block.resnets.0.conv1.conv.weight"), Has("latents_std"),
+                        Lacks("decoder.time_embedder.timestep_embedder.linear_1.weight"),
+                        Lacks("encoder.conv_norm_out.weight")),
+                       ("ltx2",), "LTX-2 video VAE (diffusers layout: AutoencoderKLLTX2Video)"),
     # LTX-Video 0.9.x's VAE: Lightricks' flat block lists (`res_blocks`, the per-channel latent statistics) or
     # diffusers' AutoencoderKLLTXVideo (levels, the `latents_mean` buffer); causal-conv wrappers as HunyuanVideo's,
     # no norm weights

@@ -4,8 +4,9 @@ cross-attention. Lightricks' single files (`ltx-2-19b-dev.safetensors`, `-distil
 transformer under `model.diffusion_model.` in the original names (convert/layouts/ltx2.py), with the
 Gemma text connectors inside it (`video_embeddings_connector.`, `audio_embeddings_connector.`: kept with
 the diffusion model, listed as dropped on the way to diffusers, where they are `LTX2TextConnectors`), and
-beside it the video VAE (`vae.`), the audio VAE (`audio_vae.`) and the vocoder (`vocoder.`): those are
-not components here, their tensors stay unclaimed (reported, never silently dropped).
+beside it the video VAE (`vae.`: the optional `vae` component, AutoencoderKLLTX2Video, layout ltx2_vae),
+the audio VAE (`audio_vae.`) and the vocoder (`vocoder.`): those two are not components here, their
+tensors stay unclaimed (reported, never silently dropped).
 
 The text encoder is Gemma-3-12B (caption_channels 3840; its hidden states of all 49 layers feed the
 connectors' projection): a separate download, not a component here (ckptkit's LLM components know
@@ -26,6 +27,9 @@ model_detection then tells LTX-2 by `audio_adaln_single.linear.weight` (image_mo
 "ltxv" is what ComfyUI-GGUF needs here.
 """
 
+from dataclasses import replace
+
+from ckptkit.families.common import vae
 from ckptkit.families.spec import ComponentSpec, FamilySpec, Has, Lacks, Release, Variant
 
 _SRC = "huggingface/diffusers@58eb52c0803ea9af3abec60841c2a093bdf1f951 scripts/convert_ltx2_to_diffusers.py get_ltx2_transformer_config"
@@ -44,6 +48,29 @@ LTX2_CONFIG = dict(
 # get_ltx2_transformer_config("2.3"): the 2.0 config but these
 LTX2_3_CONFIG = dict(LTX2_CONFIG, gated_attn=True, cross_attn_mod=True, audio_gated_attn=True,
                      audio_cross_attn_mod=True, use_prompt_embeddings=False, perturbed_attn=True)
+
+# The video VAE: diffusers' scripts/convert_ltx2_to_diffusers.py get_ltx2_video_vae_config("2.0" / "2.3")
+# ["diffusers_config"] (58eb52c0), as written there with timestep_conditioning=False (main() passes
+# args.timestep_conditioning, a store_true flag; the released files have no `decoder.last_time_embedder`), and
+# scaling_factor 1.0, AutoencoderKLLTX2Video.__init__'s default the script leaves to from_config (LTX2Pipeline
+# de-normalises z * latents_std / scaling_factor + latents_mean)
+_VAE_COMMON = dict(in_channels=3, out_channels=3, latent_channels=128, down_block_types=["LTX2VideoDownBlock3D"] * 4,
+                   spatio_temporal_scaling=[True] * 4,
+                   downsample_type=["spatial", "temporal", "spatiotemporal", "spatiotemporal"],
+                   timestep_conditioning=False, patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6, scaling_factor=1.0,
+                   encoder_causal=True, decoder_causal=False, encoder_spatial_padding_mode="zeros",
+                   spatial_compression_ratio=32, temporal_compression_ratio=8)
+LTX2_VAE_CONFIG = dict(
+    _VAE_COMMON, block_out_channels=[256, 512, 1024, 2048], decoder_block_out_channels=[256, 512, 1024],
+    layers_per_block=[4, 6, 6, 2, 2], decoder_layers_per_block=[5, 5, 5, 5], decoder_spatio_temporal_scaling=[True] * 3,
+    decoder_inject_noise=[False] * 4, upsample_type=["spatiotemporal"] * 3, upsample_residual=[True] * 3,
+    upsample_factor=[2, 2, 2], decoder_spatial_padding_mode="reflect")
+LTX2_3_VAE_CONFIG = dict(
+    _VAE_COMMON, block_out_channels=[256, 512, 1024, 1024], decoder_block_out_channels=[256, 512, 512, 1024],
+    layers_per_block=[4, 6, 4, 2, 2], decoder_layers_per_block=[4, 6, 4, 2, 2],
+    decoder_spatio_temporal_scaling=[True] * 4, decoder_inject_noise=[False] * 5,
+    upsample_type=["spatiotemporal", "spatiotemporal", "temporal", "spatial"], upsample_residual=[False] * 4,
+    upsample_factor=[2, 2, 1, 2], decoder_spatial_padding_mode="zeros")
 
 # LTX-Video's rules (families/ltxv.py: ComfyUI-GGUF lcpp.patch LTXV keeps names *containing* adaln_single.,
 # caption_projection., patchify_proj., proj_out., scale_shift_table), spelled out for the audio / av / prompt
@@ -67,6 +94,9 @@ SPEC = FamilySpec(
         ComponentSpec("diffusion_model", "diffusion_model", "model.diffusion_model.", "ltx2",
                       "LTX2VideoTransformer3DModel", "transformer", config=LTX2_CONFIG, released=(LTX2_3_CONFIG,),
                       alt_prefixes=("",), high_precision=LTX2_HIGH_PRECISION),
+        # the video VAE under `vae.` (the script's --vae_prefix default); kept out of quantization as every VAE
+        replace(vae("vae.", LTX2_VAE_CONFIG, layout="ltx2_vae"), diffusers_class="AutoencoderKLLTX2Video",
+                released=(LTX2_3_VAE_CONFIG,), optional=True),
     ),
     # LTX-Video's markers plus the audio stream and the audio<->video gates (ComfyUI: "ltxav" iff
     # audio_adaln_single.linear.weight); listed before ltxv, whose specs lack these
@@ -93,8 +123,9 @@ SPEC = FamilySpec(
     ),
     notes="text encoder Gemma-3-12B ships separately (not a component); the text connectors "
           "(video_/audio_embeddings_connector) stay with the diffusion model in original names and are "
-          "listed as dropped on the way to diffusers (LTX2TextConnectors); the video VAE, audio VAE and "
-          "vocoder of the single files are not components (vae., audio_vae., vocoder. stay unclaimed); "
+          "listed as dropped on the way to diffusers (LTX2TextConnectors); the video VAE (vae.) is an optional "
+          "component (AutoencoderKLLTX2Video, 2.0 and 2.3 structures); the audio VAE and vocoder are not "
+          "components (audio_vae., vocoder. stay unclaimed); "
           "GGUF arch 'ltxv' (ComfyUI-GGUF has no LTX-2 arch)",
     releases=(
         Release("ltx2_19b", ("Lightricks/LTX-2 (ltx-2-19b-dev, ltx-2-19b-distilled; transformer only: the "

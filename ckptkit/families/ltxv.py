@@ -10,8 +10,8 @@ The LTX VAE (AutoencoderKLLTXVideo, 32x spatial / 8x temporal, 128 latent channe
 is an optional component under `vae.`, at its three released structures (0.9.0; 0.9.1: timestep-
 conditioned decoder with noise injection; 0.9.5 = 0.9.7: space-to-depth encoder).
 
-LTX-2 (audio + video, `audio_adaln_single.*`, `av_ca_*`) is another network and not supported yet;
-detection refuses it (its transformer also has every LTX-Video marker).
+LTX-2 (audio + video, `audio_adaln_single.*`, `av_ca_*`) is another network: the ltx2 family
+(families/ltx2.py); this spec lacks its audio stream, as its transformer also has every LTX-Video marker.
 
 Released configs: diffusers' scripts/convert_ltx_to_diffusers.py `get_transformer_config`
 (huggingface/diffusers@58eb52c0803ea9af3abec60841c2a093bdf1f951): "0.9.7" (13B; 0.9.8 has the same
@@ -95,7 +95,7 @@ SPEC = FamilySpec(
                       Has("transformer_blocks.0.scale_shift_table"), Has("proj_in.weight"),
                       Lacks("audio_time_embed.linear.weight")),
     notes="text encoder T5-XXL (encoder only) and the LTX VAE (0.9.0, 0.9.1, 0.9.5 = 0.9.7 structures): optional "
-          "components; 2B (28 x 2048) and 13B (48 x 4096) are one layout; LTX-2 is not supported yet",
+          "components; 2B (28 x 2048) and 13B (48 x 4096) are one layout; LTX-2 is the ltx2 family",
     releases=(
         Release("ltxv_2b", ("Lightricks/LTX-Video (ltx-video-2b-v0.9, v0.9.1, v0.9.5, ltxv-2b-0.9.6-dev and "
                             "-distilled)",), None, LTXV_2B_CONFIG, _SHAPES,

@@ -165,12 +165,15 @@ RECIPES: dict[str, OneStepRecipe] = {
                      "(0.9.1+) and its injected noise seeded alike on both sides (onestep.decode_frames)"),
     "ltx2": OneStepRecipe(
         denoiser="ltx2", sampler="flow", start=1.0, time_scale=1000.0, context=(("caption",),), frames=2,
-        latent_factor=32, has_vae=False,
+        latent_factor=32, decode_timestep=0.0,
         timestep_doc="1000 t for video and audio, also as sigma (LTX2Pipeline: sigma=timestep, use_cross_timestep); "
                      "video latents (1, C, 2 frames, h, w) packed into tokens (patch 1), fps 24; seeded random "
                      "audio latent tokens (the clip's audio frames) and seeded random text states for both streams "
                      "(Gemma-3 and the text connectors are not components); the video output is compared; the "
-                     "LTX-2 VAEs are not components, so no image stage"),
+                     "video VAE (32x spatial, 8x temporal: 2 latent frames are 9 pixel frames, compared frame by "
+                     "frame) decodes z * latents_std + latents_mean (LTX2Pipeline._denormalize_latents, scaling "
+                     "1.0; the released decoder is not timestep-conditioned, so no decode timestep or noise); the "
+                     "audio VAE and vocoder are not components"),
 }
 
 

@@ -101,8 +101,10 @@ def forward(model) -> dict[str, torch.Tensor]:
                         else cfg.input_channels)
             post = model.encode(torch.rand(1, channels, 1, 16, 16, generator=g) * 2 - 1).latent_dist
             return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean).sample}
-        if name == "AutoencoderKLLTXVideo":  # 9 frames (the first alone, then 8 per latent frame), 32 px (patch 4, 8x)
-            post = model.encode(torch.rand(1, cfg.in_channels, 9, 32, 32, generator=g) * 2 - 1).latent_dist
+        if name in ("AutoencoderKLLTXVideo", "AutoencoderKLLTX2Video"):  # 9 frames (the first alone, then 8 per
+            # latent frame), 32 px (patch 4, 8x); LTX-2's reflect-padded decoder needs a 2 x 2 latent: 64 px
+            side = 64 if name == "AutoencoderKLLTX2Video" else 32
+            post = model.encode(torch.rand(1, cfg.in_channels, 9, side, side, generator=g) * 2 - 1).latent_dist
             temb = torch.tensor([0.05]) if cfg.timestep_conditioning else None  # LTX's yaml decode_timestep
             torch.manual_seed(0)  # the noise its decoder injects (0.9.1 structure)
             return {"mean": post.mean, "std": post.std, "decoded": model.decode(post.mean, temb).sample}

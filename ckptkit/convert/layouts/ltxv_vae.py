@@ -154,9 +154,10 @@ def original_name(name: str, enc: dict, dec: dict) -> str:
 
 # --- the config from original shapes ------------------------------------------------------------------
 
-def _blocks(shapes: dict, prefix: str) -> list[tuple[str, str]]:
+def _blocks(shapes: dict, prefix: str, title: str = TITLE) -> list[tuple[str, str]]:
     """[(kind, block prefix)] of one flat list: "res" | "xy" (a width-changing resnet) | "s2d" (a
-    space-to-depth / depth-to-space block) | "conv" (a strided conv)."""
+    space-to-depth / depth-to-space block) | "conv" (a strided conv). `title`: the layout refusing
+    (ltx2_vae reads the same flat lists)."""
     out = []
     for k in range(num_blocks(shapes, prefix)):
         p = f"{prefix}{k}."
@@ -169,7 +170,7 @@ def _blocks(shapes: dict, prefix: str) -> list[tuple[str, str]]:
         elif p + "conv.weight" in shapes:
             out.append(("conv", p))
         else:
-            raise CkptError(f"{TITLE}: {p.rstrip('.')} holds no block this layout knows (no res_blocks, conv1 or conv)")
+            raise CkptError(f"{title}: {p.rstrip('.')} holds no block this layout knows (no res_blocks, conv1 or conv)")
     return out
 
 
@@ -185,11 +186,12 @@ def _int(base: dict, key: str) -> int:
     return value
 
 
-def _levels(blocks: list, side: str) -> tuple[list[dict], tuple[str, str]]:
+def _levels(blocks: list, side: str, title: str = TITLE,
+            cls: str = "AutoencoderKLLTXVideo") -> tuple[list[dict], tuple[str, str]]:
     """Group one flat list into levels; the mid block apart."""
     order = {"encoder": ("res", "down", "xy"), "decoder": ("xy", "up", "res")}[side]
     if not blocks or blocks[-1 if side == "encoder" else 0][0] != "res":
-        raise CkptError(f"{TITLE}: the {side}'s {'last' if side == 'encoder' else 'first'} block is not a res_x "
+        raise CkptError(f"{title}: the {side}'s {'last' if side == 'encoder' else 'first'} block is not a res_x "
                         f"(the mid block)")
     mid = blocks[-1] if side == "encoder" else blocks[0]
     rest = blocks[:-1] if side == "encoder" else blocks[1:]
@@ -202,13 +204,13 @@ def _levels(blocks: list, side: str) -> tuple[list[dict], tuple[str, str]]:
             current = {}
             levels.append(current)
         if slot in current or (current and order.index(slot) < max(order.index(s) for s in current)):
-            raise CkptError(f"{TITLE}: {p.rstrip('.')} ({kind}) is out of the order {'/'.join(order)} "
-                            f"AutoencoderKLLTXVideo's {side} levels have")
+            raise CkptError(f"{title}: {p.rstrip('.')} ({kind}) is out of the order {'/'.join(order)} "
+                            f"{cls}'s {side} levels have")
         current[slot] = (kind, p)
         if side == "decoder" and slot == "res":
             current = None
     if side == "decoder" and current is not None:
-        raise CkptError(f"{TITLE}: the decoder ends with {list(current)} and no res_x after it")
+        raise CkptError(f"{title}: the decoder ends with {list(current)} and no res_x after it")
     return levels, mid
 
 
