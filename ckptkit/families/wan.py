@@ -62,8 +62,9 @@ WAN21_VAE_CONFIG = dict(
 # = Wan-Video/Wan2.2@42bf4cfa wan/modules/vae2_2.py Wan2_2_VAE's dim 160, dec_dim 256, z_dim 48 and its 48
 # mean / std values); the keys that script leaves out are AutoencoderKLWan's defaults (dim_mult [1, 2, 4, 4],
 # num_res_blocks 2, attn_scales [], temperal_downsample [False, True, True], dropout 0.0), which the
-# released shapes confirm (wan_vae layout); its `clip_output` is no AutoencoderKLWan parameter in diffusers 0.42.1. The wan family's `vae` takes this one for a 48-channel file
-# (convert/configs.py picks a released config by the shapes), 2.1's for a 16-channel one.
+# released shapes confirm (wan_vae layout); its `clip_output` is no AutoencoderKLWan parameter in diffusers
+# 0.42.1. The wan family's `vae` takes this one for a 48-channel file (convert/configs.py picks a released
+# config by the shapes), 2.1's for a 16-channel one.
 WAN22_VAE_CONFIG = dict(
     base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
     temperal_downsample=[False, True, True], dropout=0.0, in_channels=12, out_channels=12, input_channels=12,

@@ -16,6 +16,7 @@ Order of the per-tensor decision:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -274,10 +275,7 @@ def decide_sdcpp(name: str, shape: tuple[int, ...], src_dtype: str, comp: Compon
 
 def sdcpp_folded(shape: tuple[int, ...]) -> tuple[int, ...]:
     """A shape of more than 4 dims as stable-diffusion.cpp folds it: the leading dims multiplied into one."""
-    lead = 1
-    for d in shape[:len(shape) - 3]:
-        lead *= d
-    return (lead, *shape[len(shape) - 3:])
+    return (math.prod(shape[:-3]), *shape[-3:])
 
 
 def _decide_sdcpp(name: str, shape: tuple[int, ...], src_dtype: str, comp: ComponentSpec, request: Request,

@@ -34,26 +34,20 @@ the spatial padding modes (2.0's decoder reflects, 2.3's pads zeros) - from the 
 
 from __future__ import annotations
 
-import math
-import re
-
 import torch
 
-from ckptkit.convert.layouts import register
-from ckptkit.convert.layouts.ltxv_vae import _blocks, _int, _levels, _res_count, decoder_plan
+from ckptkit.convert.layouts import ltxv_vae, register
+from ckptkit.convert.layouts.ltxv_vae import (STRIDE_TYPE, _blocks, _levels, _res_count, converted_or_ours,
+                                              decoder_plan, latent_channels, pixel_patch, res_width, stride_ratios,
+                                              width_in)
 from ckptkit.engine.expr import Expr, src
 from ckptkit.errors import CkptError
 
 TITLE = "LTX-2 video VAE"
 CLASS = "AutoencoderKLLTX2Video"
 BLOCK = "LTX2VideoDownBlock3D"
-# LTX2VideoDownsampler3d / LTX2VideoUpsampler3d stride product -> downsample_type / upsample_type
-STRIDE_TYPE = {2: "temporal", 4: "spatial", 8: "spatiotemporal"}
-TYPE_STRIDE = {"temporal": (2, 1, 1), "spatial": (1, 2, 2), "spatiotemporal": (2, 2, 2), "conv": (2, 2, 2)}
-# diffusers -> original (LTX_2_0_VIDEO_VAE_RENAME_DICT's `last_*` and statistics entries)
-TOP = {"latents_mean": "per_channel_statistics.mean-of-means", "latents_std": "per_channel_statistics.std-of-means",
-       "decoder.time_embedder.": "decoder.last_time_embedder.",
-       "decoder.scale_shift_table": "decoder.last_scale_shift_table"}
+# LTX2VideoDownsampler3d / LTX2VideoUpsampler3d take ltxv_vae's STRIDE_TYPE strides; the top-level names
+# (LTX_2_0_VIDEO_VAE_RENAME_DICT's `last_*` and statistics entries) are ltxv_vae's TOP
 
 
 def _per_level(value, n: int) -> list:
@@ -86,65 +80,19 @@ def encoder_plan(config: dict) -> dict:
     return plan
 
 
-_D_LEVEL = re.compile(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(resnets\.\d+|downsamplers\.0|upsamplers\.0|"
-                      r"conv_in|time_embedder)\.(.+)")
-_D_MID = re.compile(r"(encoder|decoder)\.mid_block\.(resnets\.\d+|time_embedder)\.(.+)")
-
-
-def _in_res_x(part: str, rest: str) -> str:
-    if part.startswith("resnets."):
-        return f"res_blocks.{part.split('.')[1]}.{rest}"
-    return f"{part}.{rest}"  # time_embedder
-
-
 def original_name(name: str, enc: dict, dec: dict) -> str:
-    if m := _D_LEVEL.fullmatch(name):
-        side, level, part, rest = m[1], int(m[2]), m[3], m[4]
-        plan = enc if side.startswith("encoder") else dec
-        key = (level, "resnets" if part.startswith("resnets.") or part == "time_embedder" else part)
-        if key not in plan:
-            raise CkptError(f"{TITLE}: no original block for diffusers tensor {name!r} at this config")
-        if key[1] == "resnets":
-            return f"{side}.{plan[key]}.{_in_res_x(part, rest)}"
-        return f"{side}.{plan[key]}.{rest}"
-    if m := _D_MID.fullmatch(name):
-        side = "encoder.down_blocks" if m[1] == "encoder" else "decoder.up_blocks"
-        plan = enc if m[1] == "encoder" else dec
-        return f"{side}.{plan['mid']}.{_in_res_x(m[2], m[3])}"
-    for diffusers, original in TOP.items():
-        if name == diffusers or (diffusers.endswith(".") and name.startswith(diffusers)):
-            return original + name[len(diffusers):]
-    if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.conv\.(weight|bias)|decoder\.timestep_scale_multiplier",
-                    name):
-        return name
-    raise CkptError(f"{TITLE}: no original name for diffusers tensor {name!r}")
+    """ltxv_vae's map with no renames inside a block (LTX2VideoResnetBlock3d's names are the original's)."""
+    return ltxv_vae.original_name(name, enc, dec, TITLE, renames=())
 
 
 # --- the config from original shapes ------------------------------------------------------------------
 
 def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     """See the module doc: what the shapes decide, the rest from `base`."""
-    for name in ("encoder.conv_in.conv.weight", "decoder.conv_in.conv.weight", "encoder.conv_out.conv.weight",
-                 "decoder.conv_out.conv.weight"):
-        if name not in shapes:
-            raise CkptError(f"{TITLE}: not an LTX-2 video VAE (no {name})")
-    latent = shapes["decoder.conv_in.conv.weight"][1]
-    if shapes["encoder.conv_out.conv.weight"][0] != latent + 1:
-        raise CkptError(f"{TITLE}: encoder.conv_out has {shapes['encoder.conv_out.conv.weight'][0]} rows, not "
-                        f"{latent} latent channels + 1 (the uniform log-variance {CLASS} has)")
+    latent = latent_channels(shapes, TITLE, CLASS)
     if shapes["encoder.conv_in.conv.weight"][0] != latent:
         raise CkptError(f"{TITLE}: encoder.conv_in makes {shapes['encoder.conv_in.conv.weight'][0]} channels, not the "
                         f"{latent} latent channels ({CLASS}'s encoder starts at latent_channels wide)")
-
-    def width_in(kind: str, p: str) -> int:
-        return shapes[p + ("res_blocks.0.conv1.conv.weight" if kind == "res" else "conv1.conv.weight" if kind == "xy"
-                           else "conv.conv.weight" if kind == "s2d" else "conv.weight")][1]
-
-    def res_width(p: str) -> int:
-        if _res_count(shapes, p) == 0:
-            raise CkptError(f"{TITLE}: {p.rstrip('.')} has no res_blocks (an empty res_x: its width is not in the "
-                            f"weights)")
-        return shapes[p + "res_blocks.0.conv1.conv.weight"][0]
 
     def given(key: str, n: int) -> list | None:  # a per-level value no weight decides, where `base` fits n levels
         value = base.get(key)
@@ -160,12 +108,13 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
     known_types = given("downsample_type", len(enc))
     width = latent
     for i, lv in enumerate(enc):
-        if _res_count(shapes, lv["res"][1]) and res_width(lv["res"][1]) != width:
-            raise CkptError(f"{TITLE}: encoder level {i} is {res_width(lv['res'][1])} wide but takes {width} channels")
+        if _res_count(shapes, lv["res"][1]) and res_width(shapes, lv["res"][1], TITLE) != width:
+            raise CkptError(f"{TITLE}: encoder level {i} is {res_width(shapes, lv['res'][1], TITLE)} wide but takes "
+                            f"{width} channels")
         layers.append(_res_count(shapes, lv["res"][1]))
         scaling.append("down" in lv)
         last = lv.get("down") or lv["res"]
-        out = width_in(*flat[flat.index(last) + 1])  # what the next block takes
+        out = width_in(shapes, *flat[flat.index(last) + 1])  # what the next block takes
         if "down" not in lv:  # no re-sampler: its type changes no weight
             down_types.append(known_types[i] if known_types else "conv")
         elif lv["down"][0] == "s2d":
@@ -185,7 +134,7 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
 
     # decoder: [width-changing resnet] [depth-to-space: width x factor in, width x stride out] res_x
     dec, dec_mid = _levels(_blocks(shapes, "decoder.up_blocks.", TITLE), "decoder", TITLE, CLASS)
-    mid_width = res_width(dec_mid[1])
+    mid_width = res_width(shapes, dec_mid[1], TITLE)
     dec_widths, dec_layers, dec_scaling, factors, up_types = [], [_res_count(shapes, dec_mid[1])], [], [], []
     noise = [dec_mid[1] + "res_blocks.0.per_channel_scale1" in shapes]
     known_types = given("upsample_type", len(dec))
@@ -193,7 +142,7 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         if "up" in lv and lv["up"][0] != "s2d":
             raise CkptError(f"{TITLE}: decoder level {i} up-samples with a plain conv ({CLASS}'s up-samplers are "
                             f"depth-to-space)")
-        width = res_width(lv["res"][1])
+        width = res_width(shapes, lv["res"][1], TITLE)
         factor, kind = 1, known_types[i] if known_types else "spatiotemporal"
         if "up" in lv:
             rows, cols = shapes[lv["up"][1] + "conv.conv.weight"][:2]
@@ -211,17 +160,9 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         raise CkptError(f"{TITLE}: the decoder's mid block is {mid_width} wide but its first level takes "
                         f"{dec_widths[0]} (width x up-sampling factor): no {CLASS} decoder")
 
-    # pixels: conv_in sees in_channels x patch^2; decoder.conv_out makes out_channels x patch^2
-    in_channels, out_channels = _int(base, "in_channels"), _int(base, "out_channels")
-    cols, rows = shapes["encoder.conv_in.conv.weight"][1], shapes["decoder.conv_out.conv.weight"][0]
-    patch = math.isqrt(cols // in_channels) if cols % in_channels == 0 else 0
-    if patch < 1 or patch * patch * in_channels != cols or rows != out_channels * patch * patch:
-        raise CkptError(f"{TITLE}: encoder.conv_in takes {cols} channels and decoder.conv_out makes {rows}: not "
-                        f"{in_channels} / {out_channels} pixel channels in a square patch")
-    patch_t = _int(base, "patch_size_t")
+    patch, patch_t = pixel_patch(shapes, base, TITLE)
     # the class's own formula counts every level as 2x2x2: the ratios from the strides (2.0 / 2.3: 32, 8)
-    spatial = sum(TYPE_STRIDE[t][1] == 2 for t, s in zip(down_types, scaling) if s)
-    temporal = sum(TYPE_STRIDE[t][0] == 2 for t, s in zip(down_types, scaling) if s)
+    spatial, temporal = stride_ratios(down_types, scaling, patch, patch_t)
     config = {
         "latent_channels": latent,
         "block_out_channels": widths,
@@ -238,22 +179,14 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         "upsample_factor": list(reversed(factors)),
         "timestep_conditioning": "decoder.last_time_embedder.timestep_embedder.linear_1.weight" in shapes,
         "patch_size": patch,
-        "spatial_compression_ratio": patch * 2 ** spatial,
-        "temporal_compression_ratio": patch_t * 2 ** temporal,
+        "spatial_compression_ratio": spatial,
+        "temporal_compression_ratio": temporal,
     }
     # no weights: taken from the config when it fits these levels (released configs fit their own)
     residual = base.get("upsample_residual")
     if isinstance(residual, (list, tuple)) and len(residual) == len(dec):
         config["upsample_residual"] = list(residual)
     return config
-
-
-def placeholders(shapes: dict[str, tuple[int, ...]]) -> dict:
-    """Names and shapes only: pixel channels that fit conv_in (3, else 1), no residual up-sampling."""
-    dec = [b for b in _blocks(shapes, "decoder.up_blocks.", TITLE)[1:] if b[0] == "res"]
-    cols = shapes.get("encoder.conv_in.conv.weight", (0, 3))[1]
-    pixels = 3 if cols % 3 == 0 and math.isqrt(cols // 3) ** 2 == cols // 3 else 1
-    return {"in_channels": pixels, "out_channels": pixels, "patch_size_t": 1, "upsample_residual": [False] * len(dec)}
 
 
 class Ltx2Vae:
@@ -263,20 +196,14 @@ class Ltx2Vae:
                   "decoder_layers_per_block", "decoder_spatio_temporal_scaling", "decoder_inject_noise",
                   "upsample_type", "upsample_factor", "timestep_conditioning", "patch_size")
     undetermined = {
-        "in_channels": "encoder.conv_in sees in_channels x patch_size^2 channels: the split is not in the weights",
-        "out_channels": "decoder.conv_out makes out_channels x patch_size^2 channels: the split is not in the weights",
-        "patch_size_t": "the temporal patch changes no weight",
-        "upsample_residual": "an up-sampler's depth-to-space residual has no weights",
-        "resnet_norm_eps": "the norm epsilon is not in the weights",
+        **ltxv_vae.LtxvVae.undetermined,
         "scaling_factor": "the latent scale LTX2Pipeline divides by is not in the weights",
-        "encoder_causal": "causal padding changes no weight",
-        "decoder_causal": "causal padding changes no weight",
         "encoder_spatial_padding_mode": "the spatial padding mode changes no weight",
         "decoder_spatial_padding_mode": "the spatial padding mode changes no weight",
     }
 
     def placeholders(self, shapes: dict[str, tuple[int, ...]]) -> dict:
-        return placeholders(shapes)
+        return ltxv_vae.placeholders(shapes, TITLE)
 
     def config_from_original(self, shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
         return config_from_original(shapes, base)
@@ -292,23 +219,12 @@ class Ltx2Vae:
         per-channel statistics with no diffusers counterpart are left out, as the converter deletes them."""
         from diffusers.loaders.single_file_utils import convert_ltx2_vae_to_diffusers
 
+        from ckptkit.convert.models import diffusers_shapes
+
         config = normalized(config)
         enc, dec = encoder_plan(config), decoder_plan(config)
-        inverse = {original_name(name, enc, dec): name for name in _diffusers_names(config)}
-        ours = {inverse[n]: t for n, t in state_dict.items() if n in inverse}
-        theirs = convert_ltx2_vae_to_diffusers({"vae." + n: t for n, t in state_dict.items()})
-        if theirs.keys() == ours.keys() and all(theirs[n] is ours[n] for n in ours):
-            return theirs
-        return ours
-
-
-def _diffusers_names(config: dict) -> list[str]:
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKLLTX2Video
-
-    with init_empty_weights(include_buffers=True):
-        model = AutoencoderKLLTX2Video(**{k: v for k, v in config.items() if not k.startswith("_")})
-    return list(model.state_dict())
+        return converted_or_ours(state_dict, {original_name(n, enc, dec): n for n in diffusers_shapes(CLASS, config)},
+                                 convert_ltx2_vae_to_diffusers)
 
 
 LAYOUT = register(Ltx2Vae())

@@ -111,8 +111,8 @@ def decoder_plan(config: dict) -> dict:
     return plan
 
 
-def _inner(rest: str) -> str:
-    for diffusers, original in INNER:
+def _inner(rest: str, renames: tuple = INNER) -> str:
+    for diffusers, original in renames:
         if rest.startswith(diffusers):
             return rest.replace(diffusers, original, 1)
     return rest
@@ -123,33 +123,35 @@ _D_LEVEL = re.compile(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(resne
 _D_MID = re.compile(r"(encoder|decoder)\.mid_block\.(resnets\.\d+|time_embedder)\.(.+)")
 
 
-def _in_res_x(part: str, rest: str) -> str:
+def _in_res_x(part: str, rest: str, renames: tuple) -> str:
     if part.startswith("resnets."):
-        return f"res_blocks.{part.split('.')[1]}.{_inner(rest)}"
+        return f"res_blocks.{part.split('.')[1]}.{_inner(rest, renames)}"
     return f"{part}.{rest}"  # time_embedder
 
 
-def original_name(name: str, enc: dict, dec: dict) -> str:
+def original_name(name: str, enc: dict, dec: dict, title: str = TITLE, renames: tuple = INNER) -> str:
+    """The original name of one diffusers tensor, the flat indices from the `encoder_plan` / `decoder_plan`
+    of the config; `title` / `renames`: the layout's (ltx2_vae: no renames inside a block)."""
     if m := _D_LEVEL.fullmatch(name):
         side, level, part, rest = m[1], int(m[2]), m[3], m[4]
         plan = enc if side.startswith("encoder") else dec
         key = (level, "resnets" if part.startswith("resnets.") or part == "time_embedder" else part)
         if key not in plan:
-            raise CkptError(f"{TITLE}: no original block for diffusers tensor {name!r} at this config")
+            raise CkptError(f"{title}: no original block for diffusers tensor {name!r} at this config")
         if key[1] == "resnets":
-            return f"{side}.{plan[key]}.{_in_res_x(part, rest)}"
-        return f"{side}.{plan[key]}.{_inner(rest) if part in ('conv_out', 'conv_in') else rest}"
+            return f"{side}.{plan[key]}.{_in_res_x(part, rest, renames)}"
+        return f"{side}.{plan[key]}.{_inner(rest, renames) if part in ('conv_out', 'conv_in') else rest}"
     if m := _D_MID.fullmatch(name):
         side = "encoder.down_blocks" if m[1] == "encoder" else "decoder.up_blocks"
         plan = enc if m[1] == "encoder" else dec
-        return f"{side}.{plan['mid']}.{_in_res_x(m[2], m[3])}"
+        return f"{side}.{plan['mid']}.{_in_res_x(m[2], m[3], renames)}"
     for diffusers, original in TOP.items():
         if name == diffusers or (diffusers.endswith(".") and name.startswith(diffusers)):
             return original + name[len(diffusers):]
     if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.conv\.(weight|bias)|decoder\.timestep_scale_multiplier",
                     name):
         return name
-    raise CkptError(f"{TITLE}: no original name for diffusers tensor {name!r}")
+    raise CkptError(f"{title}: no original name for diffusers tensor {name!r}")
 
 
 # --- the config from original shapes ------------------------------------------------------------------
@@ -178,10 +180,10 @@ def _res_count(shapes: dict, p: str) -> int:
     return num_blocks(shapes, p + "res_blocks.")
 
 
-def _int(base: dict, key: str) -> int:
+def _int(base: dict, key: str, title: str = TITLE) -> int:
     value = base.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise CkptError(f"{TITLE}: {key} is not in the weights and no config gives it (a positive integer, not "
+        raise CkptError(f"{title}: {key} is not in the weights and no config gives it (a positive integer, not "
                         f"{value!r}); give it with --config")
     return value
 
@@ -214,26 +216,57 @@ def _levels(blocks: list, side: str, title: str = TITLE,
     return levels, mid
 
 
-def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
-    """See the module doc: what the shapes decide, the rest from `base`."""
+def latent_channels(shapes: dict, title: str = TITLE, cls: str = "AutoencoderKLLTXVideo") -> int:
+    """The latent channels, after checking the four end convs are there and the encoder's output is the
+    latent channels + 1 (the uniform log-variance both LTX classes have)."""
     for name in ("encoder.conv_in.conv.weight", "decoder.conv_in.conv.weight", "encoder.conv_out.conv.weight",
                  "decoder.conv_out.conv.weight"):
         if name not in shapes:
-            raise CkptError(f"{TITLE}: not an LTX-Video VAE (no {name})")
+            raise CkptError(f"{title}: not an {title} (no {name})")
     latent = shapes["decoder.conv_in.conv.weight"][1]
     if shapes["encoder.conv_out.conv.weight"][0] != latent + 1:
-        raise CkptError(f"{TITLE}: encoder.conv_out has {shapes['encoder.conv_out.conv.weight'][0]} rows, not "
-                        f"{latent} latent channels + 1 (the uniform log-variance AutoencoderKLLTXVideo has)")
+        raise CkptError(f"{title}: encoder.conv_out has {shapes['encoder.conv_out.conv.weight'][0]} rows, not "
+                        f"{latent} latent channels + 1 (the uniform log-variance {cls} has)")
+    return latent
 
-    def width_in(kind: str, p: str) -> int:
-        return shapes[p + ("res_blocks.0.conv1.conv.weight" if kind == "res" else "conv1.conv.weight" if kind == "xy"
-                           else "conv.conv.weight" if kind == "s2d" else "conv.weight")][1]
 
-    def res_width(p: str) -> int:
-        if _res_count(shapes, p) == 0:
-            raise CkptError(f"{TITLE}: {p.rstrip('.')} has no res_blocks (an empty res_x: its width is not in the "
-                            f"weights)")
-        return shapes[p + "res_blocks.0.conv1.conv.weight"][0]
+def width_in(shapes: dict, kind: str, p: str) -> int:
+    """The channels a block of `_blocks`' kind takes."""
+    return shapes[p + ("res_blocks.0.conv1.conv.weight" if kind == "res" else "conv1.conv.weight" if kind == "xy"
+                       else "conv.conv.weight" if kind == "s2d" else "conv.weight")][1]
+
+
+def res_width(shapes: dict, p: str, title: str = TITLE) -> int:
+    """A res_x block's width (its first resnet's)."""
+    if _res_count(shapes, p) == 0:
+        raise CkptError(f"{title}: {p.rstrip('.')} has no res_blocks (an empty res_x: its width is not in the "
+                        f"weights)")
+    return shapes[p + "res_blocks.0.conv1.conv.weight"][0]
+
+
+def pixel_patch(shapes: dict, base: dict, title: str = TITLE) -> tuple[int, int]:
+    """(patch_size, patch_size_t): conv_in sees in_channels x patch^2, decoder.conv_out makes out_channels
+    x patch^2; the pixel channels and the temporal patch from `base`."""
+    in_channels, out_channels = _int(base, "in_channels", title), _int(base, "out_channels", title)
+    cols, rows = shapes["encoder.conv_in.conv.weight"][1], shapes["decoder.conv_out.conv.weight"][0]
+    patch = math.isqrt(cols // in_channels) if cols % in_channels == 0 else 0
+    if patch < 1 or patch * patch * in_channels != cols or rows != out_channels * patch * patch:
+        raise CkptError(f"{title}: encoder.conv_in takes {cols} channels and decoder.conv_out makes {rows}: not "
+                        f"{in_channels} / {out_channels} pixel channels in a square patch")
+    return patch, _int(base, "patch_size_t", title)
+
+
+def stride_ratios(down_types: list[str], scaling: list[bool], patch: int, patch_t: int) -> tuple[int, int]:
+    """(spatial, temporal) compression from the encoder's re-samplers' strides (the classes' own formula
+    counts every level as 2x2x2)."""
+    spatial = sum(TYPE_STRIDE[t][1] == 2 for t, s in zip(down_types, scaling) if s)
+    temporal = sum(TYPE_STRIDE[t][0] == 2 for t, s in zip(down_types, scaling) if s)
+    return patch * 2 ** spatial, patch_t * 2 ** temporal
+
+
+def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
+    """See the module doc: what the shapes decide, the rest from `base`."""
+    latent = latent_channels(shapes)
 
     # encoder
     enc, enc_mid = _levels(_blocks(shapes, "encoder.down_blocks."), "encoder")
@@ -251,7 +284,7 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         layers.append(_res_count(shapes, lv["res"][1]))
         scaling.append("down" in lv)
         last = lv.get("xy") or lv.get("down") or lv["res"]
-        out = width_in(*flat[flat.index(last) + 1])  # what the next block takes
+        out = width_in(shapes, *flat[flat.index(last) + 1])  # what the next block takes
         kind = lv["down"][0] if "down" in lv else None
         if kind == "s2d":
             rows = shapes[lv["down"][1] + "conv.conv.weight"][0]
@@ -272,14 +305,14 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
 
     # decoder
     dec, dec_mid = _levels(_blocks(shapes, "decoder.up_blocks."), "decoder")
-    mid_width = res_width(dec_mid[1])
+    mid_width = res_width(shapes, dec_mid[1])
     dec_widths, dec_layers, dec_scaling, factors = [], [_res_count(shapes, dec_mid[1])], [], []
     noise = [dec_mid[1] + "res_blocks.0.per_channel_scale1" in shapes]
     for i, lv in enumerate(dec):
         if "up" in lv and lv["up"][0] != "s2d":
             raise CkptError(f"{TITLE}: decoder level {i} up-samples with a plain conv (AutoencoderKLLTXVideo's "
                             f"up-samplers are depth-to-space)")
-        width = res_width(lv["res"][1])
+        width = res_width(shapes, lv["res"][1])
         factor = 1
         if "up" in lv:
             cols, rows = shapes[lv["up"][1] + "conv.conv.weight"][1], shapes[lv["up"][1] + "conv.conv.weight"][0]
@@ -296,14 +329,7 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         raise CkptError(f"{TITLE}: the decoder's mid block is {mid_width} wide but its first level takes "
                         f"{dec_widths[0]} (width x up-sampling reduction): no AutoencoderKLLTXVideo decoder")
 
-    # pixels: conv_in sees in_channels x patch^2; decoder.conv_out makes out_channels x patch^2
-    in_channels, out_channels = _int(base, "in_channels"), _int(base, "out_channels")
-    cols, rows = shapes["encoder.conv_in.conv.weight"][1], shapes["decoder.conv_out.conv.weight"][0]
-    patch = math.isqrt(cols // in_channels) if cols % in_channels == 0 else 0
-    if patch < 1 or patch * patch * in_channels != cols or rows != out_channels * patch * patch:
-        raise CkptError(f"{TITLE}: encoder.conv_in takes {cols} channels and decoder.conv_out makes {rows}: not "
-                        f"{in_channels} / {out_channels} pixel channels in a square patch")
-    patch_t = _int(base, "patch_size_t")
+    patch, patch_t = pixel_patch(shapes, base)
     config = {
         "latent_channels": latent,
         "block_out_channels": widths,
@@ -324,10 +350,8 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
     if isinstance(residual, (list, tuple)) and len(residual) == len(dec):
         config["upsample_residual"] = list(residual)
     if is_095:  # the class's own formula counts every level as 2x2x2: 0.9.5's ratios are in its config
-        spatial = sum(TYPE_STRIDE[t][1] == 2 for t, s in zip(down_types, scaling) if s)
-        temporal = sum(TYPE_STRIDE[t][0] == 2 for t, s in zip(down_types, scaling) if s)
-        config["spatial_compression_ratio"] = patch * 2 ** spatial
-        config["temporal_compression_ratio"] = patch_t * 2 ** temporal
+        config["spatial_compression_ratio"], config["temporal_compression_ratio"] = \
+            stride_ratios(down_types, scaling, patch, patch_t)
     else:
         config["spatial_compression_ratio"] = base.get("spatial_compression_ratio")
         config["temporal_compression_ratio"] = base.get("temporal_compression_ratio")
@@ -337,9 +361,9 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
     return config
 
 
-def placeholders(shapes: dict[str, tuple[int, ...]]) -> dict:
+def placeholders(shapes: dict[str, tuple[int, ...]], title: str = TITLE) -> dict:
     """Names and shapes only: pixel channels that fit conv_in (3, else 1), no residual up-sampling."""
-    dec = [b for b in _blocks(shapes, "decoder.up_blocks.")[1:] if b[0] == "res"]
+    dec = [b for b in _blocks(shapes, "decoder.up_blocks.", title)[1:] if b[0] == "res"]
     cols = shapes.get("encoder.conv_in.conv.weight", (0, 3))[1]
     pixels = 3 if cols % 3 == 0 and math.isqrt(cols // 3) ** 2 == cols // 3 else 1
     return {"in_channels": pixels, "out_channels": pixels, "patch_size_t": 1, "upsample_residual": [False] * len(dec)}
@@ -378,24 +402,23 @@ class LtxvVae:
         statistics) are left out, as the converter leaves them."""
         from diffusers.loaders.single_file_utils import convert_ltx_vae_checkpoint_to_diffusers
 
+        from ckptkit.convert.models import diffusers_shapes
+
         enc, dec = encoder_plan(config), decoder_plan(config)
-        inverse = {}
-        for name in _diffusers_names(config):
-            inverse[original_name(name, enc, dec)] = name
-        ours = {inverse[n]: t for n, t in state_dict.items() if n in inverse}
-        theirs = convert_ltx_vae_checkpoint_to_diffusers({"vae." + n: t for n, t in state_dict.items()})
-        if theirs.keys() == ours.keys() and all(theirs[n] is ours[n] for n in ours):
-            return theirs
-        return ours
+        return converted_or_ours(state_dict, {original_name(n, enc, dec): n
+                                              for n in diffusers_shapes("AutoencoderKLLTXVideo", config)},
+                                 convert_ltx_vae_checkpoint_to_diffusers)
 
 
-def _diffusers_names(config: dict) -> list[str]:
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKLLTXVideo
-
-    with init_empty_weights(include_buffers=True):
-        model = AutoencoderKLLTXVideo(**{k: v for k, v in config.items() if not k.startswith("_")})
-    return list(model.state_dict())
+def converted_or_ours(state_dict: dict[str, torch.Tensor], inverse: dict[str, str], converter) -> dict:
+    """diffusers' single-file `converter` (it reads `vae.`-prefixed names) where it names every tensor as
+    `inverse` (original -> diffusers name) does, else `inverse` applied; tensors with no diffusers name
+    are left out, as the converters leave them."""
+    ours = {inverse[n]: t for n, t in state_dict.items() if n in inverse}
+    theirs = converter({"vae." + n: t for n, t in state_dict.items()})
+    if theirs.keys() == ours.keys() and all(theirs[n] is ours[n] for n in ours):
+        return theirs
+    return ours
 
 
 LAYOUT = register(LtxvVae())

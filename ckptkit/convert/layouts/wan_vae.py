@@ -97,6 +97,14 @@ def original_name(name: str, per_level: int) -> str:
 _ORIG_DOWN = re.compile(r"encoder\.downsamples\.(\d+)\.")
 
 
+def _dim_mult(widths: list[int], base_dim: int) -> list[int]:
+    """The encoder levels' widths as multiples of base_dim (2.1 and 2.2 alike)."""
+    for w in widths:
+        if w % base_dim:
+            raise CkptError(f"wan_vae: level width {w} is not a multiple of base_dim {base_dim}")
+    return [w // base_dim for w in widths]
+
+
 def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict:
     """See `WanVae.config_from_original`."""
     try:
@@ -125,11 +133,7 @@ def config_from_original(shapes: dict[str, tuple[int, ...]], base: dict) -> dict
         raise CkptError(f"wan_vae: encoder levels have unequal residual block counts {[lv['res'] for lv in levels]}")
     if any(n.startswith("decoder.upsamples.") and ".to_qkv." in n for n in shapes):
         raise CkptError("wan_vae: decoder attention blocks (attn_scales) have no diffusers counterpart")
-    dim_mult = []
-    for lv in levels:
-        if lv["out"] % base_dim:
-            raise CkptError(f"wan_vae: level width {lv['out']} is not a multiple of base_dim {base_dim}")
-        dim_mult.append(lv["out"] // base_dim)
+    dim_mult = _dim_mult([lv["out"] for lv in levels], base_dim)
     return {
         **base,
         "base_dim": base_dim,
@@ -335,11 +339,7 @@ def config_from_original_22(shapes: dict[str, tuple[int, ...]], base: dict) -> d
         raise CkptError("wan_vae: the decoder's temporal upsamples are not the encoder's downsamples reversed")
     if any(n.startswith(("encoder.downsamples.", "decoder.upsamples.")) and ".to_qkv." in n for n in shapes):
         raise CkptError("wan_vae: attention blocks in Wan 2.2 levels have no diffusers counterpart")
-    dim_mult = []
-    for lv in enc:
-        if lv["out"] % base_dim:
-            raise CkptError(f"wan_vae: level width {lv['out']} is not a multiple of base_dim {base_dim}")
-        dim_mult.append(lv["out"] // base_dim)
+    dim_mult = _dim_mult([lv["out"] for lv in enc], base_dim)
     # the decoder's widths: decoder_base_dim x dim_mult reversed (vae2_2.py Decoder3d `dims`)
     decoder_base_dim, rem = divmod(head[1], dim_mult[0])
     if rem or dec_in != decoder_base_dim * dim_mult[-1] \
